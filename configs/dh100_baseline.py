@@ -1,0 +1,24 @@
+"""Reproduces the paper's DH100-baseline (Table 1: mAP 0.464, AJI 0.520): Mask R-CNN on all annotations of the 60 dh360 training images of dsb2018, evaluated on the 22 dh360 test images.
+
+Launch (full size, GPU/TPU):
+  python run.py train --config configs/dh100_baseline.py --workdir runs/dh100_baseline
+CPU-sized variant (2-core laptop, same method, smaller net and canvas):
+  python run.py train --config configs/dh100_baseline.py:cpu --workdir runs/dh100_baseline_cpu
+Evaluate:
+  python run.py evaluate --workdir runs/dh100_baseline
+"""
+
+from configs import base
+
+
+def get_config(arg: str | None = None):
+  c = base.get_config()
+  base.dh360(c, "full", 1.0)
+  c.data.view = "full"
+  c.data.view_fraction = 1.0
+  c.model.partial.enabled = False
+  if arg == "cpu":
+    base.cpu_sized(c)
+  elif arg:
+    raise ValueError(f"configs/dh100_baseline.py: unknown config argument {arg!r} (use ':cpu' or nothing)")
+  return c

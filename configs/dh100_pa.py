@@ -1,0 +1,24 @@
+"""Reproduces DH100-pa (Table 1: mAP 0.461, AJI 0.522): the partial-annotation model trained on full annotations — it must not be worse than the baseline.
+
+Launch (full size, GPU/TPU):
+  python run.py train --config configs/dh100_pa.py --workdir runs/dh100_pa
+CPU-sized variant (2-core laptop, same method, smaller net and canvas):
+  python run.py train --config configs/dh100_pa.py:cpu --workdir runs/dh100_pa_cpu
+Evaluate:
+  python run.py evaluate --workdir runs/dh100_pa
+"""
+
+from configs import base
+
+
+def get_config(arg: str | None = None):
+  c = base.get_config()
+  base.dh360(c, "full", 1.0)
+  c.data.view = "full"
+  c.data.view_fraction = 1.0
+  c.model.partial.enabled = True
+  if arg == "cpu":
+    base.cpu_sized(c)
+  elif arg:
+    raise ValueError(f"configs/dh100_pa.py: unknown config argument {arg!r} (use ':cpu' or nothing)")
+  return c

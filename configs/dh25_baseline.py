@@ -1,0 +1,24 @@
+"""Reproduces DH25 with the baseline Mask R-CNN (the paper's Fig. 4: recall collapses): 25 % of the nuclei of each dh360 training image kept (seed 0), the rest unannotated.
+
+Launch (full size, GPU/TPU):
+  python run.py train --config configs/dh25_baseline.py --workdir runs/dh25_baseline
+CPU-sized variant (2-core laptop, same method, smaller net and canvas):
+  python run.py train --config configs/dh25_baseline.py:cpu --workdir runs/dh25_baseline_cpu
+Evaluate:
+  python run.py evaluate --workdir runs/dh25_baseline
+"""
+
+from configs import base
+
+
+def get_config(arg: str | None = None):
+  c = base.get_config()
+  base.dh360(c, "keep", 0.25)
+  c.data.view = "keep"
+  c.data.view_fraction = 0.25
+  c.model.partial.enabled = False
+  if arg == "cpu":
+    base.cpu_sized(c)
+  elif arg:
+    raise ValueError(f"configs/dh25_baseline.py: unknown config argument {arg!r} (use ':cpu' or nothing)")
+  return c

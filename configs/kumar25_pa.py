@@ -1,0 +1,29 @@
+"""Reproduces the paper's Table 3 setting: the 16 Kumar (MoNuSeg) H&E training tiles with 75 % of the annotations removed (seed 0). The 14 test tiles are not shipped
+  evaluation runs on any folder you pass (run.py evaluate --predictions/--ground-truth).
+
+Launch (full size, GPU/TPU):
+  python run.py train --config configs/kumar25_pa.py --workdir runs/kumar25_pa
+CPU-sized variant (2-core laptop, same method, smaller net and canvas):
+  python run.py train --config configs/kumar25_pa.py:cpu --workdir runs/kumar25_pa_cpu
+Evaluate:
+  python run.py evaluate --workdir runs/kumar25_pa
+"""
+
+from configs import base
+
+
+def get_config(arg: str | None = None):
+  c = base.get_config()
+  c.data.source = f"{base.SHARED_DATASETS}/kumar"
+  c.data.eval_split = "train"
+  c.eval.split = "train"
+  c.data.canvas_size = 512
+  c.data.max_instances = 512
+  c.data.view = "keep"
+  c.data.view_fraction = 0.25
+  c.model.partial.enabled = True
+  if arg == "cpu":
+    base.cpu_sized(c)
+  elif arg:
+    raise ValueError(f"configs/kumar25_pa.py: unknown config argument {arg!r} (use ':cpu' or nothing)")
+  return c

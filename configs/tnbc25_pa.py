@@ -1,0 +1,28 @@
+"""Reproduces the paper's Table 4 setting: TNBC H&E crops (slides 01-08) with 75 % of the annotations removed (seed 0). Only the training slides are shipped; evaluation defaults to them (a sanity check, not the paper's test).
+
+Launch (full size, GPU/TPU):
+  python run.py train --config configs/tnbc25_pa.py --workdir runs/tnbc25_pa
+CPU-sized variant (2-core laptop, same method, smaller net and canvas):
+  python run.py train --config configs/tnbc25_pa.py:cpu --workdir runs/tnbc25_pa_cpu
+Evaluate:
+  python run.py evaluate --workdir runs/tnbc25_pa
+"""
+
+from configs import base
+
+
+def get_config(arg: str | None = None):
+  c = base.get_config()
+  c.data.source = f"{base.SHARED_DATASETS}/tnbc"
+  c.data.eval_split = "train"
+  c.eval.split = "train"
+  c.data.canvas_size = 512
+  c.data.max_instances = 512
+  c.data.view = "keep"
+  c.data.view_fraction = 0.25
+  c.model.partial.enabled = True
+  if arg == "cpu":
+    base.cpu_sized(c)
+  elif arg:
+    raise ValueError(f"configs/tnbc25_pa.py: unknown config argument {arg!r} (use ':cpu' or nothing)")
+  return c

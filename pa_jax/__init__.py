@@ -1,0 +1,1 @@
+"""pa_jax: nucleus instance segmentation from partially annotated images (JAX/Flax)."""

@@ -1,0 +1,41 @@
+"""Typed containers that cross the jit boundary.
+
+All are `flax.struct` dataclasses (pytrees). Shapes are static: padding is described by a
+boolean `valid` (True = real element). Boxes are float32 absolute pixels `(x0, y0, x1, y1)`
+in the coordinates of the canvas the batch lives on (COCO/torchvision order).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import struct
+
+
+@struct.dataclass
+class Batch:
+  """A static-shape training/eval batch (B images on a canvas of H x W pixels).
+
+  image:        float32 [B, H, W, 3], intensities scaled to [0, 1]; padding is 0.
+  labels:       int32 [B, H, W] *annotated* instance label map of the canvas, relabelled so
+                that value k (1..M) is instance slot k-1; 0 = background OR unannotated.
+  boxes:        float32 [B, M, 4] (x0, y0, x1, y1) of each annotated instance, pixel edges
+                (a one-pixel nucleus at column 5 has x0 = 5, x1 = 6).
+  valid:        bool [B, M] True for real instances, False for padding slots.
+  image_size:   int32 [B, 2] (height, width) of the real image inside the canvas.
+  full_labels:  int32 [B, H, W] full label map when known (diagnostics only: how many
+                unannotated nuclei the PA boxes cover); zeros when unknown.
+  has_full:     bool [B] whether `full_labels` is meaningful.
+  """
+
+  image: jax.Array | np.ndarray
+  labels: jax.Array | np.ndarray
+  boxes: jax.Array | np.ndarray
+  valid: jax.Array | np.ndarray
+  image_size: jax.Array | np.ndarray
+  full_labels: jax.Array | np.ndarray
+  has_full: jax.Array | np.ndarray
+
+  @property
+  def batch_size(self) -> int:
+    return self.image.shape[0]

@@ -1,0 +1,209 @@
+"""pa_jax command line: one entry point for every use.
+
+  python run.py                     # the embedded demo (data/sample, CPU, minutes)
+  python run.py train    --config configs/dh25_pa.py[:cpu] --workdir runs/dh25_pa [--config.x=y]
+  python run.py evaluate --workdir runs/dh25_pa [--split test]
+  python run.py evaluate --predictions DIR --ground-truth DIR [--output DIR]
+  python run.py predict  --workdir W --input DIR_OR_FILE --output DIR [--format ...]
+  python run.py predict  --method classical --input DIR_OR_FILE --output DIR
+  python run.py annotate --images DIR --annotations DIR --output DIR [--rounds N]
+  python run.py partial  --dataset DIR --keep 0.25 --seed 0 --output DIR   (or --crop 0.25)
+  python run.py benchmark --config configs/... [--steps N]
+
+This file only parses flags and dispatches; the work lives in importable modules of
+`pa_jax` (flax examples style: thin main). Bad input ends with one line on stderr naming
+the file or field and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Quieten TF-less tfds / absl chatter before anything imports them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+COMMANDS = ("demo", "train", "evaluate", "predict", "annotate", "partial", "benchmark")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/dh25_pa.py or configs/dh25_pa.py:cpu.",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Run folder (checkpoints, logs, config, predictions).")
+# partial
+flags.DEFINE_string("dataset", None, "partial: source dataset folder (images/, labels/, index.csv).")
+flags.DEFINE_float("keep", None, "partial: fraction of the nuclei kept per image (DH25: 0.25).")
+flags.DEFINE_float("crop", None, "partial: area fraction of one random crop per image (DH25crop: 0.25).")
+flags.DEFINE_integer("seed", 0, "partial: seed of the view.")
+flags.DEFINE_string("split", None, "Split (index.csv 'split' column) to use; partial: default train.")
+flags.DEFINE_string("group", None, "Keep only index.csv rows of this group (e.g. dh360).")
+flags.DEFINE_string("output", None, "Output folder.")
+# evaluate
+flags.DEFINE_string("predictions", None, "evaluate: folder of predicted label maps.")
+flags.DEFINE_string("ground_truth", None, "evaluate: folder of ground-truth label maps or a dataset folder.")
+# predict
+flags.DEFINE_string("input", None, "predict: an image file, a folder of images or a dataset folder.")
+flags.DEFINE_string("method", "model", "predict: 'model' (a trained --workdir) or 'classical' (Otsu + watershed).")
+flags.DEFINE_list("format", ["label"], "predict: output formats, any of label,coco,geojson,roi,csv.")
+flags.DEFINE_string("contours", "polygon", "predict: 'polygon' or 'spline' contours in vector exports.")
+flags.DEFINE_bool("attention", False, "predict: also write attention maps (partial-annotation model).")
+# annotate
+flags.DEFINE_string("images", None, "annotate: folder of images to annotate.")
+flags.DEFINE_string("annotations", None, "annotate: the user's partial annotations.")
+flags.DEFINE_integer("rounds", 1, "annotate: rounds of train → predict → merge.")
+flags.DEFINE_float("target_recall", None, "annotate: stop when the held-out recall reaches this.")
+# benchmark
+flags.DEFINE_integer("steps", None, "benchmark: timed steps.")
+flags.register_validator("format", lambda v: set(v) <= {"label", "coco", "geojson", "roi", "csv"},
+                         "--format takes a subset of label,coco,geojson,roi,csv")
+
+
+def _not_built(what: str, issue: int) -> int:
+  print(f"run.py {what}: not built yet (issue {issue} of the tracker); "
+        "see README 'Status' for what works today.", file=sys.stderr)
+  return 3
+
+
+def _require(**named) -> None:
+  from pa_jax.errors import InputError
+
+  for name, value in named.items():
+    if value is None:
+      raise InputError(f"--{name}", "this flag is required here")
+
+
+def cmd_partial() -> int:
+  from pa_jax.data import partial_views
+  from pa_jax.errors import InputError
+
+  _require(dataset=FLAGS.dataset, output=FLAGS.output)
+  if (FLAGS.keep is None) == (FLAGS.crop is None):
+    raise InputError("--keep/--crop", "give exactly one of --keep F or --crop F")
+  kind, frac = ("keep", FLAGS.keep) if FLAGS.keep is not None else ("crop", FLAGS.crop)
+  if not 0.0 < frac <= 1.0:
+    raise InputError(f"--{kind}", f"{frac} is not in (0, 1]")
+  spec = partial_views.ViewSpec(kind, frac, FLAGS.seed)
+  split = FLAGS.split if FLAGS.split is not None else "train"
+  summary = partial_views.write_partial_dataset(FLAGS.dataset, FLAGS.output, spec,
+                                                split=None if split == "all" else split,
+                                                group=FLAGS.group)
+  print(f"{spec.name} of {FLAGS.dataset} (split {split}"
+        f"{', group ' + FLAGS.group if FLAGS.group else ''}): {summary['images']} images, "
+        f"annotated nuclei {summary['nuclei_before']} -> {summary['nuclei_after']}")
+  print(f"written to {FLAGS.output} (summary: {os.path.join(FLAGS.output, 'partial.json')})")
+  return 0
+
+
+def cmd_evaluate() -> int:
+  if FLAGS.predictions or FLAGS.ground_truth:
+    _require(predictions=FLAGS.predictions, ground_truth=FLAGS.ground_truth)
+    from pa_jax.evaluation import report
+
+    out = FLAGS.output or os.path.join(FLAGS.predictions, "evaluation")
+    summary = report.evaluate_folders(FLAGS.predictions, FLAGS.ground_truth, out)
+    _print_summary(summary, out)
+    return 0
+  _require(workdir=FLAGS.workdir)
+  return _not_built("evaluate --workdir (needs a trained model)", 4)
+
+
+def _print_summary(summary: dict, out: str) -> None:
+  keys = ("map", "aji", "aji_pooled", "ncs", "precision", "recall", "f1", "pq")
+  row = summary.get("overall", summary)
+  vals = [f"{k}={row[k]:.4f}" for k in keys if k in row and isinstance(row[k], (int, float))]
+  print(f"{row.get('images', '')} images: " + "  ".join(vals))
+  print(f"report: {out}")
+
+
+def cmd_predict() -> int:
+  _require(input=FLAGS.input, output=FLAGS.output)
+  if FLAGS.method == "classical":
+    from pa_jax.data import readers
+    from pa_jax.infer import classical
+
+    if set(FLAGS.format) != {"label"}:
+      return _not_built("predict --format " + ",".join(FLAGS.format), 7)
+    records = readers.open_dataset(FLAGS.input, split=FLAGS.split, group=FLAGS.group)
+    paths = classical.predict_folder(records, FLAGS.output)
+    print(f"{len(paths)} label maps written to {FLAGS.output}")
+    return 0
+  if FLAGS.method != "model":
+    from pa_jax.errors import InputError
+
+    raise InputError("--method", f"unknown method {FLAGS.method!r} (model, classical)")
+  return _not_built("predict with a trained model", 7)
+
+
+def cmd_demo() -> int:
+  from pa_jax import demo
+
+  return demo.run(FLAGS.workdir or os.path.join("runs", "demo"))
+
+
+def main(argv) -> int:
+  from pa_jax.errors import InputError
+
+  args = argv[1:]
+  command = args[0] if args else "demo"
+  if command not in COMMANDS:
+    print(f"run.py: unknown command {command!r}; use one of {', '.join(COMMANDS)}",
+          file=sys.stderr)
+    return 2
+  if len(args) > 1:
+    print(f"run.py {command}: unexpected arguments {' '.join(args[1:])!r}", file=sys.stderr)
+    return 2
+  handlers = {
+      "demo": cmd_demo,
+      "partial": cmd_partial,
+      "evaluate": cmd_evaluate,
+      "predict": cmd_predict,
+      "train": lambda: _not_built("train", 4),
+      "annotate": lambda: _not_built("annotate", 7),
+      "benchmark": lambda: _not_built("benchmark", 4),
+  }
+  try:
+    return handlers[command]()
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    return 130
+
+
+def _config_override_error(argv: list[str], err: Exception) -> str:
+  """One line for a bad --config.* override, e.g. a typo in a field name."""
+  msg = " ".join(str(err).replace("\\n", " ").replace("\n", " ").strip("'\"").split())
+  bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+  where = bad[0] if len(bad) == 1 else "--config"
+  return f"error: {where}: {msg}"
+
+
+def _flag_error(err: Exception) -> str:
+  """One line for a flag error; for a config file that failed to load, its own last line."""
+  lines = [l for l in str(err).splitlines() if l.strip()]
+  head = lines[0]
+  if len(lines) > 1 and "Traceback" in str(err):
+    return f"error: {head.split(':')[0]}: {lines[-1].strip()}"
+  return f"error: {head}"
+
+
+def _run() -> None:
+  argv = sys.argv
+  try:
+    remaining = FLAGS(argv)
+  except flags.Error as e:
+    print(_flag_error(e), file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    # ml_collections raises these while applying --config / --config.x=y flags.
+    print(_config_override_error(argv, e), file=sys.stderr)
+    sys.exit(2)
+  sys.exit(main(remaining))
+
+
+if __name__ == "__main__":
+  _run()
