@@ -44,6 +44,7 @@ flags.DEFINE_string("output", None, "Output folder.")
 # evaluate
 flags.DEFINE_string("predictions", None, "evaluate: folder of predicted label maps.")
 flags.DEFINE_string("ground_truth", None, "evaluate: folder of ground-truth label maps or a dataset folder.")
+flags.DEFINE_bool("allow_missing", False, "evaluate: ground-truth images without a prediction are skipped, not an error.")
 # predict
 flags.DEFINE_string("input", None, "predict: an image file, a folder of images or a dataset folder.")
 flags.DEFINE_string("method", "model", "predict: 'model' (a trained --workdir) or 'classical' (Otsu + watershed).")
@@ -103,7 +104,9 @@ def cmd_evaluate() -> int:
     from pa_jax.evaluation import report
 
     out = FLAGS.output or os.path.join(FLAGS.predictions, "evaluation")
-    summary = report.evaluate_folders(FLAGS.predictions, FLAGS.ground_truth, out)
+    summary = report.evaluate_folders(FLAGS.predictions, FLAGS.ground_truth, out,
+                                      split=FLAGS.split, group=FLAGS.group,
+                                      allow_missing=FLAGS.allow_missing)
     _print_summary(summary, out)
     return 0
   _require(workdir=FLAGS.workdir)
@@ -114,7 +117,7 @@ def _print_summary(summary: dict, out: str) -> None:
   keys = ("map", "aji", "aji_pooled", "ncs", "precision", "recall", "f1", "pq")
   row = summary.get("overall", summary)
   vals = [f"{k}={row[k]:.4f}" for k in keys if k in row and isinstance(row[k], (int, float))]
-  print(f"{row.get('images', '')} images: " + "  ".join(vals))
+  print(f"{row.get('n_images', '?')} images: " + "  ".join(vals))
   print(f"report: {out}")
 
 
@@ -191,8 +194,19 @@ def _flag_error(err: Exception) -> str:
   return f"error: {head}"
 
 
+def _normalize_flag_names(argv: list[str]) -> list[str]:
+  """Accepts `--ground-truth` as well as absl's `--ground_truth` (not inside --config.*)."""
+  out = []
+  for a in argv:
+    if a.startswith("--") and not a.startswith("--config"):
+      name, eq, value = a[2:].partition("=")
+      a = "--" + name.replace("-", "_") + eq + value
+    out.append(a)
+  return out
+
+
 def _run() -> None:
-  argv = sys.argv
+  argv = _normalize_flag_names(sys.argv)
   try:
     remaining = FLAGS(argv)
   except flags.Error as e:

@@ -33,6 +33,10 @@ def atomic_write(path: os.PathLike | str, mode: str = "wb") -> Iterator[Any]:
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp creates 0600 files; give outputs the usual permissions (0666 minus umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
   except OSError as e:
     raise InputError(path.parent, f"cannot write here ({e.strerror or e})") from None
   try:
