@@ -44,6 +44,7 @@ flags.DEFINE_string("output", None, "Output folder.")
 # evaluate
 flags.DEFINE_string("predictions", None, "evaluate: folder of predicted label maps.")
 flags.DEFINE_string("ground_truth", None, "evaluate: folder of ground-truth label maps or a dataset folder.")
+flags.DEFINE_bool("best", False, "evaluate/predict: use the best-by-mAP checkpoint instead of the latest.")
 flags.DEFINE_bool("allow_missing", False, "evaluate: ground-truth images without a prediction are skipped, not an error.")
 # predict
 flags.DEFINE_string("input", None, "predict: an image file, a folder of images or a dataset folder.")
@@ -110,7 +111,11 @@ def cmd_evaluate() -> int:
     _print_summary(summary, out)
     return 0
   _require(workdir=FLAGS.workdir)
-  return _not_built("evaluate --workdir (needs a trained model)", 4)
+  from pa_jax import experiment
+
+  summary = experiment.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.output, best=FLAGS.best)
+  _print_summary(summary, summary["output"])
+  return 0
 
 
 def _print_summary(summary: dict, out: str) -> None:
@@ -137,7 +142,64 @@ def cmd_predict() -> int:
     from pa_jax.errors import InputError
 
     raise InputError("--method", f"unknown method {FLAGS.method!r} (model, classical)")
-  return _not_built("predict with a trained model", 7)
+  _require(workdir=FLAGS.workdir)
+  if set(FLAGS.format) != {"label"} or FLAGS.contours != "polygon" or FLAGS.attention:
+    return _not_built("predict --format/--contours/--attention beyond label maps", 7)
+  from pa_jax import experiment, fileio
+  from pa_jax.data import readers
+  from pa_jax.infer.predictor import Predictor
+  from tqdm import tqdm
+
+  cfg, model, variables, step = experiment.load_run(FLAGS.workdir, best=FLAGS.best)
+  records = readers.open_dataset(FLAGS.input, split=FLAGS.split, group=FLAGS.group)
+  predictor = Predictor(model, variables, cfg.data.normalize, cfg.model.roi.mask_threshold,
+                        cfg.eval.dilate)
+  for rec in tqdm(records, desc="predict", unit="image"):
+    labels = predictor(readers.read_image(rec.image_path))
+    fileio.write_label_map(os.path.join(FLAGS.output, f"{rec.id}.png"), labels)
+  print(f"{len(records)} label maps (checkpoint step {step}) written to {FLAGS.output}")
+  return 0
+
+
+def _config():
+  from pa_jax.errors import InputError
+
+  cfg = FLAGS.config
+  if cfg is None:
+    raise InputError("--config", "this flag is required here (e.g. configs/dh25_pa.py:cpu)")
+  return cfg
+
+
+def cmd_train() -> int:
+  _require(workdir=FLAGS.workdir)
+  cfg = _config()
+  from pa_jax import experiment
+  from pa_jax.train.loop import TrainingInterrupted
+
+  try:
+    state = experiment.train(cfg, FLAGS.workdir)
+  except TrainingInterrupted as e:
+    print(str(e), file=sys.stderr)
+    return e.exit_code
+  import jax
+
+  print(f"trained to step {int(jax.device_get(state.step))}; evaluate with: python run.py "
+        f"evaluate --workdir {FLAGS.workdir}")
+  return 0
+
+
+def cmd_benchmark() -> int:
+  cfg = _config()
+  from pa_jax import benchmark
+
+  steps = FLAGS.steps if FLAGS.steps is not None else 10
+  out = FLAGS.output or os.path.join("bench", "results", "benchmark.json")
+  name = config_flags.get_config_filename(flags.FLAGS["config"])
+  result = benchmark.run(cfg, steps=steps, output=out, config_name=name)
+  for k, v in result.items():
+    print(f"{k}: {v}")
+  print(f"written to {out}")
+  return 0
 
 
 def cmd_demo() -> int:
@@ -163,9 +225,9 @@ def main(argv) -> int:
       "partial": cmd_partial,
       "evaluate": cmd_evaluate,
       "predict": cmd_predict,
-      "train": lambda: _not_built("train", 4),
+      "train": cmd_train,
       "annotate": lambda: _not_built("annotate", 7),
-      "benchmark": lambda: _not_built("benchmark", 4),
+      "benchmark": cmd_benchmark,
   }
   try:
     return handlers[command]()

@@ -24,7 +24,8 @@ iteration
      (`L <- L[L - 1]` until nothing changes, O(log depth) gathers).
 The outer loop stops when an iteration changes nothing. Plain min-propagation needs as many
 iterations as the longest geodesic path (thousands for a spiral); with hooking and pointer
-jumping a 128x128 spiral takes a few tens of iterations and ordinary blob maps 2-5.
+jumping, 128x128 one-pixel-wide spirals and snakes (8k-pixel paths) converge in 3 outer
+iterations (measured; ~0.5 ms on one CPU core), random maps in 2-4.
 
 Why the result is canonical: labels only decrease, always name a pixel of the same component
 and never go below that component's smallest id `c`; at the fixed point every edge joins two

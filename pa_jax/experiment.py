@@ -1,0 +1,239 @@
+"""One experiment from a config: data → model → training → evaluation → prediction.
+
+`run.py train|evaluate|predict|benchmark` call these functions; everything a later command
+needs is stored in the workdir by `train`:
+
+  workdir/config.json        the full config (ml_collections → JSON)
+  workdir/run.json           dataset statistics (median nucleus size = the centerness
+                             anchor), partial-view name/seed and counts, devices, params
+  workdir/checkpoints/       orbax checkpoints (latest N) and checkpoints_best/ (by mAP)
+  workdir/metrics.jsonl      one JSON object per logged step; tensorboard/ event files
+
+so `evaluate --workdir W` and `predict --workdir W` need nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pa_jax.data import partial_views, pipeline, readers
+from pa_jax.errors import InputError
+from pa_jax.models.mask_rcnn import MaskRCNN, ModelSpec
+
+
+# --------------------------------------------------------------------------------- data
+
+
+def view_spec(cfg) -> partial_views.ViewSpec:
+  return partial_views.ViewSpec(cfg.data.view, cfg.data.view_fraction, cfg.data.view_seed)
+
+
+def source_records(cfg, split: str) -> list[readers.Record]:
+  """Records of a split of `config.data.source` (group filter applied)."""
+  return readers.open_dataset(cfg.data.source, split=split or None,
+                              group=cfg.data.group or None, require_labels=True)
+
+
+def training_examples(cfg, progress: bool = True) -> list[pipeline.TrainExample]:
+  """Decoded training images of this host with the partial view applied."""
+  records = source_records(cfg, cfg.data.train_split)
+  return pipeline.load_training_examples(records, view_spec(cfg), cfg.data.normalize,
+                                         progress=progress)
+
+
+def dataset_statistics(examples: list[pipeline.TrainExample]) -> dict:
+  """Counts and the median nucleus box (w, h) of the *annotated* training nuclei."""
+  ws, hs = [], []
+  n_full = 0
+  for ex in examples:
+    _, boxes = pipeline.instance_boxes(ex.labels)
+    ws.extend((boxes[:, 2] - boxes[:, 0]).tolist())
+    hs.extend((boxes[:, 3] - boxes[:, 1]).tolist())
+    if ex.full_labels is not None:
+      n_full += readers.count_instances(ex.full_labels)
+  if not ws:
+    raise InputError("training data", "no annotated nucleus in the training images")
+  return {"images": len(examples), "annotated_nuclei": len(ws), "full_nuclei": n_full,
+          "median_width": float(np.median(ws)), "median_height": float(np.median(hs))}
+
+
+# -------------------------------------------------------------------------------- model
+
+
+def build_model(cfg, stats: dict | None = None) -> MaskRCNN:
+  anchor_wh = None if stats is None else (stats["median_width"], stats["median_height"])
+  return MaskRCNN(ModelSpec.from_config(cfg.model, anchor_wh=anchor_wh))
+
+
+def make_task(model: MaskRCNN, evaluate=None):
+  """The model-agnostic trainer's view of the detector."""
+  from pa_jax.train.task import Task
+
+  def init(rng, batch):
+    k_init, k_loss = jax.random.split(rng)
+    return model.init(k_init, batch, k_loss)
+
+  def loss_fn(params, variables, batch, rng):
+    return model.apply({**variables, "params": params}, batch, rng)
+
+  return Task(init=init, loss_fn=loss_fn, evaluate=evaluate)
+
+
+def batch_source(cfg, examples, process_index: int = 0, process_count: int = 1):
+  return pipeline.BatchSource(
+      examples, global_batch=cfg.train.batch_size, canvas=cfg.data.canvas_size,
+      max_instances=cfg.data.max_instances, seed=cfg.seed, flip_h=cfg.data.flip_horizontal,
+      flip_v=cfg.data.flip_vertical, process_index=process_index, process_count=process_count)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_variables(cfg, model: MaskRCNN, variables, split: str, output_dir=None,
+                       max_images: int = 0, progress: bool = True, title: str = "") -> dict:
+  """Predicts every image of `split` and scores it against the full labels."""
+  from pa_jax.evaluation import report
+  from pa_jax.infer.predictor import Predictor
+
+  records = source_records(cfg, split)
+  if max_images:
+    records = records[:max_images]
+  predictor = Predictor(model, variables, cfg.data.normalize, cfg.model.roi.mask_threshold,
+                        cfg.eval.dilate)
+  items = []
+  for rec in records:
+    ex = readers.load_example(rec)
+    items.append((rec.id, ex.labels, predictor(ex.image),
+                  {"group": rec.group, "modality": rec.modality}, ex.image))
+  if output_dir is None:
+    from pa_jax.evaluation import metrics
+
+    rows = [metrics.image_metrics(gt, pred) for _, gt, pred, _, _ in items]
+    keys = ("map", "aji", "ncs", "precision", "recall", "f1", "pq")
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+  return report.evaluate_pairs(items, output_dir, title=title or f"{split} split",
+                               progress=progress)
+
+
+# -------------------------------------------------------------------------------- train
+
+
+def train(cfg, workdir: os.PathLike | str) -> Any:
+  """Trains (or resumes) the experiment of `cfg` in `workdir`; returns the final state."""
+  from pa_jax.train import loop
+  from pa_jax.train.distributed import maybe_initialize_distributed
+
+  maybe_initialize_distributed()
+  workdir = Path(workdir)
+  examples = training_examples(cfg, progress=jax.process_index() == 0)
+  stats = dataset_statistics(examples)
+  prior = _load_json(workdir / "run.json")
+  if prior and "dataset" in prior:  # resume: reuse the recorded anchor, never recompute
+    stats = prior["dataset"]
+  model = build_model(cfg, stats)
+
+  def periodic_eval(state):
+    variables = {**state.variables, "params": state.params}
+    return evaluate_variables(cfg, model, variables, cfg.data.eval_split,
+                              max_images=cfg.eval.max_images, progress=False)
+
+  task = make_task(model, periodic_eval if cfg.train.eval_every else None)
+  batches = batch_source(cfg, examples, jax.process_index(), jax.process_count())
+  spec = view_spec(cfg)
+  metadata = {"dataset": stats, "view": {"name": spec.name, "kind": spec.kind,
+                                         "fraction": spec.fraction, "seed": spec.seed},
+              "source": str(cfg.data.source), "group": cfg.data.group}
+  if jax.process_index() == 0:
+    print(f"training data: {stats['images']} images, {stats['annotated_nuclei']} annotated "
+          f"nuclei ({spec.name}; {stats['full_nuclei']} in the full labels); centerness "
+          f"anchor {stats['median_width']:.1f}x{stats['median_height']:.1f} px")
+  return loop.train(task, batches, cfg, workdir, run_metadata=metadata)
+
+
+# ------------------------------------------------------------------- restoring a run
+
+
+def _load_json(path: Path) -> dict | None:
+  try:
+    return json.loads(Path(path).read_text())
+  except FileNotFoundError:
+    return None
+  except (OSError, json.JSONDecodeError) as e:
+    raise InputError(path, f"cannot read ({e})") from None
+
+
+def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
+  path = Path(workdir) / "config.json"
+  data = _load_json(path)
+  if data is None:
+    raise InputError(workdir, "no config.json: not a pa_jax training run (train it first)")
+  return ml_collections.ConfigDict(_tuples(data))
+
+
+def _tuples(obj):
+  """JSON lists back to tuples (configs use tuples for static sequences)."""
+  if isinstance(obj, dict):
+    return {k: _tuples(v) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return tuple(_tuples(v) for v in obj)
+  return obj
+
+
+def load_run(workdir: os.PathLike | str, best: bool = False):
+  """(config, model, variables, step) of a trained run, from its workdir alone."""
+  from pa_jax.train import checkpoint as ckpt
+  from pa_jax.train.state import create_train_state, make_data_mesh
+
+  workdir = Path(workdir)
+  cfg = load_config(workdir)
+  meta = _load_json(workdir / "run.json") or {}
+  model = build_model(cfg, meta.get("dataset"))
+  task = make_task(model)
+  mesh = make_data_mesh(jax.devices()[:1])
+  example = pipeline.stack_batch([_empty_example(cfg.data.canvas_size, cfg.data.max_instances)])
+  template = create_train_state(task, cfg, jax.random.PRNGKey(cfg.seed), example, mesh,
+                                abstract=True)
+  store = ckpt.CheckpointStore(workdir, keep=cfg.train.keep_checkpoints)
+  try:
+    step = store.best.best_step() if best else store.latest_step()
+    if step is None:
+      raise InputError(workdir / ("checkpoints_best" if best else "checkpoints"),
+                       "no checkpoint: train this run first")
+    state = store.restore(step, template, best=best)
+  finally:
+    store.close()
+  return cfg, model, {**state.variables, "params": state.params}, int(step)
+
+
+def _empty_example(canvas: int, max_instances: int) -> dict:
+  return dict(image=np.zeros((canvas, canvas, 3), np.float32),
+              labels=np.zeros((canvas, canvas), np.int32),
+              boxes=np.zeros((max_instances, 4), np.float32),
+              valid=np.zeros((max_instances,), bool), image_size=np.array([canvas, canvas], np.int32),
+              full_labels=np.zeros((canvas, canvas), np.int32), has_full=np.bool_(False))
+
+
+def evaluate_run(workdir: os.PathLike | str, split: str | None = None,
+                 output_dir: os.PathLike | str | None = None, best: bool = False) -> dict:
+  cfg, model, variables, step = load_run(workdir, best=best)
+  split = split or cfg.eval.split
+  out = Path(output_dir) if output_dir else Path(workdir) / f"eval_{split}_step{step}"
+  t0 = time.time()
+  summary = report_summary(evaluate_variables(cfg, model, variables, split, out,
+                                              title=f"{Path(workdir).name} step {step}, {split}"))
+  summary["seconds"] = time.time() - t0
+  summary["output"] = str(out)
+  return summary
+
+
+def report_summary(result: dict) -> dict:
+  return dict(result.get("overall", result))

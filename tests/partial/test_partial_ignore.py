@@ -1,0 +1,84 @@
+"""Tests of pa_jax.partial.ignore."""
+
+import jax
+import numpy as np
+
+from pa_jax.ops.boxes import pairwise_iou
+from pa_jax.ops.matching import Assignment, match
+from pa_jax.partial import ignore as I
+
+ignore_near_pa_boxes = jax.jit(I.ignore_near_pa_boxes, static_argnames=("iou_threshold",))
+
+
+def grid_anchors(size=16.0, step=8.0, extent=96.0):
+  c = np.arange(0.0, extent, step) + step / 2
+  cx, cy = np.meshgrid(c, c)
+  cx, cy = cx.reshape(-1), cy.reshape(-1)
+  return np.stack([cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2], -1).astype(
+      np.float32)
+
+
+def test_unannotated_nucleus_becomes_ignore_not_negative():
+  anchors = grid_anchors()
+  annotated = np.array([[8, 8, 24, 24]], np.float32)      # the one annotated nucleus
+  unannotated = np.array([[56, 56, 72, 72]], np.float32)  # a real nucleus nobody labelled
+  _, assignment = match(pairwise_iou(annotated, anchors), np.array([True]), 0.7, 0.3, True)
+  on_unann = np.asarray(pairwise_iou(anchors, unannotated))[:, 0] >= 0.3
+  assert np.all(np.asarray(assignment)[on_unann] == Assignment.NEGATIVE)  # the problem
+  pa = np.array([[55, 57, 71, 73], [8, 8, 24, 24], [0, 0, 0, 0]], np.float32)  # last: padding
+  pa_valid = np.array([True, True, False])
+  new = np.asarray(ignore_near_pa_boxes(assignment, anchors, pa, pa_valid, iou_threshold=0.3))
+  old = np.asarray(assignment)
+  near = np.any((np.asarray(pairwise_iou(anchors, pa[:2])) >= 0.3), axis=1)
+  assert np.all(new[on_unann & (old == 0)] == Assignment.IGNORE)
+  np.testing.assert_array_equal(new[old == Assignment.POSITIVE], Assignment.POSITIVE)
+  np.testing.assert_array_equal(new[old == Assignment.IGNORE], Assignment.IGNORE)
+  np.testing.assert_array_equal(new, np.where((old == 0) & near, -1, old))
+  assert np.sum(new == 0) > 0 and new.dtype == np.int32  # far background stays negative
+
+
+def test_no_valid_pa_box_changes_nothing():
+  anchors = grid_anchors()
+  assignment = np.random.default_rng(0).choice([-1, 0, 1], anchors.shape[0]).astype(np.int32)
+  pa = anchors[:5]
+  new = ignore_near_pa_boxes(assignment, anchors, pa, np.zeros(5, bool), iou_threshold=0.3)
+  np.testing.assert_array_equal(new, assignment)
+  # iou_threshold 0 must not silence negatives that do not touch any PA box.
+  new0 = np.asarray(ignore_near_pa_boxes(assignment, anchors, pa[:1], np.ones(1, bool),
+                                         iou_threshold=0.0))
+  far = np.asarray(pairwise_iou(anchors, pa[:1]))[:, 0] == 0
+  np.testing.assert_array_equal(new0[far], assignment[far])
+
+
+def test_many_pa_boxes_blocked_path_and_vmap():
+  rng = np.random.default_rng(1)
+  anchors = grid_anchors()
+  xy = rng.uniform(0, 90, (2, 200, 2))
+  wh = rng.uniform(4, 20, (2, 200, 2))
+  pa = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+  pa_valid = rng.random((2, 200)) < 0.5
+  assignment = rng.choice([-1, 0, 1], (2, anchors.shape[0])).astype(np.int32)
+  fn = jax.jit(jax.vmap(lambda a, p, v: I.ignore_near_pa_boxes(a, anchors, p, v, 0.5)))
+  new = np.asarray(fn(assignment, pa, pa_valid))
+  for b in range(2):
+    iou = np.asarray(pairwise_iou(anchors, pa[b]))
+    near = np.any((iou >= 0.5) & pa_valid[b][None], axis=1)
+    np.testing.assert_array_equal(new[b], np.where((assignment[b] == 0) & near, -1,
+                                                   assignment[b]))
+
+
+def test_pa_coverage():
+  full = np.zeros((64, 64), np.int32)
+  full[2:12, 2:12] = 1      # annotated
+  full[20:30, 20:30] = 2    # unannotated, found by a PA box
+  full[40:50, 40:60] = 3    # unannotated, missed
+  annotated = np.where(full == 1, 1, 0).astype(np.int32)
+  pa = np.array([[21, 20, 30, 31], [40, 40, 45, 50], [0, 0, 64, 64]], np.float32)
+  valid = np.array([True, True, False])
+  out = I.pa_coverage(pa, valid, full, annotated)
+  assert out == {"num_pa_boxes": 2, "num_unannotated": 2, "num_covered": 1, "coverage": 0.5}
+  batched = I.pa_coverage(np.stack([pa, pa]), np.stack([valid, valid]), np.stack([full, full]),
+                          np.stack([annotated, full]))
+  assert batched["num_pa_boxes"] == 4 and batched["num_unannotated"] == 2
+  assert batched["num_covered"] == 1
+  assert np.isnan(I.pa_coverage(pa, valid, annotated, annotated)["coverage"])
