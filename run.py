@@ -59,8 +59,6 @@ flags.DEFINE_integer("rounds", 1, "annotate: rounds of train → predict → mer
 flags.DEFINE_float("target_recall", None, "annotate: stop when the held-out recall reaches this.")
 # benchmark
 flags.DEFINE_integer("steps", None, "benchmark: timed steps.")
-flags.register_validator("format", lambda v: set(v) <= {"label", "coco", "geojson", "roi", "csv"},
-                         "--format takes a subset of label,coco,geojson,roi,csv")
 
 
 def _not_built(what: str, issue: int) -> int:
@@ -128,36 +126,19 @@ def _print_summary(summary: dict, out: str) -> None:
 
 def cmd_predict() -> int:
   _require(input=FLAGS.input, output=FLAGS.output)
-  if FLAGS.method == "classical":
-    from pa_jax.data import readers
-    from pa_jax.infer import classical
+  from pa_jax import predict
 
-    if set(FLAGS.format) != {"label"}:
-      return _not_built("predict --format " + ",".join(FLAGS.format), 7)
-    records = readers.open_dataset(FLAGS.input, split=FLAGS.split, group=FLAGS.group)
-    paths = classical.predict_folder(records, FLAGS.output)
-    print(f"{len(paths)} label maps written to {FLAGS.output}")
-    return 0
-  if FLAGS.method != "model":
+  if FLAGS.method not in ("model", "classical"):
     from pa_jax.errors import InputError
 
     raise InputError("--method", f"unknown method {FLAGS.method!r} (model, classical)")
-  _require(workdir=FLAGS.workdir)
-  if set(FLAGS.format) != {"label"} or FLAGS.contours != "polygon" or FLAGS.attention:
-    return _not_built("predict --format/--contours/--attention beyond label maps", 7)
-  from pa_jax import experiment, fileio
-  from pa_jax.data import readers
-  from pa_jax.infer.predictor import Predictor
-  from tqdm import tqdm
-
-  cfg, model, variables, step = experiment.load_run(FLAGS.workdir, best=FLAGS.best)
-  records = readers.open_dataset(FLAGS.input, split=FLAGS.split, group=FLAGS.group)
-  predictor = Predictor(model, variables, cfg.data.normalize, cfg.model.roi.mask_threshold,
-                        cfg.eval.dilate)
-  for rec in tqdm(records, desc="predict", unit="image"):
-    labels = predictor(readers.read_image(rec.image_path))
-    fileio.write_label_map(os.path.join(FLAGS.output, f"{rec.id}.png"), labels)
-  print(f"{len(records)} label maps (checkpoint step {step}) written to {FLAGS.output}")
+  if FLAGS.method == "model":
+    _require(workdir=FLAGS.workdir)
+  n = predict.predict_command(FLAGS.input, FLAGS.output, method=FLAGS.method,
+                              workdir=FLAGS.workdir, formats=FLAGS.format,
+                              contours=FLAGS.contours, attention=FLAGS.attention,
+                              split=FLAGS.split, group=FLAGS.group, best=FLAGS.best)
+  print(f"{n} images segmented; outputs in {FLAGS.output}")
   return 0
 
 

@@ -1,17 +1,17 @@
-"""The embedded default (`python run.py`): a few minutes, on a laptop CPU, no arguments.
+"""The embedded default (`python run.py`): minutes on a laptop CPU, no arguments.
 
-Steps, each printed as it runs:
-1. derive the DH25-style partial view (25 % of nuclei kept, seed 0) of the training images
-   in `data/sample` and count the annotations before/after;
-2. segment the held-out test images — with the Mask R-CNN + partial-annotation model once
-   it is built (issues 4/5), today with the classical Otsu + watershed floor, and the demo
-   says so: it never presents one as the other;
-3. evaluate against the *full* labels (mAP, AJI, NCS, P, R, F1, PQ);
-4. write predictions (label maps), an overlay PNG and a results table into the workdir.
+1. derive the DH25-style partial view of `data/sample` (25 % of nuclei kept, seed 0) and
+   count the annotations before/after;
+2. train the Mask R-CNN + partial-annotation model (configs/demo.py, CPU-sized) on it,
+   with a progress bar; rerunning resumes (or skips a finished run);
+3. segment the held-out test images and score them against their *full* labels, next to
+   the classical Otsu + watershed floor for scale;
+4. write label maps, an overlay PNG and a results table into the workdir.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from pathlib import Path
@@ -22,89 +22,101 @@ from pa_jax import fileio
 from pa_jax.data import partial_views, readers
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+KEYS = ("map", "aji", "ncs", "precision", "recall", "f1", "pq")
 
 
-def run(workdir: str | Path, sample: str | Path = SAMPLE) -> int:
+def run(workdir: str | Path, sample: str | Path = SAMPLE, steps: int | None = None) -> int:
   from configs import demo as demo_config
 
-  from pa_jax.evaluation import report
+  from pa_jax import experiment
+  from pa_jax.evaluation import metrics, report
   from pa_jax.infer import classical
+  from pa_jax.infer.predictor import predictor_for
 
   cfg = demo_config.get_config()
+  cfg.data.source = str(sample)
+  if steps is not None:
+    cfg.train.steps = steps
   workdir = Path(workdir)
   t0 = time.time()
   print(f"pa_jax demo: {sample} -> {workdir}")
 
-  # 1. the partial view the model would train on (rewritten each run: it is derived data)
-  spec = partial_views.ViewSpec(cfg.data.view, cfg.data.view_fraction, cfg.data.view_seed)
+  # 1. the partial view the model trains on (written out so the user can look at it)
+  spec = experiment.view_spec(cfg)
   view_dir = workdir / "train_view"
   if view_dir.exists():
     shutil.rmtree(view_dir)
-  summary = partial_views.write_partial_dataset(sample, view_dir, spec, split="train")
+  summary = partial_views.write_partial_dataset(sample, view_dir, spec, split="train",
+                                                progress=False)
   print(f"[1/4] partial view {spec.name}: {summary['images']} training images, annotated "
         f"nuclei {summary['nuclei_before']} -> {summary['nuclei_after']}")
 
-  # 2. predictions on the held-out images
-  test = readers.read_dataset_folder(sample, split="test")
-  print("[2/4] Mask R-CNN + partial-annotation training is not built yet (issues 4 and 5); "
-        "segmenting with the classical Otsu + watershed floor instead.")
-  method = "classical (Otsu + distance-transform watershed)"
-  pred_dir = workdir / "predictions"
-  classical.predict_folder(test, pred_dir)
+  # 2. train (resumes from workdir/model if interrupted; a finished run is reused)
+  print(f"[2/4] training Mask R-CNN + partial-annotation module ({cfg.model.backbone}, "
+        f"{cfg.train.steps} steps, batch {cfg.train.batch_size}, canvas {cfg.data.canvas_size})")
+  experiment.train(cfg, workdir / "model")
+  cfg, model, variables, step = experiment.load_run(workdir / "model")
+  predictor = predictor_for(cfg, model, variables)
 
-  # 3. evaluation against the full labels
-  items = []
+  # 3. predictions on the held-out images, scored against the full labels
+  test = readers.read_dataset_folder(sample, split="test")
+  pred_dir = workdir / "predictions"
+  items, floor_rows = [], []
   for rec in test:
     ex = readers.load_example(rec)
-    pred = readers.read_label_map(pred_dir / f"{rec.id}.png", ex.image.shape)
+    pred = predictor(ex.image)
+    fileio.write_label_map(pred_dir / f"{rec.id}.png", pred)
     items.append((rec.id, ex.labels, pred, {"group": rec.group, "modality": rec.modality},
                   ex.image))
-  eval_dir = workdir / "evaluation"
-  result = report.evaluate_pairs(items, eval_dir, title=f"demo: {method}")
+    floor_rows.append(metrics.image_metrics(ex.labels, classical.segment_classical(ex.image)))
+  result = report.evaluate_pairs(items, workdir / "evaluation",
+                                 title=f"demo: partial-annotation model, step {step}",
+                                 progress=False)
   overall = result.get("overall", result)
+  floor = {k: float(np.mean([r[k] for r in floor_rows])) for k in KEYS}
   print("[3/4] evaluated against the full labels")
 
   # 4. overlay + results table
-  _write_overlay(workdir / "overlay.png", items, view_dir)
-  keys = ("map", "aji", "ncs", "precision", "recall", "f1", "pq")
-  table = ["| method | images | " + " | ".join(keys) + " |",
-           "|---|---|" + "---|" * len(keys),
-           f"| {method} | {len(items)} | " + " | ".join(f"{overall[k]:.3f}" for k in keys) + " |"]
-  text = (f"# pa_jax demo results\n\nTraining view: {spec.name} of `{sample}` "
-          f"({summary['nuclei_before']} -> {summary['nuclei_after']} annotated nuclei).\n"
-          f"Evaluated on the {len(items)} test images against their full labels.\n\n"
-          + "\n".join(table) + "\n")
+  _write_overlay(workdir / "overlay.png", items)
+  table = ["| method | images | " + " | ".join(KEYS) + " |", "|---|---|" + "---|" * len(KEYS),
+           f"| Mask R-CNN + PA ({spec.name} labels, {step} steps) | {len(items)} | "
+           + " | ".join(f"{overall[k]:.3f}" for k in KEYS) + " |",
+           f"| classical floor (Otsu + watershed) | {len(items)} | "
+           + " | ".join(f"{floor[k]:.3f}" for k in KEYS) + " |"]
+  text = (f"# pa_jax demo results\n\nTrained on `{sample}` ({summary['images']} images) with "
+          f"{spec.name}: {summary['nuclei_before']} -> {summary['nuclei_after']} annotated "
+          f"nuclei. Evaluated on the {len(items)} test images against their full labels.\n\n"
+          + "\n".join(table) + "\n\nA demo-sized model and schedule: see docs/results.md for "
+          "the paper experiments.\n")
   fileio.write_text(workdir / "results.md", text)
-  print("[4/4] " + "  ".join(f"{k}={overall[k]:.3f}" for k in keys))
+  print("[4/4] model: " + "  ".join(f"{k}={overall[k]:.3f}" for k in KEYS))
+  print("      floor: " + "  ".join(f"{k}={floor[k]:.3f}" for k in KEYS))
   print(f"done in {time.time() - t0:.0f}s. Results: {workdir / 'results.md'}, overlay: "
-        f"{workdir / 'overlay.png'}, predictions: {pred_dir}/, report: {eval_dir}/")
+        f"{workdir / 'overlay.png'}, predictions: {pred_dir}/, report: "
+        f"{workdir / 'evaluation'}/, model: {workdir / 'model'}/")
   return 0
 
 
-def _write_overlay(path: Path, items, view_dir: Path) -> None:
+def _write_overlay(path: Path, items) -> None:
   """Test images with full-label contours (green) and predicted contours (magenta)."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
   from skimage.segmentation import find_boundaries
 
   n = len(items)
-  fig, axes = plt.subplots(1, n, figsize=(5 * n, 5), squeeze=False)
-  for ax, (img_id, gt, pred, _, image) in zip(axes[0], items):
+  fig = Figure(figsize=(5 * n, 5.4))
+  FigureCanvasAgg(fig)
+  for i, (img_id, gt, pred, _, image) in enumerate(items):
+    ax = fig.add_subplot(1, n, i + 1)
     img = image.astype(np.float32)
     img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
-    rgb = np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
-    rgb = rgb.copy()
+    rgb = (np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]).copy()
     rgb[find_boundaries(gt, mode="inner")] = (0.1, 0.9, 0.1)
     rgb[find_boundaries(pred, mode="inner")] = (0.95, 0.1, 0.95)
     ax.imshow(rgb)
-    ax.set_title(f"{img_id[:12]}…  green: truth, magenta: prediction", fontsize=9)
+    ax.set_title(f"{img_id[:12]}: green truth, magenta prediction", fontsize=9)
     ax.axis("off")
   fig.tight_layout()
-  import io
-
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=100)
-  plt.close(fig)
   fileio.write_bytes(path, buf.getvalue())

@@ -74,13 +74,28 @@ def build_model(cfg, stats: dict | None = None) -> MaskRCNN:
   return MaskRCNN(ModelSpec.from_config(cfg.model, anchor_wh=anchor_wh))
 
 
-def make_task(model: MaskRCNN, evaluate=None):
-  """The model-agnostic trainer's view of the detector."""
+def make_task(model: MaskRCNN, evaluate=None, pretrained: str = ""):
+  """The model-agnostic trainer's view of the detector.
+
+  `pretrained`: a torchvision ResNet / Mask R-CNN state dict (.pth needs torch, or .npz)
+  imported over the random initialisation (name map and shape checks:
+  pa_jax/models/weights.py). Import happens inside `init`, which runs only for a new run,
+  never on resume.
+  """
   from pa_jax.train.task import Task
 
   def init(rng, batch):
     k_init, k_loss = jax.random.split(rng)
-    return model.init(k_init, batch, k_loss)
+    variables = model.init(k_init, batch, k_loss)
+    if pretrained:
+      from pa_jax.models.weights import import_pretrained
+
+      # Runs under jit (create_train_state): only shapes are needed; file tensors become
+      # constants of the init program.
+      variables, report = import_pretrained(variables, pretrained)
+      print(f"imported {report['loaded']} tensors from {pretrained}"
+            + (f"; not in the file: {len(report['missing'])}" if report["missing"] else ""))
+    return variables
 
   def loss_fn(params, variables, batch, rng):
     return model.apply({**variables, "params": params}, batch, rng)
@@ -102,13 +117,12 @@ def evaluate_variables(cfg, model: MaskRCNN, variables, split: str, output_dir=N
                        max_images: int = 0, progress: bool = True, title: str = "") -> dict:
   """Predicts every image of `split` and scores it against the full labels."""
   from pa_jax.evaluation import report
-  from pa_jax.infer.predictor import Predictor
+  from pa_jax.infer.predictor import predictor_for
 
   records = source_records(cfg, split)
   if max_images:
     records = records[:max_images]
-  predictor = Predictor(model, variables, cfg.data.normalize, cfg.model.roi.mask_threshold,
-                        cfg.eval.dilate)
+  predictor = predictor_for(cfg, model, variables)
   items = []
   for rec in records:
     ex = readers.load_example(rec)
@@ -146,7 +160,8 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
     return evaluate_variables(cfg, model, variables, cfg.data.eval_split,
                               max_images=cfg.eval.max_images, progress=False)
 
-  task = make_task(model, periodic_eval if cfg.train.eval_every else None)
+  task = make_task(model, periodic_eval if cfg.train.eval_every else None,
+                   cfg.model.pretrained)
   batches = batch_source(cfg, examples, jax.process_index(), jax.process_count())
   spec = view_spec(cfg)
   metadata = {"dataset": stats, "view": {"name": spec.name, "kind": spec.kind,
@@ -218,8 +233,11 @@ def _empty_example(canvas: int, max_instances: int) -> dict:
   return dict(image=np.zeros((canvas, canvas, 3), np.float32),
               labels=np.zeros((canvas, canvas), np.int32),
               boxes=np.zeros((max_instances, 4), np.float32),
-              valid=np.zeros((max_instances,), bool), image_size=np.array([canvas, canvas], np.int32),
-              full_labels=np.zeros((canvas, canvas), np.int32), has_full=np.bool_(False))
+              valid=np.zeros((max_instances,), bool),
+              negative_boxes=np.zeros((max_instances, 4), np.float32),
+              negative_valid=np.zeros((max_instances,), bool), image_size=np.array([canvas, canvas], np.int32),
+              unannotated_boxes=np.zeros((max_instances, 4), np.float32),
+              unannotated_valid=np.zeros((max_instances,), bool), has_full=np.bool_(False))
 
 
 def evaluate_run(workdir: os.PathLike | str, split: str | None = None,

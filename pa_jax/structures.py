@@ -22,18 +22,27 @@ class Batch:
   boxes:        float32 [B, M, 4] (x0, y0, x1, y1) of each annotated instance, pixel edges
                 (a one-pixel nucleus at column 5 has x0 = 5, x1 = 6).
   valid:        bool [B, M] True for real instances, False for padding slots.
+  negative_boxes: float32 [B, M, 4] boxes of regions a person marked "not a nucleus"
+                (rejected proposals; hard negatives, used with model.partial.hard_negatives).
+  negative_valid: bool [B, M].
   image_size:   int32 [B, 2] (height, width) of the real image inside the canvas.
-  full_labels:  int32 [B, H, W] full label map when known (diagnostics only: how many
-                unannotated nuclei the PA boxes cover); zeros when unknown.
-  has_full:     bool [B] whether `full_labels` is meaningful.
+  unannotated_boxes: float32 [B, M, 4] boxes of the nuclei of the full labels that are NOT
+                annotated in `labels` (known when a partial view was derived from full
+                labels). Diagnostics only — never used by a loss: how many unannotated
+                nuclei the PA boxes cover.
+  unannotated_valid: bool [B, M].
+  has_full:     bool [B] whether full labels were known for the image.
   """
 
   image: jax.Array | np.ndarray
   labels: jax.Array | np.ndarray
   boxes: jax.Array | np.ndarray
   valid: jax.Array | np.ndarray
+  negative_boxes: jax.Array | np.ndarray
+  negative_valid: jax.Array | np.ndarray
   image_size: jax.Array | np.ndarray
-  full_labels: jax.Array | np.ndarray
+  unannotated_boxes: jax.Array | np.ndarray
+  unannotated_valid: jax.Array | np.ndarray
   has_full: jax.Array | np.ndarray
 
   @property

@@ -85,13 +85,16 @@ class TrainExample:
   """A decoded training image (host memory), after its partial view.
 
   image: float32 (H, W, 3) in [0, 1]; labels: int32 (H, W) annotated (partial) map;
-  full_labels: int32 (H, W) full map when known, else None.
+  full_labels: int32 (H, W) full map when known, else None;
+  negatives: int32 (H, W) regions a person marked "not a nucleus" (rejected proposals of
+  the annotation loop: hard negatives), else None.
   """
 
   id: str
   image: np.ndarray
   labels: np.ndarray
   full_labels: np.ndarray | None
+  negatives: np.ndarray | None = None
 
 
 def load_training_examples(records: Sequence[readers.Record], view: partial_views.ViewSpec,
@@ -122,7 +125,10 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
   """One example on a `canvas x canvas` canvas: random crop/pad + flips + padded instances.
 
   Returns numpy arrays: image [C, C, 3] f32, labels [C, C] i32 (slot k-1 ↔ value k),
-  boxes [M, 4] f32, valid [M] bool, image_size [2] i32, full_labels [C, C] i32, has_full.
+  boxes [M, 4] f32, valid [M] bool, negative_boxes [M, 4] f32 + negative_valid [M] bool
+  (rejected regions), image_size [2] i32, unannotated_boxes [M, 4] f32 and
+  unannotated_valid [M] bool (full-label nuclei absent from the partial labels, at most M
+  kept: diagnostics only), has_full.
   """
   h, w = ex.labels.shape
   y0 = int(rng.integers(0, h - canvas + 1)) if h > canvas else 0
@@ -131,12 +137,15 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
   image = ex.image[y0:y0 + ch, x0:x0 + cw]
   labels = ex.labels[y0:y0 + ch, x0:x0 + cw]
   full = ex.full_labels[y0:y0 + ch, x0:x0 + cw] if ex.full_labels is not None else None
+  neg = ex.negatives[y0:y0 + ch, x0:x0 + cw] if ex.negatives is not None else None
   if flip_h and rng.random() < 0.5:
     image, labels = image[:, ::-1], labels[:, ::-1]
     full = full[:, ::-1] if full is not None else None
+    neg = neg[:, ::-1] if neg is not None else None
   if flip_v and rng.random() < 0.5:
     image, labels = image[::-1], labels[::-1]
     full = full[::-1] if full is not None else None
+    neg = neg[::-1] if neg is not None else None
 
   ids, boxes = instance_boxes(labels)
   if len(ids) > max_instances:
@@ -151,16 +160,29 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
   out_img[:ch, :cw] = image
   out_lab = np.zeros((canvas, canvas), np.int32)
   out_lab[:ch, :cw] = seq
-  out_full = np.zeros((canvas, canvas), np.int32)
+  un_boxes = np.zeros((max_instances, 4), np.float32)
+  un_valid = np.zeros((max_instances,), bool)
   if full is not None:
-    out_full[:ch, :cw] = full
+    full_ids, full_boxes = instance_boxes(full)
+    missing = ~np.isin(full_ids, ids)  # same label values: views never renumber nuclei
+    extra = full_boxes[missing][:max_instances]
+    un_boxes[:len(extra)] = extra
+    un_valid[:len(extra)] = True
   out_boxes = np.zeros((max_instances, 4), np.float32)
   out_boxes[:len(ids)] = boxes
   valid = np.zeros((max_instances,), bool)
   valid[:len(ids)] = True
+  neg_boxes = np.zeros((max_instances, 4), np.float32)
+  neg_valid = np.zeros((max_instances,), bool)
+  if neg is not None:
+    _, nb = instance_boxes(neg)
+    nb = nb[:max_instances]
+    neg_boxes[:len(nb)] = nb
+    neg_valid[:len(nb)] = True
   return dict(image=out_img, labels=out_lab, boxes=out_boxes, valid=valid,
-              image_size=np.array([ch, cw], np.int32), full_labels=out_full,
-              has_full=np.bool_(full is not None))
+              negative_boxes=neg_boxes, negative_valid=neg_valid,
+              image_size=np.array([ch, cw], np.int32), unannotated_boxes=un_boxes,
+              unannotated_valid=un_valid, has_full=np.bool_(full is not None))
 
 
 def stack_batch(items: Sequence[dict]) -> Batch:

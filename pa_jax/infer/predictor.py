@@ -33,6 +33,14 @@ def dilate_labels(labels: np.ndarray) -> np.ndarray:
   return np.where(labels == 0, grown, labels).astype(labels.dtype)
 
 
+def predictor_for(cfg, model, variables) -> "Predictor":
+  """The Predictor a run's config asks for (older configs lack predict.score_threshold)."""
+  p = cfg.predict
+  return Predictor(model, variables, cfg.data.normalize, cfg.model.roi.mask_threshold,
+                   cfg.eval.dilate, p.get("score_threshold", 0.5), p.tile_size,
+                   p.tile_overlap, p.batch_size)
+
+
 def canvas_for(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
   """The smallest canvas (multiple of `multiple`) holding an image."""
   return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
@@ -49,27 +57,43 @@ def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
 class Predictor:
   """Callable: image (uint8/uint16 [H, W] or [H, W, 3]) → int32 label map [H, W].
 
+  The image is normalised once (whole image, so tiles share one intensity scale); images
+  larger than `tile_size` are segmented in overlapping tiles (`pa_jax.infer.tiling`) and
+  stitched, so memory is bounded by the tile, not the image; the 3x3 dilation runs once on
+  the final map.
+
   Args:
     model: a `MaskRCNN` module; variables: its flax variables.
     normalize: intensity mode used in training (`config.data.normalize`).
     mask_threshold: mask probability that counts as inside.
     dilate: apply the 3x3 post-process dilation.
+    min_score: detections scoring below this are not drawn into the label map.
+    tile_size, overlap: tiling of large images (multiple of 32; overlap must exceed the
+      largest nucleus plus the network's context, see docs/tiling.md).
+    batch_size: tiles per device call (the batch is padded to this size: one compile).
   """
 
   def __init__(self, model, variables, normalize: str = "percentile",
-               mask_threshold: float = 0.5, dilate: bool = True):
+               mask_threshold: float = 0.5, dilate: bool = True, min_score: float = 0.5,
+               tile_size: int = 512, overlap: int = 96, batch_size: int = 1,
+               progress: bool = False):
     self.model = model
     self.variables = variables
     self.normalize = normalize
     self.mask_threshold = mask_threshold
     self.dilate = dilate
+    self.min_score = min_score
+    self.tile_size = tile_size
+    self.overlap = overlap
+    self.batch_size = max(1, int(batch_size))
+    self.progress = progress
     self._fns: dict[tuple[int, int], Callable] = {}
 
   def _compiled(self, canvas: tuple[int, int]) -> Callable:
     if canvas not in self._fns:
       from pa_jax.models.mask_rcnn import MaskRCNN
 
-      model, thr = self.model, self.mask_threshold
+      model, thr, min_score = self.model, self.mask_threshold, self.min_score
 
       @jax.jit
       def run(variables, image, image_size):
@@ -77,26 +101,64 @@ class Predictor:
         render = functools.partial(mask_ops.masks_to_label_map, height=canvas[0],
                                    width=canvas[1], threshold=thr)
         labels = jax.vmap(lambda m, b, s, v: render(m, b, s, v))(
-            det.masks, det.boxes, det.scores, det.valid)
+            det.masks, det.boxes, det.scores, det.valid & (det.scores >= min_score))
         return labels, det
 
       self._fns[canvas] = run
     return self._fns[canvas]
 
-  def predict_with_detections(self, image: np.ndarray):
-    """(label map int32 [H, W], Detections of the single image as numpy)."""
+  def _run_batch(self, images: list[np.ndarray]):
+    """Normalised float32 [h, w, 3] images of one shape → raw label maps + detections.
+
+    Raw label v is the detection of score rank v-1 (NMS output is sorted by score).
+    """
+    h, w = images[0].shape[:2]
+    canvas = canvas_for(h, w)
+    n = len(images)
+    padded = np.zeros((self.batch_size if n <= self.batch_size else n,) + canvas + (3,),
+                      np.float32)
+    for i, img in enumerate(images):
+      padded[i, :h, :w] = img
+    sizes = np.tile(np.array([[h, w]], np.int32), (padded.shape[0], 1))
+    raw, det = self._compiled(canvas)(self.variables, jnp.asarray(padded), jnp.asarray(sizes))
+    return np.asarray(raw)[:n, :h, :w], np.asarray(det.scores)[:n]
+
+  def segment_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
+    """`tiling.predict_tiled` callback: normalised tiles → label maps (no dilation)."""
+    out = [None] * len(tiles)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tiles):
+      by_shape.setdefault(t.shape[:2], []).append(i)
+    for idx in by_shape.values():
+      for k in range(0, len(idx), self.batch_size):
+        chunk = idx[k:k + self.batch_size]
+        raw, _ = self._run_batch([tiles[i] for i in chunk])
+        for i, lab in zip(chunk, raw):
+          out[i] = lab
+    return out
+
+  def predict_scored(self, image: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
+    """(label map int32 [H, W], {label: detection score}); scores are known for images
+    up to `tile_size` (tiled images give an empty score table)."""
     img = normalize_image(image, self.normalize)
     h, w = img.shape[:2]
-    canvas = canvas_for(h, w)
-    padded = np.zeros(canvas + (3,), np.float32)
-    padded[:h, :w] = img
-    labels, det = self._compiled(canvas)(self.variables, jnp.asarray(padded[None]),
-                                         jnp.asarray([[h, w]], jnp.int32))
-    labels = np.asarray(labels[0])[:h, :w]
-    labels = relabel_consecutive(labels)
+    if max(h, w) > self.tile_size:
+      from pa_jax.infer.tiling import predict_tiled
+
+      labels = predict_tiled(img, self.segment_tiles, self.tile_size, self.overlap,
+                             self.batch_size, progress=self.progress)
+      labels = relabel_consecutive(labels)
+      table: dict[int, float] = {}
+    else:
+      raw, scores = self._run_batch([img])
+      raw, scores = raw[0], scores[0]
+      labels = relabel_consecutive(raw)
+      ids = np.unique(raw)
+      ids = ids[ids != 0]
+      table = {int(i + 1): float(scores[v - 1]) for i, v in enumerate(ids)}
     if self.dilate:
       labels = dilate_labels(labels)
-    return labels, jax.tree.map(lambda x: np.asarray(x[0]), det)
+    return labels, table
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
-    return self.predict_with_detections(image)[0]
+    return self.predict_scored(image)[0]

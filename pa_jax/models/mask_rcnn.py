@@ -106,6 +106,7 @@ class ModelSpec:
   roi_ignore_iou: float = 0.5
   centerness_loss_weight: float = 1.0
   centerbox_loss_weight: float = 1.0
+  hard_negatives: bool = False
 
   @classmethod
   def from_config(cls, m, anchor_wh: Sequence[float] | None = None) -> "ModelSpec":
@@ -121,7 +122,8 @@ class ModelSpec:
     return cls(
         backbone=m.backbone, backbone_width=m.backbone_width, norm=m.norm,
         freeze_at=m.freeze_at, fpn_channels=m.fpn_channels, num_classes=m.num_classes,
-        compute_dtype=m.compute_dtype, anchor_sizes=tuple(m.anchor_sizes),
+        compute_dtype=m.compute_dtype, anchor_sizes=tuple(tuple(x) if isinstance(x, (tuple, list)) else x
+                                                      for x in m.anchor_sizes),
         anchor_strides=tuple(m.anchor_strides), anchor_ratios=tuple(m.anchor_ratios),
         rpn_fg_iou=m.rpn.fg_iou, rpn_bg_iou=m.rpn.bg_iou,
         rpn_batch_per_image=m.rpn.batch_per_image,
@@ -144,7 +146,8 @@ class ModelSpec:
         pa_threshold=p.threshold, max_pa_boxes=p.max_pa_boxes, anchor_wh=wh,
         components_backend=p.components_backend, rpn_ignore_iou=p.rpn_ignore_iou,
         roi_ignore_iou=p.roi_ignore_iou, centerness_loss_weight=p.centerness_loss_weight,
-        centerbox_loss_weight=p.centerbox_loss_weight)
+        centerbox_loss_weight=p.centerbox_loss_weight,
+        hard_negatives=bool(p.get("hard_negatives", False)))
 
   @property
   def dtype(self):
@@ -196,21 +199,24 @@ def rpn_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, ke
     pa_boxes/pa_valid: f32 [K, 4] / bool [K] — with the partial module, background anchors
       with IoU >= rpn_ignore_iou with a PA box are IGNORED (never sampled as negatives).
   Returns:
-    (indices [S] int32, sampled bool [S], is_positive bool [S], box_targets f32 [S, 4]),
-    S = rpn_batch_per_image.
+    (indices [S] int32, sampled bool [S], is_positive bool [S], box_targets f32 [S, 4],
+    ignored_by_pa int32 scalar: negatives turned IGNORE by PA boxes), S = rpn_batch_per_image.
   """
   iou = box_ops.pairwise_iou(gt_boxes, anchors)
   matched, assignment = match(iou, gt_valid, spec.rpn_fg_iou, spec.rpn_bg_iou, True)
+  ignored = jnp.int32(0)
   if pa_boxes is not None:
     from pa_jax.partial.ignore import ignore_near_pa_boxes
 
+    before = assignment
     assignment = ignore_near_pa_boxes(assignment, anchors, pa_boxes, pa_valid,
                                       spec.rpn_ignore_iou)
+    ignored = jnp.sum(assignment != before).astype(jnp.int32)
   idx, sampled = sample_balanced(key, assignment, spec.rpn_batch_per_image,
                                  spec.rpn_positive_fraction)
   positive = sampled & (assignment[idx] == Assignment.POSITIVE)
   targets = box_ops.encode_boxes(gt_boxes[matched[idx]], anchors[idx])
-  return idx, sampled, positive, targets
+  return idx, sampled, positive, targets, ignored
 
 
 def generate_proposals(objectness: Sequence[jax.Array], deltas: Sequence[jax.Array],
@@ -252,19 +258,43 @@ def sample_rois(rois: jax.Array, roi_valid: jax.Array, gt_boxes: jax.Array, gt_v
   Args:
     rois: f32 [R, 4] proposals + ground-truth boxes (+ PA boxes); roi_valid: bool [R].
   Returns:
-    (boxes f32 [S, 4], sampled bool [S], positive bool [S], matched_gt int32 [S]) with the
-    sampled positives first (`sample_balanced` order), S = roi_batch_per_image.
+    (boxes f32 [S, 4], sampled bool [S], positive bool [S], matched_gt int32 [S],
+    ignored_by_pa int32 scalar) with the sampled positives first (`sample_balanced`
+    order), S = roi_batch_per_image.
   """
   iou = box_ops.pairwise_iou(gt_boxes, rois)
   matched, assignment = match(iou, gt_valid, spec.roi_fg_iou, spec.roi_fg_iou, False)
+  ignored = jnp.int32(0)
   if pa_boxes is not None:
     from pa_jax.partial.ignore import ignore_near_pa_boxes
 
+    before = assignment
     assignment = ignore_near_pa_boxes(assignment, rois, pa_boxes, pa_valid, spec.roi_ignore_iou)
+    ignored = jnp.sum((assignment != before) & roi_valid).astype(jnp.int32)
   idx, sampled = sample_balanced(key, assignment, spec.roi_batch_per_image,
                                  spec.roi_positive_fraction, valid=roi_valid)
   positive = sampled & (assignment[idx] == Assignment.POSITIVE)
-  return rois[idx], sampled, positive, matched[idx]
+  return rois[idx], sampled, positive, matched[idx], ignored
+
+
+def _negatives_in_centerness(target: jax.Array, neg_boxes: jax.Array, neg_valid: jax.Array,
+                             stride: int) -> jax.Array:
+  """Centerness cells (int32 [h, w]) inside a rejected box become explicit negatives (0)."""
+  h, w = target.shape
+  cx = (jnp.arange(w, dtype=jnp.float32) + 0.5) * stride
+  cy = (jnp.arange(h, dtype=jnp.float32) + 0.5) * stride
+  inside = ((cx[None, None, :] >= neg_boxes[:, 0, None, None])
+            & (cx[None, None, :] < neg_boxes[:, 2, None, None])
+            & (cy[None, :, None] >= neg_boxes[:, 1, None, None])
+            & (cy[None, :, None] < neg_boxes[:, 3, None, None]) & neg_valid[:, None, None])
+  return jnp.where((target < 0) & jnp.any(inside, axis=0), 0, target)
+
+
+def _suppress_near(boxes: jax.Array, valid: jax.Array, neg_boxes: jax.Array,
+                   neg_valid: jax.Array, iou_threshold: float) -> jax.Array:
+  """valid & no rejected box with IoU >= threshold (one image)."""
+  iou = box_ops.pairwise_iou(boxes, neg_boxes)
+  return valid & ~jnp.any((iou >= iou_threshold) & neg_valid[None, :], axis=1)
 
 
 def _flatten_levels(per_level: dict, names: Sequence[str], trailing: int) -> list[jax.Array]:
@@ -290,7 +320,8 @@ class MaskRCNN(nn.Module):
     self.backbone = resnet(s.backbone, base_channels=s.backbone_width, norm=s.norm,
                            freeze_at=s.freeze_at, dtype=s.dtype)
     self.fpn = FPN(s.fpn_channels, dtype=s.dtype)
-    self.rpn = RPNHead(num_anchors=len(s.anchor_ratios), dtype=s.dtype)
+    self.rpn = RPNHead(num_anchors=anchor_ops.num_anchors_per_location(s.anchor_sizes[0], s.anchor_ratios),
+                       dtype=s.dtype)
     self.box_head = BoxHead(s.num_classes, s.fc_dim, dtype=s.dtype)
     self.mask_head = MaskHead(s.num_classes, s.mask_dim, dtype=s.dtype)
     if s.partial:
@@ -368,24 +399,39 @@ class MaskRCNN(nn.Module):
           lambda lab, bx, v: pa_targets.centerness_targets(lab, bx, v, (h2, w2),
                                                            s.anchor_strides[0], s.center_scale)
       )(batch.labels, batch.boxes, batch.valid)
+      if s.hard_negatives:
+        target = jax.vmap(_negatives_in_centerness, in_axes=(0, 0, 0, None))(
+            target, batch.negative_boxes, batch.negative_valid, s.anchor_strides[0])
       sampled_px = pa_targets.sample_pixels(k_pix, target, s.pa_num_pixels, s.pa_positive_fraction)
       l_cen, l_cbox, cen_stats = pa_targets.centerness_losses(
           cen.logits, cen.deltas, target, box_target, sampled_px,
           jnp.asarray(s.anchor_wh, jnp.float32), s.anchor_strides[0])
       pa_boxes, _, pa_valid = self._pa_boxes(cen.logits, cen.deltas, batch.image_size)
+      if s.hard_negatives:  # never propose (or ignore anchors) where a person said "no"
+        pa_valid = jax.vmap(_suppress_near, in_axes=(0, 0, 0, 0, None))(
+            pa_boxes, pa_valid, batch.negative_boxes, batch.negative_valid, s.roi_ignore_iou)
       aux["loss_centerness"] = s.centerness_loss_weight * l_cen
       aux["loss_centerbox"] = s.centerbox_loss_weight * l_cbox
       aux["pa_boxes_per_image"] = jnp.mean(jnp.sum(pa_valid, axis=1).astype(jnp.float32))
+      # How many unannotated nuclei (known only when the labels are a derived partial
+      # view) the PA boxes find: the module doing its job, visible in the log.
+      from pa_jax.partial.ignore import pa_coverage_device
+
+      covered, missing = jax.vmap(pa_coverage_device)(
+          pa_boxes, pa_valid, batch.unannotated_boxes, batch.unannotated_valid)
+      aux["pa_unannotated_per_image"] = jnp.mean(missing)
+      aux["pa_unannotated_covered"] = jnp.sum(covered) / jnp.maximum(jnp.sum(missing), 1.0)
       aux.update({f"pa_{k}": v for k, v in cen_stats.items()})
 
     # ---- RPN losses
     keys = jax.random.split(k_rpn, b)
     if s.partial:
-      idx, sampled, positive, targets = jax.vmap(
+      idx, sampled, positive, targets, rpn_ignored = jax.vmap(
           lambda k, gb, gv, pb, pv: rpn_targets(anchors, gb, gv, k, s, pb, pv)
       )(keys, batch.boxes, batch.valid, pa_boxes, pa_valid)
+      aux["pa_ignored_anchors_per_image"] = jnp.mean(rpn_ignored.astype(jnp.float32))
     else:
-      idx, sampled, positive, targets = jax.vmap(
+      idx, sampled, positive, targets, _ = jax.vmap(
           lambda k, gb, gv: rpn_targets(anchors, gb, gv, k, s))(keys, batch.boxes, batch.valid)
     obj_s = jnp.take_along_axis(obj_all, idx, axis=1)
     dlt_s = jnp.take_along_axis(dlt_all, idx[..., None], axis=1)
@@ -408,15 +454,19 @@ class MaskRCNN(nn.Module):
     if s.partial:
       rois.append(pa_boxes)
       rois_valid.append(pa_valid)
+    if s.partial and s.hard_negatives:  # rejected regions are always background RoIs
+      rois.append(batch.negative_boxes)
+      rois_valid.append(batch.negative_valid)
     rois = jnp.concatenate(rois, axis=1)
     rois_valid = jnp.concatenate(rois_valid, axis=1)
     keys = jax.random.split(k_roi, b)
     if s.partial:
-      sboxes, ssampled, spos, smatched = jax.vmap(
+      sboxes, ssampled, spos, smatched, roi_ignored = jax.vmap(
           lambda r, rv, gb, gv, k, pb, pv: sample_rois(r, rv, gb, gv, k, s, pb, pv)
       )(rois, rois_valid, batch.boxes, batch.valid, keys, pa_boxes, pa_valid)
+      aux["pa_ignored_rois_per_image"] = jnp.mean(roi_ignored.astype(jnp.float32))
     else:
-      sboxes, ssampled, spos, smatched = jax.vmap(
+      sboxes, ssampled, spos, smatched, _ = jax.vmap(
           lambda r, rv, gb, gv, k: sample_rois(r, rv, gb, gv, k, s)
       )(rois, rois_valid, batch.boxes, batch.valid, keys)
     sboxes = jax.lax.stop_gradient(sboxes)

@@ -133,3 +133,23 @@ def pa_coverage(pa_boxes, pa_valid, full_labels, annotated_labels,
   coverage = num_covered / num_unannotated if num_unannotated else float("nan")
   return {"num_pa_boxes": num_pa, "num_unannotated": num_unannotated,
           "num_covered": num_covered, "coverage": coverage}
+
+
+def pa_coverage_device(pa_boxes: jnp.ndarray, pa_valid: jnp.ndarray,
+                       unannotated_boxes: jnp.ndarray, unannotated_valid: jnp.ndarray,
+                       iou_threshold: float = 0.5) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Jittable twin of `pa_coverage` for the training log (one image; vmap for a batch).
+
+  Args:
+    pa_boxes: float32 `[K, 4]`, pa_valid: bool `[K]`.
+    unannotated_boxes: float32 `[M, 4]` boxes of the nuclei missing from the annotations
+      (`Batch.unannotated_boxes`), unannotated_valid: bool `[M]`.
+  Returns:
+    (covered, total) float32 scalars: unannotated nuclei whose box has IoU >= threshold
+    with a valid PA box, and the number of unannotated nuclei.
+  """
+  if pa_boxes.shape[0] == 0:
+    return jnp.float32(0), jnp.sum(unannotated_valid).astype(jnp.float32)
+  iou = pairwise_iou(unannotated_boxes, jax.lax.stop_gradient(pa_boxes))
+  hit = jnp.any((iou >= iou_threshold) & pa_valid[None, :], axis=1) & unannotated_valid
+  return jnp.sum(hit).astype(jnp.float32), jnp.sum(unannotated_valid).astype(jnp.float32)

@@ -120,3 +120,20 @@ def test_shard_batch_places_rows_on_the_mesh():
   g = pipeline.shard_batch(b, mesh)
   assert g.image.shape == (2, 64, 64, 3)
   np.testing.assert_array_equal(np.asarray(g.labels), b.labels)
+
+
+def test_unannotated_boxes_are_the_full_nuclei_missing_from_the_partial_labels():
+  ex = _example(64, 64, n=6)
+  partial = ex.labels.copy()
+  dropped = [v for v in np.unique(partial) if v][:2]
+  partial[np.isin(partial, dropped)] = 0
+  ex2 = pipeline.TrainExample("p", ex.image, partial, ex.labels)
+  out = pipeline.canvas_example(ex2, 64, 16, np.random.default_rng(0), False, False)
+  _, full_boxes = pipeline.instance_boxes(ex.labels)
+  ids, _ = pipeline.instance_boxes(ex.labels)
+  want = full_boxes[np.isin(ids, dropped)]
+  got = out["unannotated_boxes"][out["unannotated_valid"]]
+  np.testing.assert_array_equal(np.sort(got, axis=0), np.sort(want, axis=0))
+  none = pipeline.canvas_example(pipeline.TrainExample("n", ex.image, partial, None), 64, 16,
+                                 np.random.default_rng(0), False, False)
+  assert not none["unannotated_valid"].any() and not none["has_full"]

@@ -1,0 +1,158 @@
+"""The annotation loop's "Done when" experiment: a scripted annotator on 10 dh360 images.
+
+Setup: the first 10 images (by id) of dsb2018 split=train group=dh360; the initial
+annotation keeps 25 % of the true nuclei of each image (seed 0, the DH25 rule:
+`partial_views.keep_instances` with `image_rng(0, id, 'keep')`), written as label maps.
+Then up to `--rounds` times: `annotate_main` (one round: train or fine-tune, predict,
+merge) → measure → the scripted annotator (`pa_jax.annotate.simulate`) reviews
+`current/` (confirm proposals with IoU >= 0.5 to a true nucleus, delete the others, draw
+up to `--add` missed nuclei per image) → measure again.
+
+Measured per round, against the full labels: confirmed / proposed / rejected counts,
+% of true nuclei confirmed (a confirmed nucleus with IoU > 0.5), precision of the
+proposals (IoU > 0.5 with a true nucleus), the loop's own hold-out recall and mean IoU,
+and mAP / AJI of the merged annotation (confirmed + proposed) and of the confirmed part.
+Results go to `--results` (JSON) and the table is printed (pasted into docs/annotate.md).
+
+  nice -n 15 python bench/annotate_sim.py --workdir runs/annotate_sim        # ~20 min, 2 cores
+  python bench/annotate_sim.py --workdir /tmp/sim --images 2 --steps 4 --rounds 1  # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pa_jax import fileio  # noqa: E402
+from pa_jax.annotate import loop, simulate  # noqa: E402
+from pa_jax.data import partial_views, readers  # noqa: E402
+from pa_jax.evaluation import metrics  # noqa: E402
+
+DATASET = ROOT.parent / "shared" / "datasets" / "dsb2018"
+
+
+def setup(workdir: Path, n_images: int, keep: float, seed: int) -> dict[str, np.ndarray]:
+  recs = readers.read_dataset_folder(DATASET, split="train", group="dh360")
+  recs = sorted(recs, key=lambda r: r.id)[:n_images]
+  truths = {}
+  for r in recs:
+    ex = readers.load_example(r)
+    truths[r.id] = ex.labels
+    fileio.write_bytes(workdir / "images" / r.image_path.name, r.image_path.read_bytes())
+    part = partial_views.keep_instances(ex.labels, keep, partial_views.image_rng(seed, r.id, "keep"))
+    fileio.write_label_map(workdir / "initial" / f"{r.id}.png", part)
+  return truths
+
+
+def _matched(a: np.ndarray, b: np.ndarray) -> int:
+  """Nuclei of `a` matched one-to-one by a nucleus of `b` at IoU > 0.5."""
+  t = metrics.contingency(a, b)
+  return int(np.count_nonzero(t.iou > 0.5))
+
+
+def measure(output: Path, truths: dict[str, np.ndarray], states=None) -> dict:
+  """Metrics of the annotation state vs the full labels (after a round or after edits)."""
+  if states is None:
+    data = loop.load_state(output)
+    states = loop._load_image_states(output, data)
+  n_true = conf_true = prop_ok = n_prop = 0
+  merged_rows, conf_rows = [], []
+  counts = {k: 0 for k in ("confirmed", "proposed", "rejected")}
+  for i, truth in truths.items():
+    st = states[i]
+    c = loop.image_counts(st)
+    for k in counts:
+      counts[k] += c[k]
+    conf = st.confirmed_map()
+    prop_ids = [k for k, n in st.nuclei.items() if n.state == "proposed"]
+    prop = np.where(np.isin(st.labels, prop_ids), st.labels, 0)
+    n_true += len(np.unique(truth)) - 1
+    conf_true += _matched(truth, conf)
+    n_prop += len(prop_ids)
+    prop_ok += _matched(truth, prop)
+    merged_rows.append(metrics.image_metrics(truth, st.labels))
+    conf_rows.append(metrics.image_metrics(truth, conf))
+  return dict(counts, true_nuclei=n_true, confirmed_true=conf_true,
+              confirmed_pct=100.0 * conf_true / max(n_true, 1),
+              proposal_precision=(prop_ok / n_prop) if n_prop else None,
+              merged_map=float(np.mean([r["map"] for r in merged_rows])),
+              merged_aji=float(np.mean([r["aji"] for r in merged_rows])),
+              confirmed_map=float(np.mean([r["map"] for r in conf_rows])),
+              confirmed_aji=float(np.mean([r["aji"] for r in conf_rows])))
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--workdir", default="runs/annotate_sim")
+  ap.add_argument("--images", type=int, default=10)
+  ap.add_argument("--keep", type=float, default=0.25)
+  ap.add_argument("--rounds", type=int, default=3)
+  ap.add_argument("--add", type=int, default=5, help="missed nuclei drawn per image per round")
+  ap.add_argument("--steps", type=int, default=None, help="round-1 steps (default: config)")
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--target", type=float, default=95.0, help="%% of true nuclei confirmed")
+  ap.add_argument("--fresh", action="store_true", help="delete the workdir first")
+  args = ap.parse_args(argv)
+
+  work = Path(args.workdir).absolute()
+  if args.fresh and work.exists():
+    shutil.rmtree(work)
+  truths = setup(work, args.images, args.keep, args.seed)
+  output = work / "output"
+  rows = []
+  n0 = sum(len(np.unique(t)) - 1 for t in truths.values())
+  n_init = sum(len(np.unique(readers.read_label_map(work / "initial" / f"{i}.png"))) - 1
+               for i in truths)
+  print(f"{len(truths)} images, {n0} true nuclei, {n_init} annotated at start "
+        f"({100 * n_init / n0:.1f} %)", flush=True)
+  for _ in range(args.rounds):
+    t0 = time.time()
+    rep = loop.annotate_main(work / "images", work / "initial", output, rounds=1,
+                             seed=args.seed, steps=args.steps)
+    after_round = measure(output, truths)
+    review = simulate.review_current(output, truths, add_per_round=args.add, seed=args.seed)
+    session = loop.open_session(work / "images", None, output)
+    after_edit = measure(output, truths, session.states)
+    row = {"round": rep["round"], "seconds": round(time.time() - t0, 1),
+           "train_seconds": rep["training"]["seconds"], "steps": rep["training"]["steps"],
+           "holdout_recall": rep["holdout"]["recall"], "holdout_mean_iou": rep["holdout"]["mean_iou"],
+           "holdout_nuclei": rep["holdout"]["nuclei"], "after_round": after_round,
+           "review": review["totals"], "after_edit": after_edit}
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    fileio.write_json(work / "results.json", {"args": vars(args), "true_nuclei": n0,
+                                              "initial": n_init, "rounds": rows})
+    if after_edit["confirmed_pct"] >= args.target:
+      break
+  print(table(rows, n0, n_init))
+  return 0 if rows and rows[-1]["after_edit"]["confirmed_pct"] >= args.target else 1
+
+
+def table(rows, n0: int, n_init: int) -> str:
+  f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"
+  out = [f"Start: {n_init} of {n0} true nuclei annotated ({100 * n_init / n0:.1f} %).", "",
+         "| round | steps | train s | confirmed | proposed | rejected | proposal precision | "
+         "hold-out recall | hold-out mIoU | merged mAP | merged AJI | after review: confirmed "
+         "(% of true) | rejected | added |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    a, e, v = r["after_round"], r["after_edit"], r["review"]
+    out.append(f"| {r['round']} | {r['steps']} | {r['train_seconds']} | {a['confirmed']} | "
+               f"{a['proposed']} | {a['rejected']} | {f(a['proposal_precision'])} | "
+               f"{f(r['holdout_recall'])} | {f(r['holdout_mean_iou'])} | {f(a['merged_map'])} | "
+               f"{f(a['merged_aji'])} | {e['confirmed']} ({e['confirmed_pct']:.1f} %) | "
+               f"{e['rejected']} | {v['added']} |")
+  return "\n".join(out)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

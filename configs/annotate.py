@@ -1,0 +1,46 @@
+"""The annotation assistant (`run.py annotate`): a CPU-sized partial-annotation model.
+
+Same method as `dh25_pa.py:cpu` (ResNet-18 at half width, GroupNorm, 256-pixel canvas,
+factorized attention on P2, centerness head), with the rejected-region hard negatives of
+the annotation loop switched on. Round 1 trains from scratch for `train.steps`; every
+later round fine-tunes the previous round's parameters for `annotate.finetune_steps`.
+Sized so that 3 rounds on 10 images of 360x360 take about 20 minutes on a 2-core CPU
+(measured: docs/annotate.md).
+
+Launch:
+  python run.py annotate --images DIR --annotations DIR --output DIR [--rounds N]
+  python run.py annotate ... --config configs/annotate.py --config.train.steps=600
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config(arg: str | None = None):
+  c = base.get_config()
+  base.cpu_sized(c)
+  c.model.partial.enabled = True
+  c.model.partial.hard_negatives = True  # rejected proposals = explicit negatives
+  c.model.partial.max_pa_boxes = 256
+  c.data.canvas_size = 256
+  c.data.max_instances = 256
+  c.train.steps = 300  # round 1, from scratch
+  c.train.batch_size = 2
+  c.train.warmup_steps = 50
+  c.train.log_every = 25
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 1
+  c.train.eval_every = 0
+
+  c.annotate = ml_collections.ConfigDict()
+  c.annotate.finetune_steps = 150  # rounds >= 2: steps of fine-tuning from the previous round
+  c.annotate.finetune_warmup_steps = 10  # warm-up of a fine-tuning round (params are not random)
+  c.annotate.holdout_fraction = 0.1  # confirmed nuclei held out of training to estimate recall
+  c.annotate.confirmed_overlap = 0.2  # a prediction with more than this fraction of its pixels on confirmed nuclei is dropped
+  c.annotate.rejected_iou = 0.5  # a prediction with IoU >= this with a rejected region (or half of it inside one) is dropped
+  c.annotate.min_area = 8  # proposals smaller than this (pixels, after cutting confirmed pixels) are dropped
+  c.annotate.match_iou = 0.5  # an edited shape is the same nucleus as a written one at IoU >= this
+  if arg not in (None, "", "cpu"):
+    raise ValueError(f"configs/annotate.py: unknown config argument {arg!r}")
+  return c

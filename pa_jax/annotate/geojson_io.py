@@ -1,0 +1,328 @@
+"""QuPath-compatible GeoJSON: one Feature per nucleus, with state, score and provenance.
+
+Written (RFC 7946 FeatureCollection, pixel coordinates, y down, pixel (r, c) covering
+[c, c+1) x [r, r+1) — QuPath's image coordinates):
+
+```
+{"type": "Feature", "id": "<uuid>",
+ "geometry": {"type": "Polygon", "coordinates": [[[x, y], ..., [x0, y0]]]},
+ "properties": {
+   "objectType": "annotation", "name": "proposed-00012",
+   "classification": {"name": "proposed", "color": [255, 200, 0]},
+   "isLocked": false,
+   "measurements": {"score": 0.93},
+   "metadata": {"source": "pa_jax round 2", "pa_jax_label": "12"},
+   "pa_jax": {"label": 12, "state": "proposed", "score": 0.93, "source": "pa_jax round 2",
+              "contour": "spline", "control_points": [[x, y], ...]}}}
+```
+
+* The state is the QuPath classification, so a user re-classifies a nucleus in QuPath
+  (e.g. `proposed` → `confirmed` or `rejected`) and the importer picks that up; the
+  classification wins over `pa_jax.state` when both are present.
+* `contour='polygon'`: the geometry is the exact pixel outline (`mask_contour`).
+  `contour='spline'`: QuPath has no spline shapes, so the geometry is the spline sampled
+  `SPLINE_SAMPLES` times per segment (what QuPath shows is what the mask is) and the
+  control points ride along in `properties.pa_jax.control_points`.
+* Feature ids are UUIDs derived from (image id, label), so re-exports are reproducible.
+* Rings are closed and counter-clockwise in (x, y) (RFC 7946 right-hand rule).
+
+Read: a FeatureCollection, a single Feature, a bare array of Features (QuPath's other
+export style) or a bare Polygon/MultiPolygon geometry. Polygon and MultiPolygon
+geometries become nuclei (holes removed); for a QuPath *cell* the `nucleusGeometry`
+property is used when present. Points, lines and null geometries are skipped, as are
+shapes entirely outside the image; parts outside are clipped. State: classification name,
+then `pa_jax.state`, then a `"{state}-{label}"` name, else 'confirmed'. The label is kept
+from `pa_jax.label` (or the name / metadata) when unique, otherwise a fresh one is given.
+Overlaps: larger nuclei are painted first, as for COCO.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pa_jax import fileio
+from pa_jax.annotate import contours as C
+from pa_jax.annotate.nuclei import (STATE_COLORS, STATES, Nucleus, complete_table,
+                                    paint_instances, parse_state)
+from pa_jax.data.readers import validate_label_map
+from pa_jax.errors import InputError
+
+__all__ = ["write_geojson", "geojson_features", "read_geojson", "NAME_PATTERN"]
+
+# ROI / feature names written by pa_jax: "{state}-{label:05d}".
+NAME_PATTERN = re.compile(r"^\s*(%s)[-_ ]0*(\d+)\s*$" % "|".join(STATES), re.IGNORECASE)
+_UUID_NAMESPACE = uuid.UUID("5d0b8f7e-3c1a-4f5e-9a47-6a1f0b2c9d11")
+_DECIMALS = 4
+
+
+def _ring(points: np.ndarray) -> list[list[float]]:
+  """Closed ring, counter-clockwise in (x, y), coordinates rounded."""
+  pts = np.round(np.asarray(points, np.float64), _DECIMALS)
+  if C._signed_area(pts) < 0:
+    pts = pts[::-1]
+  pts = np.concatenate([pts, pts[:1]], axis=0)
+  return pts.tolist()
+
+
+def _valid_ring(points: np.ndarray) -> np.ndarray:
+  """A simple (non self-crossing) version of the polygon: itself, or the largest part of
+  shapely's repair of it."""
+  import shapely
+  from shapely.geometry import Polygon
+
+  poly = Polygon(points)
+  if poly.is_valid:
+    return points
+  fixed = shapely.make_valid(poly)
+  parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
+  if not parts:
+    return points
+  big = max(parts, key=lambda g: g.area)
+  return np.asarray(big.exterior.coords, np.float64)[:-1]
+
+
+def geojson_features(labels: np.ndarray, nuclei: Mapping[int, Nucleus] | None = None, *,
+                     contours: str = "polygon", image_id: str | None = None,
+                     outlines: Mapping[int, np.ndarray] | None = None
+                     ) -> list[dict[str, Any]]:
+  """The Features of one image (see the module docstring), in label order.
+
+  `outlines`: precomputed `label_map_contours(labels, contours)` (to share the spline fit
+  between exporters); computed when None.
+  """
+  C.check_contour_mode(contours)
+  labels = validate_label_map(labels, "labels")
+  table = complete_table(labels, nuclei)
+  if outlines is None:
+    outlines = C.label_map_contours(labels, contours)
+  features = []
+  for k, n in table.items():
+    pts = np.asarray(outlines.get(k, np.zeros((0, 2))), np.float64)
+    if len(pts) < 3:
+      continue
+    geom_pts = C.spline_polygon(pts) if contours == "spline" else pts
+    geom_pts = _valid_ring(geom_pts)
+    info: dict[str, Any] = {"label": k, "state": n.state, "score": n.score,
+                            "source": n.source, "contour": contours}
+    if contours == "spline":
+      info["control_points"] = np.round(pts, _DECIMALS).tolist()
+    props: dict[str, Any] = {
+        "objectType": "annotation",
+        "name": f"{n.state}-{k:05d}",
+        "classification": {"name": n.state, "color": list(STATE_COLORS[n.state])},
+        "isLocked": False,
+        "measurements": {} if n.score is None else {"score": n.score},
+        "metadata": {"source": n.source, "pa_jax_label": str(k)},
+        "pa_jax": info,
+    }
+    fid = str(uuid.uuid5(_UUID_NAMESPACE, f"{image_id or ''}/{k}"))
+    features.append({"type": "Feature", "id": fid,
+                     "geometry": {"type": "Polygon", "coordinates": [_ring(geom_pts)]},
+                     "properties": props})
+  return features
+
+
+def write_geojson(path: os.PathLike | str, labels: np.ndarray,
+                  nuclei: Mapping[int, Nucleus] | None = None, *, contours: str = "polygon",
+                  image_id: str | None = None,
+                  outlines: Mapping[int, np.ndarray] | None = None) -> Path:
+  """Writes one image's nuclei as a GeoJSON FeatureCollection (atomically).
+
+  labels: int (H, W) label map; nuclei: table (missing labels → confirmed); contours:
+  'polygon' | 'spline'. The collection carries a foreign member `pa_jax` with the image
+  id and size (ignored by other readers).
+  """
+  labels = validate_label_map(labels, "labels")
+  feats = geojson_features(labels, nuclei, contours=contours, image_id=image_id,
+                           outlines=outlines)
+  path = Path(path)
+  data = {"type": "FeatureCollection",
+          "pa_jax": {"image": image_id if image_id is not None else path.stem,
+                     "height": int(labels.shape[0]), "width": int(labels.shape[1])},
+          "features": feats}
+  fileio.write_text(path, json.dumps(data, separators=(",", ":")) + "\n")
+  return path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _rings(coords: Any, what: str) -> list[np.ndarray]:
+  """Validated rings of a Polygon's `coordinates` → list of (N, 2) arrays."""
+  if not isinstance(coords, list):
+    raise ValueError(f"{what}: Polygon coordinates must be a list of rings")
+  rings = []
+  for ring in coords:
+    if not isinstance(ring, list) or not all(
+        isinstance(p, list) and len(p) >= 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p[:2])
+        for p in ring):
+      raise ValueError(f"{what}: a ring must be a list of [x, y] number pairs")
+    arr = np.asarray([p[:2] for p in ring], np.float64).reshape(-1, 2)
+    if not np.all(np.isfinite(arr)):
+      raise ValueError(f"{what}: non-finite coordinates")
+    rings.append(arr)
+  return rings
+
+
+def _polygons(geom: Any, what: str) -> list[list[np.ndarray]]:
+  """[[exterior, hole, ...], ...] of a geometry; [] for non-area geometries."""
+  if geom is None:
+    return []
+  if not isinstance(geom, Mapping) or "type" not in geom:
+    raise ValueError(f"{what}: 'geometry' must be an object with a 'type'")
+  t = geom["type"]
+  if t == "Polygon":
+    return [_rings(geom.get("coordinates"), what)]
+  if t == "MultiPolygon":
+    polys = geom.get("coordinates")
+    if not isinstance(polys, list):
+      raise ValueError(f"{what}: MultiPolygon coordinates must be a list of polygons")
+    return [_rings(p, what) for p in polys]
+  if t == "GeometryCollection":
+    geoms = geom.get("geometries")
+    if not isinstance(geoms, list):
+      raise ValueError(f"{what}: GeometryCollection needs a 'geometries' list")
+    return [p for g in geoms for p in _polygons(g, what)]
+  return []  # Point, LineString, ...: not a nucleus outline
+
+
+def _geometry_pixels(polys: list[list[np.ndarray]], h: int, w: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  flat = np.zeros(0, np.int64)
+  for rings in polys:
+    if not rings:
+      continue
+    rr, cc = C.polygon_pixels(rings[0], h, w)
+    inside = rr.astype(np.int64) * w + cc
+    for hole in rings[1:]:
+      hr, hc = C.polygon_pixels(hole, h, w)
+      inside = np.setdiff1d(inside, hr.astype(np.int64) * w + hc)
+    flat = np.union1d(flat, inside)
+  return flat // w, flat % w
+
+
+def _score(props: Mapping[str, Any], info: Mapping[str, Any]) -> float | None:
+  meas = props.get("measurements")
+  val = None
+  if isinstance(meas, Mapping):
+    val = meas.get("score")
+  elif isinstance(meas, list):  # older QuPath: [{"name": ..., "value": ...}]
+    for m in meas:
+      if isinstance(m, Mapping) and str(m.get("name", "")).lower() == "score":
+        val = m.get("value")
+  if val is None:
+    val = info.get("score")
+  try:
+    val = None if val is None else float(val)
+  except (TypeError, ValueError):
+    return None
+  return val if val is not None and math.isfinite(val) else None
+
+
+def _feature_meta(props: Mapping[str, Any], default_source: str
+                  ) -> tuple[int | None, str, float | None, str]:
+  info = props.get("pa_jax")
+  info = info if isinstance(info, Mapping) else {}
+  meta = props.get("metadata")
+  meta = meta if isinstance(meta, Mapping) else {}
+  name = props.get("name")
+  m = NAME_PATTERN.match(name) if isinstance(name, str) else None
+  cls = props.get("classification")
+  cls_name = cls.get("name") if isinstance(cls, Mapping) else cls
+  state = parse_state(cls_name, default="")
+  if not state:
+    state = parse_state(info.get("state"), default="")
+  if not state and m:
+    state = m.group(1).lower()
+  state = state or "confirmed"
+  label = info.get("label")
+  if not (isinstance(label, int) and not isinstance(label, bool)):
+    label = None
+    if m:
+      label = int(m.group(2))
+    elif isinstance(meta.get("pa_jax_label"), str) and meta["pa_jax_label"].isdigit():
+      label = int(meta["pa_jax_label"])
+  source = info.get("source", meta.get("source"))
+  source = default_source if source is None else str(source)
+  return label, state, _score(props, info), source
+
+
+def _load_json(path: Path) -> Any:
+  try:
+    with open(path, "rb") as f:
+      return json.loads(f.read().decode("utf-8"))
+  except OSError as e:
+    raise InputError(path, f"cannot read ({e.strerror or e})") from None
+  except UnicodeDecodeError:
+    raise InputError(path, "not a UTF-8 text file (expected GeoJSON)") from None
+  except json.JSONDecodeError as e:
+    raise InputError(path, f"invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") \
+        from None
+
+
+def _feature_list(data: Any) -> list[Any]:
+  if isinstance(data, list):
+    return data
+  if isinstance(data, Mapping):
+    t = data.get("type")
+    if t == "FeatureCollection":
+      feats = data.get("features")
+      if not isinstance(feats, list):
+        raise ValueError("FeatureCollection 'features' must be a list")
+      return feats
+    if t == "Feature":
+      return [data]
+    if t in ("Polygon", "MultiPolygon", "GeometryCollection"):
+      return [{"type": "Feature", "geometry": data, "properties": {}}]
+  raise ValueError("expected a GeoJSON FeatureCollection, Feature or array of Features")
+
+
+def read_geojson(path: os.PathLike | str, shape: Sequence[int],
+                 default_source: str = "human") -> tuple[np.ndarray, dict[int, Nucleus]]:
+  """Reads a GeoJSON file → (int32 (H, W) label map, nuclei table keyed by label).
+
+  shape: the image's (H, W). Malformed content raises a one-line InputError naming the
+  file (and the feature index).
+  """
+  path = Path(path)
+  h, w = int(shape[0]), int(shape[1])
+  data = _load_json(path)
+  try:
+    feats = _feature_list(data)
+  except ValueError as e:
+    raise InputError(path, str(e)) from None
+  pixels, wanted, metas = [], [], []
+  for i, f in enumerate(feats):
+    what = f"feature {i}"
+    if not isinstance(f, Mapping):
+      raise InputError(path, f"{what} is not an object")
+    props = f.get("properties")
+    props = props if isinstance(props, Mapping) else {}
+    if "geometry" not in f:
+      raise InputError(path, f"{what} has no 'geometry'")
+    geom = f["geometry"]
+    if isinstance(props.get("nucleusGeometry"), Mapping):  # QuPath cell: use its nucleus
+      geom = props["nucleusGeometry"]
+    try:
+      polys = _polygons(geom, what)
+    except ValueError as e:
+      raise InputError(path, str(e)) from None
+    rr, cc = _geometry_pixels(polys, h, w)
+    if not rr.size:
+      continue
+    label, state, score, source = _feature_meta(props, default_source)
+    pixels.append((rr, cc))
+    wanted.append(label)
+    metas.append((state, score, source))
+  labels, ids = paint_instances(pixels, wanted, (h, w))
+  nuclei = {k: Nucleus(k, *meta) for k, meta in zip(ids, metas) if k is not None}
+  return labels, dict(sorted(nuclei.items()))

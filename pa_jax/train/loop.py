@@ -1,0 +1,285 @@
+"""`train()`: the training loop (resumable, multi-host, NaN-safe, signal-safe).
+
+Step numbering: "step k" is the k-th optimiser update; it consumes `batches.batch(k-1)`
+and leaves `TrainState.step == k`. metrics.jsonl, TensorBoard, checkpoints and error
+messages all use this k; `train.steps` updates are done in total.
+
+Reproducibility: the data of step k is a pure function of k (BatchSource), the key of
+step k is `fold_in(state.rng, k-1)` and the state is restored exactly, so a run killed at
+any point and restarted with the same command ends with the same parameters and the same
+metrics.jsonl as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+
+from pa_jax.data.pipeline import shard_batch
+from pa_jax.errors import InputError
+from pa_jax.train import checkpoint as ckpt
+from pa_jax.train.distributed import is_main_process, maybe_initialize_distributed
+from pa_jax.train.metrics_log import MetricsLogger, plot_curves
+from pa_jax.train.optimizer import learning_rate_fn, make_optimizer
+from pa_jax.train.state import TrainState, create_train_state, make_data_mesh, param_count
+from pa_jax.train.step import check_batch_size, make_train_step
+from pa_jax.train.task import Task
+
+
+class NonFiniteLossError(InputError):
+  """A NaN/Inf loss, loss term or gradient; one line naming the step and the terms."""
+
+  def __init__(self, step: int, terms: Mapping[str, float], checkpoint_note: str):
+    self.step = step
+    self.terms = dict(terms)
+    listing = ", ".join(f"{k}={v}" for k, v in terms.items())
+    super().__init__(f"step {step}", f"non-finite {listing}; training stopped, "
+                     f"{checkpoint_note}")
+
+
+class TrainingInterrupted(Exception):
+  """SIGINT/SIGTERM: the last completed step was checkpointed; rerun to resume."""
+
+  def __init__(self, signum: int, step: int, directory: Path):
+    self.signum = signum
+    self.step = step
+    name = signal.Signals(signum).name
+    super().__init__(f"interrupted by {name} after step {step}; checkpoint saved in "
+                     f"{directory}; run the same command again to resume")
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
+
+
+class _StopFlag:
+  """SIGINT/SIGTERM handlers that only raise a flag, checked between steps (a step or a
+  checkpoint is never torn). A second Ctrl-C raises KeyboardInterrupt immediately."""
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def _handler(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def install(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      return  # signal handlers can only be set from the main thread
+    for s in (signal.SIGINT, signal.SIGTERM):
+      self._previous[s] = signal.signal(s, self._handler)
+
+  def uninstall(self) -> None:
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+    self._previous.clear()
+
+  def agreed(self) -> int | None:
+    """The stop signal, agreed by all processes (a tiny all-gather when multi-host)."""
+    if jax.process_count() == 1:
+      return self.signum
+    from jax.experimental import multihost_utils
+
+    mine = np.int32(self.signum or 0)
+    got = int(np.max(multihost_utils.process_allgather(mine)))
+    return got or None
+
+
+def _first_batch(batches: Any, step: int) -> Any:
+  if hasattr(batches, "batch"):
+    return batches.batch(step)
+  it = batches.iterate(step)
+  try:
+    return next(it)
+  finally:
+    getattr(it, "close", lambda: None)()
+
+
+def _validate(tc, n_devices: int) -> None:
+  for name, low in (("steps", 1), ("log_every", 1), ("checkpoint_every", 1),
+                    ("eval_every", 0), ("keep_checkpoints", 1), ("grad_accum", 1),
+                    ("batch_size", 1)):
+    v = int(tc[name])
+    if v < low:
+      raise InputError(f"train.{name}", f"{v} must be >= {low}")
+  check_batch_size(int(tc.batch_size), n_devices, int(tc.grad_accum))
+
+
+def _broadcast_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+  """Process 0's evaluation metrics on every process (decisions stay identical)."""
+  clean = {}
+  for k, v in metrics.items():
+    try:
+      clean[k] = float(v)
+    except (TypeError, ValueError):
+      continue
+  if jax.process_count() == 1:
+    return clean
+  from jax.experimental import multihost_utils
+
+  keys = sorted(clean)
+  vals = np.asarray([clean[k] for k in keys], np.float64)
+  vals = np.asarray(multihost_utils.broadcast_one_to_all(vals))
+  return dict(zip(keys, (float(x) for x in vals)))
+
+
+def _run_metadata(workdir: Path, run_metadata: Mapping[str, Any] | None, config, mesh,
+                  state: TrainState, start_step: int) -> dict:
+  old = ckpt.load_json(workdir / ckpt.RUN_JSON) or {}
+  meta = dict(old)
+  meta.update(dict(run_metadata or {}))
+  meta.update({
+      "jax_version": jax.__version__,
+      "devices": int(mesh.size),
+      "device_kind": jax.devices()[0].device_kind,
+      "processes": int(jax.process_count()),
+      "global_batch_size": int(config.train.batch_size),
+      "steps": int(config.train.steps),
+      "param_count": param_count(state.params),
+  })
+  if start_step > 0:
+    meta["resumes"] = list(old.get("resumes", [])) + [
+        {"step": int(start_step), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+  else:
+    meta.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
+  return meta
+
+
+def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
+          run_metadata: Mapping[str, Any] | None = None, *, best_metric: str = "map",
+          best_mode: str = "max", mesh=None, progress: bool = True) -> TrainState:
+  """Trains `task` for `config.train.steps` updates in `workdir`, resuming if possible.
+
+  batches: a `pa_jax.data.pipeline.BatchSource` (or anything with `batch(step)` and
+    `iterate(start_step)` returning this process's rows of the global batch of a step).
+  config: the full ml_collections config (`seed`, `train.*`).
+  run_metadata: JSON-able facts recorded in `workdir/run.json` (dataset statistics such
+    as the median nucleus size, partial view name/seed, image counts, ...).
+  best_metric/best_mode: the `task.evaluate` metric that picks `checkpoints_best`.
+  Returns the final TrainState. Raises NonFiniteLossError, TrainingInterrupted,
+  InputError (bad config, unwritable workdir).
+  """
+  maybe_initialize_distributed()
+  tc = config.train
+  workdir = Path(workdir).absolute()
+  ckpt.check_workdir_writable(workdir)
+  mesh = mesh if mesh is not None else make_data_mesh()
+  _validate(tc, mesh.size)
+  main = is_main_process()
+  total = int(tc.steps)
+  ckpt.save_config(workdir, config)
+
+  tx = make_optimizer(tc)
+  lr_fn = learning_rate_fn(tc)
+  rng = jax.random.PRNGKey(int(config.seed))
+  store = ckpt.CheckpointStore(workdir, keep=int(tc.keep_checkpoints),
+                               best_metric=best_metric, best_mode=best_mode)
+  logger = None
+  stop = _StopFlag()
+  batch_iter: Iterator | None = None
+  state: TrainState | None = None
+  try:
+    latest = store.latest_step()
+    example = _first_batch(batches, latest or 0)
+    if latest is None:
+      state = create_train_state(task, config, rng, example, mesh, tx)
+    else:
+      target = create_train_state(task, config, rng, example, mesh, tx, abstract=True)
+      state = store.restore_latest(target)
+    start = int(jax.device_get(state.step))
+    if main:
+      ckpt.save_run_metadata(workdir, _run_metadata(workdir, run_metadata, config, mesh,
+                                                    state, start))
+    logger = MetricsLogger(workdir, total, start, enabled=main, progress=progress)
+    if start > 0:
+      logger.message(f"resumed from {store.directory / str(start)} (step {start})")
+    if start >= total:
+      return state
+
+    train_step = make_train_step(task, tx, mesh, learning_rate_fn=lr_fn,
+                                 grad_accum=int(tc.grad_accum))
+    base_rng = np.asarray(jax.device_get(state.rng))
+    log_every, ckpt_every, eval_every = int(tc.log_every), int(tc.checkpoint_every), int(tc.eval_every)
+    global_b = int(tc.batch_size)
+
+    def evaluate(st: TrainState, k: int) -> None:
+      if task.evaluate is None:
+        return
+      metrics = _broadcast_metrics(task.evaluate(st))
+      logger.log_eval(k, metrics)
+      store.save_best(st, metrics)
+
+    stop.install()
+    batch_iter = batches.iterate(start)
+    window_time, imgs = 0.0, 0  # images/sec counts step time only (no eval/checkpoint)
+    for index in range(start, total):
+      signum = stop.agreed()
+      if signum is not None:
+        store.save(state)
+        store.wait()
+        raise TrainingInterrupted(signum, int(jax.device_get(state.step)), store.directory)
+      k = index + 1
+      t0 = time.perf_counter()
+      host_batch = next(batch_iter)
+      rows = jax.tree.leaves(host_batch)[0].shape[0]
+      if rows * jax.process_count() != global_b:
+        raise InputError("train.batch_size", f"{global_b} but the batch source gives "
+                         f"{rows} rows on each of {jax.process_count()} processes")
+      batch = shard_batch(host_batch, mesh)
+      key = np.asarray(jax.random.fold_in(base_rng, index))
+      state, metrics = train_step(state, batch, key)
+      m = {n: float(v) for n, v in jax.device_get(metrics).items()}
+      window_time += time.perf_counter() - t0
+      imgs += global_b
+      bad = {n: v for n, v in m.items() if n != "learning_rate" and not math.isfinite(v)}
+      if bad:
+        store.wait()
+        last = store.latest_step()
+        note = (f"the latest checkpoint (step {last}) in {store.directory} is intact"
+                if last is not None else "no checkpoint was saved before it")
+        raise NonFiniteLossError(k, bad, note)
+      logger.progress(k)
+      if k % log_every == 0 or k == total:
+        m["images_per_sec"] = imgs / window_time if window_time > 0 else float("nan")
+        logger.log_train(k, m)
+        window_time, imgs = 0.0, 0
+      if k % ckpt_every == 0 or k == total:
+        store.save(state)
+      if task.evaluate is not None and (k == total or (eval_every > 0 and k % eval_every == 0)):
+        evaluate(state, k)
+    store.wait()
+    if main:
+      plot_curves(workdir)
+    return state
+  except KeyboardInterrupt:
+    # A second Ctrl-C (or one outside the main thread): save what is consistent, if any.
+    if state is not None:
+      try:
+        store.save(state)
+        store.wait()
+      except Exception:  # the state may have been donated to a step in flight
+        pass
+    raise
+  finally:
+    stop.uninstall()
+    if batch_iter is not None and hasattr(batch_iter, "close"):
+      try:
+        batch_iter.close()
+      except Exception:
+        pass
+    if logger is not None:
+      logger.close()
+    try:
+      store.wait()
+    finally:
+      store.close()
