@@ -49,7 +49,7 @@ flags.DEFINE_bool("allow_missing", False, "evaluate: ground-truth images without
 # predict
 flags.DEFINE_string("input", None, "predict: an image file, a folder of images or a dataset folder.")
 flags.DEFINE_string("method", "model", "predict: 'model' (a trained --workdir) or 'classical' (Otsu + watershed).")
-flags.DEFINE_list("format", ["label"], "predict: output formats, any of label,coco,geojson,roi,csv.")
+flags.DEFINE_list("format", ["label"], "predict/annotate: output formats, any of label,coco,geojson,roi,csv.")
 flags.DEFINE_string("contours", "polygon", "predict: 'polygon' or 'spline' contours in vector exports.")
 flags.DEFINE_bool("attention", False, "predict: also write attention maps (partial-annotation model).")
 # annotate
@@ -57,14 +57,9 @@ flags.DEFINE_string("images", None, "annotate: folder of images to annotate.")
 flags.DEFINE_string("annotations", None, "annotate: the user's partial annotations.")
 flags.DEFINE_integer("rounds", 1, "annotate: rounds of train → predict → merge.")
 flags.DEFINE_float("target_recall", None, "annotate: stop when the held-out recall reaches this.")
+flags.DEFINE_bool("accept_proposals", False, "annotate: every proposal still in the edited files counts as confirmed.")
 # benchmark
-flags.DEFINE_integer("steps", None, "benchmark: timed steps.")
-
-
-def _not_built(what: str, issue: int) -> int:
-  print(f"run.py {what}: not built yet (issue {issue} of the tracker); "
-        "see README 'Status' for what works today.", file=sys.stderr)
-  return 3
+flags.DEFINE_integer("steps", None, "benchmark: timed steps; annotate: first-round training steps.")
 
 
 def _require(**named) -> None:
@@ -183,6 +178,29 @@ def cmd_benchmark() -> int:
   return 0
 
 
+def cmd_annotate() -> int:
+  _require(images=FLAGS.images, output=FLAGS.output)
+  from pa_jax.annotate.loop import DEFAULT_FORMATS, annotate_main
+
+  formats = FLAGS.format if FLAGS["format"].present else DEFAULT_FORMATS
+  report = annotate_main(FLAGS.images, FLAGS.annotations, FLAGS.output, rounds=FLAGS.rounds,
+                         target_recall=FLAGS.target_recall, formats=formats,
+                         contours=FLAGS.contours, config=FLAGS.config, seed=FLAGS.seed,
+                         steps=FLAGS.steps, accept_proposals=FLAGS.accept_proposals)
+  totals = report.get("totals", {})
+  counts = ", ".join(f"{k} {v}" for k, v in totals.items() if isinstance(v, (int, float)))
+  print(f"round {report.get('round')}: {counts}")
+  hold = report.get("holdout") or {}
+  if hold:
+    print("hold-out: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in hold.items()))
+  if report.get("stopped"):
+    print(f"stopped: {report['stopped']}")
+  print(f"edit the files in {os.path.join(FLAGS.output, 'current')} (QuPath/Fiji), then run "
+        "the same command again")
+  return 0
+
+
 def cmd_demo() -> int:
   from pa_jax import demo
 
@@ -207,7 +225,7 @@ def main(argv) -> int:
       "evaluate": cmd_evaluate,
       "predict": cmd_predict,
       "train": cmd_train,
-      "annotate": lambda: _not_built("annotate", 7),
+      "annotate": cmd_annotate,
       "benchmark": cmd_benchmark,
   }
   try:

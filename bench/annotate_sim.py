@@ -12,10 +12,12 @@ Measured per round, against the full labels: confirmed / proposed / rejected cou
 % of true nuclei confirmed (a confirmed nucleus with IoU > 0.5), precision of the
 proposals (IoU > 0.5 with a true nucleus), the loop's own hold-out recall and mean IoU,
 and mAP / AJI of the merged annotation (confirmed + proposed) and of the confirmed part.
-Results go to `--results` (JSON) and the table is printed (pasted into docs/annotate.md).
+Results go to `WORKDIR/results.json`; the table is printed and replaces the results block
+of docs/annotate.md (`--docs`).
 
   nice -n 15 python bench/annotate_sim.py --workdir runs/annotate_sim        # ~20 min, 2 cores
-  python bench/annotate_sim.py --workdir /tmp/sim --images 2 --steps 4 --rounds 1  # smoke test
+  python bench/annotate_sim.py --workdir /tmp/sim --images 2 --steps 2 --rounds 2 \
+      --fresh --docs /tmp/sim/annotate.md     # smoke test (a copy of the docs page)
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def setup(workdir: Path, n_images: int, keep: float, seed: int) -> dict[str, np.
     ex = readers.load_example(r)
     truths[r.id] = ex.labels
     fileio.write_bytes(workdir / "images" / r.image_path.name, r.image_path.read_bytes())
-    part = partial_views.keep_instances(ex.labels, keep, partial_views.image_rng(seed, r.id, "keep"))
+    rng = partial_views.image_rng(seed, r.id, "keep")
+    part = partial_views.keep_instances(ex.labels, keep, rng)
     fileio.write_label_map(workdir / "initial" / f"{r.id}.png", part)
   return truths
 
@@ -101,6 +104,8 @@ def main(argv=None) -> int:
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--target", type=float, default=95.0, help="%% of true nuclei confirmed")
   ap.add_argument("--fresh", action="store_true", help="delete the workdir first")
+  ap.add_argument("--docs", default=str(ROOT / "docs" / "annotate.md"),
+                  help="markdown file whose results block is replaced ('' = none)")
   args = ap.parse_args(argv)
 
   work = Path(args.workdir).absolute()
@@ -124,7 +129,8 @@ def main(argv=None) -> int:
     after_edit = measure(output, truths, session.states)
     row = {"round": rep["round"], "seconds": round(time.time() - t0, 1),
            "train_seconds": rep["training"]["seconds"], "steps": rep["training"]["steps"],
-           "holdout_recall": rep["holdout"]["recall"], "holdout_mean_iou": rep["holdout"]["mean_iou"],
+           "holdout_recall": rep["holdout"]["recall"],
+           "holdout_mean_iou": rep["holdout"]["mean_iou"],
            "holdout_nuclei": rep["holdout"]["nuclei"], "after_round": after_round,
            "review": review["totals"], "after_edit": after_edit}
     rows.append(row)
@@ -133,8 +139,31 @@ def main(argv=None) -> int:
                                               "initial": n_init, "rounds": rows})
     if after_edit["confirmed_pct"] >= args.target:
       break
-  print(table(rows, n0, n_init))
-  return 0 if rows and rows[-1]["after_edit"]["confirmed_pct"] >= args.target else 1
+  text = table(rows, n0, n_init)
+  ok = bool(rows) and rows[-1]["after_edit"]["confirmed_pct"] >= args.target
+  print(text)
+  if args.docs:
+    given = sys.argv[1:] if argv is None else argv
+    cmd = "nice -n 15 python bench/annotate_sim.py " + " ".join(given)
+    write_docs(Path(args.docs), cmd, text, ok, args.target, len(rows))
+  return 0 if ok else 1
+
+
+BEGIN, END = "<!-- annotate_sim:begin -->", "<!-- annotate_sim:end -->"
+
+
+def write_docs(path: Path, cmd: str, text: str, ok: bool, target: float, rounds: int) -> None:
+  """Replaces the results block of `path` (between BEGIN and END) atomically."""
+  doc = path.read_text()
+  verdict = (f"**{'Reached' if ok else 'Did not reach'} {target:.0f} % of the true nuclei "
+             f"confirmed** after {rounds} round(s).")
+  block = "\n".join([BEGIN, f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+                     f"with `{cmd}` (results.json in the workdir).", "", text, "", verdict, END])
+  if BEGIN in doc and END in doc:
+    doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+  else:
+    doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+  fileio.write_text(path, doc)
 
 
 def table(rows, n0: int, n_init: int) -> str:

@@ -174,6 +174,15 @@ def cpu_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def variant(c: ml_collections.ConfigDict, arg: str | None, name: str) -> ml_collections.ConfigDict:
+  """Applies the config argument of `configs/<name>.py[:arg]`: '' = as is, 'cpu' = CPU-sized."""
+  if arg == "cpu":
+    return cpu_sized(c)
+  if arg:
+    raise ValueError(f"configs/{name}.py: unknown config argument {arg!r} (use ':cpu' or nothing)")
+  return c
+
+
 def dh360(c: ml_collections.ConfigDict, view: str, fraction: float) -> ml_collections.ConfigDict:
   """Points a config at the paper's DAPI-like group of dsb2018 with a partial view."""
   c.data.source = f"{SHARED_DATASETS}/dsb2018"

@@ -17,8 +17,4 @@ def get_config(arg: str | None = None):
   c.data.view = "full"
   c.data.view_fraction = 1.0
   c.model.partial.enabled = False
-  if arg == "cpu":
-    base.cpu_sized(c)
-  elif arg:
-    raise ValueError(f"configs/dh100_baseline.py: unknown config argument {arg!r} (use ':cpu' or nothing)")
-  return c
+  return base.variant(c, arg, "dh100_baseline")

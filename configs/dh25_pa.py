@@ -17,8 +17,4 @@ def get_config(arg: str | None = None):
   c.data.view = "keep"
   c.data.view_fraction = 0.25
   c.model.partial.enabled = True
-  if arg == "cpu":
-    base.cpu_sized(c)
-  elif arg:
-    raise ValueError(f"configs/dh25_pa.py: unknown config argument {arg!r} (use ':cpu' or nothing)")
-  return c
+  return base.variant(c, arg, "dh25_pa")

@@ -526,8 +526,12 @@ def _point_current(output: Path, target_rel: str) -> None:
   tmp = output / f".current.link.{os.getpid()}"
   if tmp.is_symlink():
     tmp.unlink()
-  os.symlink(target_rel, tmp)
-  os.replace(tmp, link)
+  try:
+    os.symlink(target_rel, tmp)
+    os.replace(tmp, link)
+  except OSError as e:
+    raise InputError(link, f"cannot point the 'current' link at {target_rel} "
+                     f"({e.strerror or e}); the folder itself is complete") from None
 
 
 # ============================================================================ training
@@ -567,7 +571,8 @@ def train_round(cfg, examples, stats: Mapping, workdir: Path, round_: int,
   if prev_variables is not None:
     prev = jax.device_get(prev_variables)
     task = Task(init=lambda rng, batch: prev, loss_fn=task.loss_fn)
-  fp = _fingerprint(examples, int(cfg.train.steps), round_ - 1 if prev_variables is not None else None)
+  base_round = round_ - 1 if prev_variables is not None else None
+  fp = _fingerprint(examples, int(cfg.train.steps), base_round)
   marker = workdir / "annotate_round.json"
   if workdir.exists():
     try:
@@ -816,7 +821,8 @@ def _markdown(report: Mapping, history: Sequence[Mapping]) -> str:
                  f"{r['heldout']} | {r['heldout_recovered']} |")
   lines += ["", "Edits picked up before this round: " + ", ".join(
       f"{k} {v}" for k, v in report["edits"].items()), "", "## History", "",
-      "| round | confirmed | proposed | rejected | hold-out recall | mean IoU |", "|---|---|---|---|---|---|"]
+      "| round | confirmed | proposed | rejected | hold-out recall | mean IoU |",
+      "|---|---|---|---|---|---|"]
   for x in history:
     lines.append(f"| {x['round']} | {x['totals']['confirmed']} | {x['totals']['proposed']} | "
                  f"{x['totals']['rejected']} | {fmt(x['holdout']['recall'])} | "

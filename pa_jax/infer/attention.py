@@ -67,7 +67,10 @@ def write_attention_png(path: Path, image: np.ndarray, attention: np.ndarray,
   ax1.imshow(rgb)
   ax1.set_title("selected nuclei (red)", fontsize=9)
   ax2.imshow(img, cmap="gray")
-  ax2.imshow(attention, cmap="inferno", alpha=0.6)
+  # The merged attention is a distribution over all positions (values ~1/N): scale the
+  # colours to its own range so the focus is visible.
+  hi = float(np.percentile(attention, 99.5)) if attention.size else 1.0
+  ax2.imshow(attention, cmap="inferno", alpha=0.6, vmin=0.0, vmax=max(hi, 1e-12))
   ax2.set_title(title or "merged attention of the selected nuclei", fontsize=9)
   for ax in (ax1, ax2):
     ax.axis("off")

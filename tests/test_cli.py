@@ -1,0 +1,54 @@
+"""run.py as a user calls it: classical predict in every format, scoring, bad flags."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+
+
+def _run(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_classical_predict_all_formats_then_evaluate(tmp_path):
+  img = sorted((SAMPLE / "images").glob("*.png"))[0]
+  inp = tmp_path / "in"
+  inp.mkdir()
+  (inp / img.name).write_bytes(img.read_bytes())
+  out = tmp_path / "out"
+  r = _run("predict", "--method", "classical", "--input", str(inp), "--output", str(out),
+           "--format", "label,coco,geojson,roi,csv", "--contours", "spline")
+  assert r.returncode == 0, r.stderr[-2000:]
+  stem = img.stem
+  for name in (f"{stem}.png", f"{stem}.geojson", f"{stem}_rois.zip", f"{stem}.csv", "annotations.json"):
+    assert (out / name).is_file(), name
+  coco = json.loads((out / "annotations.json").read_text())
+  from pa_jax.data import readers
+
+  labels = readers.read_label_map(out / f"{stem}.png")
+  assert len(coco["annotations"]) == len(np.unique(labels)) - 1 > 5
+  gt = tmp_path / "gt"
+  gt.mkdir()
+  (gt / f"{stem}.png").write_bytes((SAMPLE / "labels" / img.name).read_bytes())
+  r = _run("evaluate", "--predictions", str(out), "--ground-truth", str(gt), "--output",
+           str(tmp_path / "eval"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "1 images: map=" in r.stdout
+  assert (tmp_path / "eval" / "summary.md").is_file()
+
+
+def test_bad_flags_are_one_line_errors(tmp_path):
+  r = _run("predict", "--method", "classical", "--input", str(SAMPLE), "--output",
+           str(tmp_path / "o"), "--format", "label,pdf")
+  assert r.returncode == 2 and "pdf" in r.stderr and r.stderr.strip().count("\n") == 0
+  r = _run("predict", "--input", str(SAMPLE), "--output", str(tmp_path / "o"))
+  assert r.returncode == 2 and "--workdir" in r.stderr
+  r = _run("evaluate", "--workdir", str(tmp_path / "nothing"))
+  assert r.returncode == 2 and "config.json" in r.stderr
+  r = _run("annotate", "--images", str(tmp_path / "missing"), "--output", str(tmp_path / "a"))
+  assert r.returncode == 2 and "missing" in r.stderr
