@@ -49,6 +49,8 @@ flags.DEFINE_bool("allow_missing", False, "evaluate: ground-truth images without
 # predict
 flags.DEFINE_string("input", None, "predict: an image file, a folder of images or a dataset folder.")
 flags.DEFINE_string("method", "model", "predict: 'model' (a trained --workdir) or 'classical' (Otsu + watershed).")
+flags.DEFINE_string("classical_params", None, "predict --method classical: overrides 'key=value,...' "
+                    "(sigma, polarity, min_size, fill_holes, distance_sigma, min_distance, min_distance_factor).")
 flags.DEFINE_list("format", ["label"], "predict/annotate: output formats, any of label,coco,geojson,roi,csv.")
 flags.DEFINE_string("contours", "polygon", "predict: 'polygon' or 'spline' contours in vector exports.")
 flags.DEFINE_bool("attention", False, "predict: also write attention maps (partial-annotation model).")
@@ -132,7 +134,8 @@ def cmd_predict() -> int:
   n = predict.predict_command(FLAGS.input, FLAGS.output, method=FLAGS.method,
                               workdir=FLAGS.workdir, formats=FLAGS.format,
                               contours=FLAGS.contours, attention=FLAGS.attention,
-                              split=FLAGS.split, group=FLAGS.group, best=FLAGS.best)
+                              split=FLAGS.split, group=FLAGS.group, best=FLAGS.best,
+                              classical_params=FLAGS.classical_params)
   print(f"{n} images segmented; outputs in {FLAGS.output}")
   return 0
 

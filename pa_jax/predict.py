@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pa_jax import fileio
 from pa_jax.data import readers
 from pa_jax.errors import InputError
 
@@ -27,8 +28,13 @@ def predict_command(input_path: str, output: str, *, method: str = "model",
                     workdir: str | None = None, formats: Sequence[str] = ("label",),
                     contours: str = "polygon", attention: bool = False,
                     split: str | None = None, group: str | None = None,
-                    best: bool = False, progress: bool = True) -> int:
-  """Segments every image of `input_path` into `output`; returns the number of images."""
+                    best: bool = False, progress: bool = True,
+                    classical_params: str | None = None) -> int:
+  """Segments every image of `input_path` into `output`; returns the number of images.
+
+  `classical_params` ('key=value,...', `classical.parse_params`) overrides the classical
+  floor's defaults; the parameters used are written to `output/classical_params.json`.
+  """
   from tqdm import tqdm
 
   from pa_jax.annotate import formats as fmt
@@ -50,9 +56,18 @@ def predict_command(input_path: str, output: str, *, method: str = "model",
     if attention:
       raise InputError("--attention", "attention maps need a partial-annotation model "
                        "(--workdir), not --method classical")
-    segment = lambda image: (classical.segment_classical(image), {})  # noqa: E731
+    try:
+      params = classical.parse_params(classical_params or "")
+    except ValueError as e:
+      raise InputError("--classical_params", str(e)) from None
+    segment = lambda image: (classical.segment_classical(image, **params), {})  # noqa: E731
     source = "classical"
+    out.mkdir(parents=True, exist_ok=True)
+    fileio.write_json(out / "classical_params.json",
+                      {"method": "otsu+distance-watershed", **classical.DEFAULT_PARAMS, **params})
   else:
+    if classical_params:
+      raise InputError("--classical_params", "only applies to --method classical")
     from pa_jax import experiment
     from pa_jax.infer.predictor import predictor_for
 

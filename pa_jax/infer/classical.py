@@ -44,6 +44,43 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
+def parse_params(text: str) -> dict[str, Any]:
+  """Parses `--classical_params` text: 'key=value,key=value' → overrides of DEFAULT_PARAMS.
+
+  Values take the type of the default: numbers for sigma/min_size/distance_sigma/
+  min_distance_factor, true/false for fill_holes, 'auto' or an int for min_distance, a word
+  for polarity. Unknown keys and unparsable values raise ValueError naming them.
+  E.g. 'min_distance=5,distance_sigma=0,fill_holes=false,min_size=0' is the textbook
+  scikit-image recipe (fixed marker spacing, raw distance map).
+  """
+  out: dict[str, Any] = {}
+  for item in filter(None, (t.strip() for t in text.split(","))):
+    key, sep, raw = item.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not raw:
+      raise ValueError(f"{item!r} is not key=value")
+    if key not in DEFAULT_PARAMS:
+      raise ValueError(f"unknown classical parameter {key!r} (known: {', '.join(DEFAULT_PARAMS)})")
+    try:
+      if key == "fill_holes":
+        if raw.lower() not in ("true", "false", "1", "0"):
+          raise ValueError
+        out[key] = raw.lower() in ("true", "1")
+      elif key == "polarity":
+        if raw not in ("auto", "bright", "dark"):
+          raise ValueError
+        out[key] = raw
+      elif key == "min_distance":
+        out[key] = "auto" if raw == "auto" else int(raw)
+      elif key == "min_size":
+        out[key] = int(raw)
+      else:
+        out[key] = float(raw)
+    except ValueError:
+      raise ValueError(f"{key}={raw!r}: not a valid value (default {DEFAULT_PARAMS[key]!r})") from None
+  return out
+
+
 def _gray(image: np.ndarray) -> np.ndarray:
   image = np.asarray(image)
   if image.ndim == 3 and image.shape[-1] in (3, 4):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -81,3 +82,21 @@ def test_predict_folder(tmp_path):
     assert np.array_equal(read_label_map(p), classical.segment_classical(img, sigma=1.5))
   params = json.loads((tmp_path / "out" / "classical_params.json").read_text())
   assert params["sigma"] == 1.5 and params["min_distance"] == "auto"
+
+
+def test_parse_params_types_and_errors():
+  got = classical.parse_params("min_distance=5, distance_sigma=0,fill_holes=false,min_size=0,"
+                               "polarity=bright,sigma=1.5")
+  assert got == {"min_distance": 5, "distance_sigma": 0.0, "fill_holes": False, "min_size": 0,
+                 "polarity": "bright", "sigma": 1.5}
+  assert classical.parse_params("") == {}
+  assert classical.parse_params("min_distance=auto") == {"min_distance": "auto"}
+  for bad, msg in [("sigmaa=1", "unknown classical parameter 'sigmaa'"),
+                   ("sigma", "not key=value"), ("sigma=", "not key=value"),
+                   ("fill_holes=maybe", "fill_holes='maybe'"), ("min_size=3.5", "min_size='3.5'"),
+                   ("polarity=up", "polarity='up'")]:
+    with pytest.raises(ValueError, match=re.escape(msg)):
+      classical.parse_params(bad)
+  # The parsed overrides are what segment_classical accepts.
+  img, _ = scene()
+  classical.segment_classical(img, **classical.parse_params("min_distance=5,fill_holes=false"))
