@@ -38,6 +38,7 @@ def main() -> None:
     for pa in (False, True):
       cfg = dh25_pa.get_config("cpu")
       cfg.model.partial.enabled = pa
+      cfg.model.partial.anchor = "fixed"  # no dataset here; the anchor changes no shape
       model = experiment.build_model(cfg)
       ex = pipeline.stack_batch([experiment._empty_example(cfg.data.canvas_size,
                                                            cfg.data.max_instances)])

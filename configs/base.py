@@ -36,9 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.flip_horizontal = True  # Random left-right flips (the paper's only augmentation).
   c.data.flip_vertical = True  # Random up-down flips.
   c.data.normalize = "percentile"  # Intensity scaling to [0, 1]: 'percentile' (0.5/99.5 % per image, robust for 16-bit) or 'dtype' (divide by 255/65535).
-  c.data.tfds_dir = ""  # If set, training reads the tfds array_record build of the dataset from here (see data/README.md); '' reads the folder directly.
-  c.data.cache_examples = True  # Keep decoded training images in host memory (datasets here are small).
-  c.data.prefetch = 2  # Batches prepared ahead on a host thread.
+  c.data.prefetch = 2  # Batches prepared ahead on a host thread (0 = on demand).
 
   # ---------------------------------------------------------------------------- model
   c.model = ml_collections.ConfigDict()

@@ -43,7 +43,7 @@ def run(cfg, steps: int = 10, predict_images: int = 5, output: str | None = None
   task = experiment.make_task(model)
   batches = experiment.batch_source(cfg, examples)
   mesh = make_data_mesh()
-  tx = make_optimizer(cfg.train)
+  tx = make_optimizer(cfg.train, task.trainable)
   first = batches.batch(0)
   state, t_init = _timed(lambda: create_train_state(task, cfg, jax.random.PRNGKey(cfg.seed),
                                                     first, mesh, tx))

@@ -52,18 +52,16 @@ def training_examples(cfg, progress: bool = True) -> list[pipeline.TrainExample]
 
 def dataset_statistics(examples: list[pipeline.TrainExample]) -> dict:
   """Counts and the median nucleus box (w, h) of the *annotated* training nuclei."""
-  ws, hs = [], []
-  n_full = 0
-  for ex in examples:
-    _, boxes = pipeline.instance_boxes(ex.labels)
-    ws.extend((boxes[:, 2] - boxes[:, 0]).tolist())
-    hs.extend((boxes[:, 3] - boxes[:, 1]).tolist())
-    if ex.full_labels is not None:
-      n_full += readers.count_instances(ex.full_labels)
-  if not ws:
+  from pa_jax.partial.targets import median_nucleus_size
+
+  annotated = sum(readers.count_instances(ex.labels) for ex in examples)
+  if not annotated:
     raise InputError("training data", "no annotated nucleus in the training images")
-  return {"images": len(examples), "annotated_nuclei": len(ws), "full_nuclei": n_full,
-          "median_width": float(np.median(ws)), "median_height": float(np.median(hs))}
+  n_full = sum(readers.count_instances(ex.full_labels) for ex in examples
+               if ex.full_labels is not None)
+  width, height = median_nucleus_size([ex.labels for ex in examples])
+  return {"images": len(examples), "annotated_nuclei": annotated, "full_nuclei": n_full,
+          "median_width": width, "median_height": height}
 
 
 # -------------------------------------------------------------------------------- model
@@ -100,14 +98,24 @@ def make_task(model: MaskRCNN, evaluate=None, pretrained: str = ""):
   def loss_fn(params, variables, batch, rng):
     return model.apply({**variables, "params": params}, batch, rng)
 
-  return Task(init=init, loss_fn=loss_fn, evaluate=evaluate)
+  def trainable(params):
+    # The backbone's frozen stages (weights.py imports into params['backbone']).
+    from pa_jax.models.resnet import trainable_mask
+
+    out = jax.tree.map(lambda _: True, params)
+    if model.spec.freeze_at > 0 and "backbone" in params:
+      out = {**out, "backbone": trainable_mask(params["backbone"], model.spec.freeze_at)}
+    return out
+
+  return Task(init=init, loss_fn=loss_fn, evaluate=evaluate, trainable=trainable)
 
 
 def batch_source(cfg, examples, process_index: int = 0, process_count: int = 1):
   return pipeline.BatchSource(
       examples, global_batch=cfg.train.batch_size, canvas=cfg.data.canvas_size,
       max_instances=cfg.data.max_instances, seed=cfg.seed, flip_h=cfg.data.flip_horizontal,
-      flip_v=cfg.data.flip_vertical, process_index=process_index, process_count=process_count)
+      flip_v=cfg.data.flip_vertical, process_index=process_index, process_count=process_count,
+      prefetch=int(cfg.data.prefetch))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -141,11 +149,32 @@ def evaluate_variables(cfg, model: MaskRCNN, variables, split: str, output_dir=N
 # -------------------------------------------------------------------------------- train
 
 
+def check_backbone_init(m) -> None:
+  """Refuses configs that freeze what was never trained.
+
+  Frozen BatchNorm and `freeze_at` exist for a backbone with pretrained weights (the
+  paper's configs). Without `model.pretrained` they would freeze a random stem and
+  normalise with identity statistics: a silently crippled run, not a from-scratch one.
+  """
+  if m.pretrained:
+    return
+  if m.norm == "frozen_bn":
+    raise InputError("model.norm", "'frozen_bn' freezes pretrained statistics but "
+                     "model.pretrained is empty: pass --config.model.pretrained=FILE.pth "
+                     "or train from scratch with --config.model.norm=group_norm "
+                     "--config.model.freeze_at=0")
+  if int(m.freeze_at) > 0:
+    raise InputError("model.freeze_at", f"{m.freeze_at} freezes random weights because "
+                     "model.pretrained is empty: pass --config.model.pretrained=FILE.pth "
+                     "or --config.model.freeze_at=0")
+
+
 def train(cfg, workdir: os.PathLike | str) -> Any:
   """Trains (or resumes) the experiment of `cfg` in `workdir`; returns the final state."""
   from pa_jax.train import loop
   from pa_jax.train.distributed import maybe_initialize_distributed
 
+  check_backbone_init(cfg.model)
   maybe_initialize_distributed()
   workdir = Path(workdir)
   examples = training_examples(cfg, progress=jax.process_index() == 0)
@@ -211,15 +240,18 @@ def load_run(workdir: os.PathLike | str, best: bool = False):
   workdir = Path(workdir)
   cfg = load_config(workdir)
   meta = _load_json(workdir / "run.json") or {}
-  model = build_model(cfg, meta.get("dataset"))
+  try:
+    model = build_model(cfg, meta.get("dataset"))
+  except ValueError as e:
+    raise InputError(workdir / "run.json", str(e)) from None
   task = make_task(model)
   mesh = make_data_mesh(jax.devices()[:1])
   example = pipeline.stack_batch([_empty_example(cfg.data.canvas_size, cfg.data.max_instances)])
   template = create_train_state(task, cfg, jax.random.PRNGKey(cfg.seed), example, mesh,
                                 abstract=True)
-  store = ckpt.CheckpointStore(workdir, keep=cfg.train.keep_checkpoints)
+  store = ckpt.CheckpointStore(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
   try:
-    step = store.best.best_step() if best else store.latest_step()
+    step = store.best_step() if best else store.latest_step()
     if step is None:
       raise InputError(workdir / ("checkpoints_best" if best else "checkpoints"),
                        "no checkpoint: train this run first")

@@ -149,6 +149,18 @@ def write_label_map(path: os.PathLike | str, labels: np.ndarray) -> None:
     raise InputError(path, "label maps are written as .png or .tif")
 
 
+def label_map_path(path: os.PathLike | str, labels: np.ndarray) -> Path:
+  """`path` itself, or with `.tif` when `labels` exceed a 16-bit PNG (more than 65,535 ids).
+
+  Writers that default to PNG (what most viewers open) call this so a slide with more
+  nuclei, or a label counter that grew past 65,535, is written, not refused.
+  """
+  path = Path(path)
+  if path.suffix.lower() == ".png" and int(np.asarray(labels).max(initial=0)) > np.iinfo(np.uint16).max:
+    return path.with_suffix(".tif")
+  return path
+
+
 def iter_chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
   for i in range(0, len(seq), n):
     yield seq[i:i + n]

@@ -13,6 +13,13 @@ import jax
 import jax.numpy as jnp
 
 
+def _weighted_sum(per: jax.Array, weights: jax.Array) -> jax.Array:
+  """sum(per · weights) where a zero weight really removes its element: `where`, not a bare
+  product, so a non-finite value in a masked-out slot (e.g. the box-regression target of a
+  padded or unsampled element) reaches neither the sum nor its gradient (0 · inf = NaN)."""
+  return jnp.sum(jnp.where(weights > 0, per * weights, 0.0))
+
+
 def _normalise(total: jax.Array, weights: jax.Array, normalizer: jax.Array | float | None):
   denom = jnp.sum(weights) if normalizer is None else normalizer
   return total / jnp.maximum(denom, 1.0)
@@ -32,7 +39,7 @@ def sigmoid_binary_cross_entropy(logits: jax.Array, targets: jax.Array, weights:
   weights = jnp.broadcast_to(weights.astype(jnp.float32), logits.shape)
   # log(1 + exp(-|x|)) form: stable for large |x|.
   per = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-  return _normalise(jnp.sum(per * weights), weights, normalizer)
+  return _normalise(_weighted_sum(per, weights), weights, normalizer)
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,
@@ -45,7 +52,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Arr
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
   weights = weights.astype(jnp.float32)
-  return _normalise(jnp.sum(nll * weights), weights, normalizer)
+  return _normalise(_weighted_sum(nll, weights), weights, normalizer)
 
 
 def smooth_l1(pred: jax.Array, target: jax.Array, weights: jax.Array, beta: float,
@@ -63,4 +70,4 @@ def smooth_l1(pred: jax.Array, target: jax.Array, weights: jax.Array, beta: floa
   else:
     per = diff
   weights = weights.astype(jnp.float32)
-  return _normalise(jnp.sum(per.sum(-1) * weights), weights, normalizer)
+  return _normalise(_weighted_sum(per.sum(-1), weights), weights, normalizer)

@@ -14,7 +14,7 @@ masks painted first, as in `pa_jax.data.coco`.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -78,19 +78,16 @@ class CocoCollector:
 
 
 def _load(path: Path) -> dict[str, Any]:
-  try:
-    data = json.loads(path.read_bytes().decode("utf-8"))
-  except OSError as e:
-    raise InputError(path, f"cannot read ({e.strerror or e})") from None
-  except UnicodeDecodeError:
-    raise InputError(path, "not a UTF-8 text file (expected COCO JSON)") from None
-  except json.JSONDecodeError as e:
-    raise InputError(path, f"invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") \
-        from None
-  if (not isinstance(data, dict) or not isinstance(data.get("images"), list)
-      or not isinstance(data.get("annotations"), list)):
-    raise InputError(path, "COCO JSON must be an object with 'images' and 'annotations' lists")
-  return data
+  """The parsed file, parsed once per version of it: the annotation loop looks up every
+  image of a round in the same COCO file (by id, then its annotations)."""
+  st = path.stat() if path.is_file() else None
+  return _load_cached(str(path.resolve()), st.st_mtime_ns if st else 0, st.st_size if st else 0)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+  del mtime_ns, size  # cache key only: an edited file is read again
+  return coco.load_coco_json(path)
 
 
 def _matches(im: Any, image_id: str) -> bool:
@@ -143,7 +140,7 @@ def read_coco_annotations(path: os.PathLike | str, image_id: str,
       raise InputError(path, f"annotation {ann.get('id', n)} has no 'segmentation'")
     try:
       # pa_jax.data.coco's rasteriser (RLE or polygons, pixel-centre rule, bounds checks).
-      rr, cc = coco._segmentation_pixels(ann["segmentation"], h, w)
+      rr, cc = coco.segmentation_pixels(ann["segmentation"], h, w)
     except (ValueError, TypeError) as e:
       raise InputError(path, f"annotation {ann.get('id', n)}: {e}") from None
     if not rr.size:

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from pa_jax.data.coco import polygon_pixels  # noqa: F401  (re-exported: the one rasteriser)
+
 __all__ = [
     "mask_contour",
     "spline_polygon",
@@ -86,21 +88,6 @@ def _drop_collinear(poly: np.ndarray) -> np.ndarray:
 
 
 # -------------------------------------------------------------------- rasterisation
-
-
-def polygon_pixels(poly: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-  """(rows, cols) of the pixels whose centre is inside the closed polygon (x, y) (N, 2).
-
-  Parts outside the height x width image are clipped. Work is proportional to the
-  polygon's bounding box, not to the image.
-  """
-  from skimage.draw import polygon as draw_polygon
-
-  poly = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-  if len(poly) < 3:
-    return np.zeros(0, np.intp), np.zeros(0, np.intp)
-  # Pixel centres are at (c + 0.5, r + 0.5): shift into skimage's index coordinates.
-  return draw_polygon(poly[:, 1] - 0.5, poly[:, 0] - 0.5, shape=(int(height), int(width)))
 
 
 def polygon_to_mask(poly: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from pa_jax import fileio
 from pa_jax.annotate import contours as C
 from pa_jax.annotate.coco_io import COCO_FILENAME, CocoCollector, read_coco_annotations
 from pa_jax.annotate.geojson_io import read_geojson, write_geojson
@@ -93,10 +94,8 @@ def export_all(output_dir: os.PathLike | str, image_id: str, labels: np.ndarray,
   if "geojson" in formats or "roi" in formats:
     outlines = C.label_map_contours(labels, contours)
   if "label" in formats:
-    lp = paths["label"]
-    if int(labels.max(initial=0)) > np.iinfo(np.uint16).max:
-      lp = lp.with_suffix(".tif")
-    written += write_label_map(lp, labels, nuclei, image_id=image_id)
+    written += write_label_map(fileio.label_map_path(paths["label"], labels), labels, nuclei,
+                               image_id=image_id)
   if "coco" in formats:
     coco.add(image_id, labels, nuclei, file_name=file_name)
   if "geojson" in formats:

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from pa_jax import fileio
-from pa_jax.annotate.nuclei import Nucleus, STATE_COLORS
+from pa_jax.annotate.nuclei import Nucleus, STATE_COLORS, pixels_by_label
 from pa_jax.errors import InputError
 
 STATE_VERSION = 1
@@ -126,12 +126,11 @@ def _areas(labels: np.ndarray) -> dict[int, int]:
 
 def _pairs(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], int]:
   """{(label in a, label in b): overlapping pixels} for every overlapping pair."""
-  sel = (a > 0) & (b > 0)
-  if not sel.any():
-    return {}
-  codes = np.stack([a[sel].astype(np.int64), b[sel].astype(np.int64)], 1)
-  u, c = np.unique(codes, axis=0, return_counts=True)
-  return {(int(x), int(y)): int(n) for (x, y), n in zip(u, c)}
+  from pa_jax.evaluation.metrics import contingency
+
+  t = contingency(a, b)
+  return {(int(t.gt_labels[i]), int(t.pred_labels[j])): int(n)
+          for i, j, n in zip(t.gi, t.pj, t.inter)}
 
 
 # ======================================================================== edit pick-up
@@ -203,45 +202,49 @@ def apply_edits(prev: ImageState, labels: np.ndarray | None,
   new_rej_nuclei = dict(prev.rejected_nuclei)
   next_id = prev.next_id
 
-  def reject(mask: np.ndarray, score, source: str) -> None:
+  def reject(idx: np.ndarray, score, source: str) -> None:
+    """Flat pixels `idx` become a new rejected region (where none is yet)."""
     nonlocal next_id
     rid = next_id
     next_id += 1
-    new_rejected[mask & (new_rejected == 0)] = rid
+    flat = new_rejected.reshape(-1)
+    flat[idx[flat[idx] == 0]] = rid
     new_rej_nuclei[rid] = Nucleus(rid, "rejected", score, source)
 
+  file_px, prev_px = pixels_by_label(labels), pixels_by_label(prev.labels)
+  new_flat = new_labels.reshape(-1)
   for f in sorted(file_area):
-    fmask = labels == f
+    fpx = file_px[f]
     fstate = file_nuclei[f].state if f in file_nuclei else "confirmed"
     if f in match:
       p = match[f]
       old = prev.nuclei[p]
       if fstate == "rejected":
-        reject(fmask, old.score, old.source)
+        reject(fpx, old.score, old.source)
         counts.rejected += 1
         continue
       state = old.state
       if old.state == "proposed" and (fstate == "confirmed" or accept_proposals):
         state = "confirmed"
         counts.accepted += 1
-      if not np.array_equal(fmask, prev.labels == p):
+      if not np.array_equal(fpx, prev_px[p]):  # matched ⇒ p overlaps, so it has pixels
         counts.reshaped += 1
-      new_labels[fmask] = p
+      new_flat[fpx] = p
       new_nuclei[p] = dataclasses.replace(old, state=state)
     else:
       if fstate == "rejected":
-        reject(fmask, None, HUMAN)
+        reject(fpx, None, HUMAN)
         continue
       nid = next_id
       next_id += 1
-      new_labels[fmask] = nid
+      new_flat[fpx] = nid
       new_nuclei[nid] = Nucleus(nid, "confirmed", None, HUMAN)
       counts.added += 1
   for p, old in prev.nuclei.items():
     if p in used:
       continue
     if old.state == "proposed":
-      reject(prev.labels == p, old.score, old.source)
+      reject(prev_px.get(p, np.zeros(0, np.int64)), old.score, old.source)
       counts.rejected += 1
     else:
       counts.deleted += 1
@@ -309,7 +312,8 @@ def merge_predictions(st: ImageState, pred: np.ndarray, scores: Mapping[int, flo
     if iou >= rejected_iou or 2 * n >= p_area[p]:
       at_rejected.add(p)
   order = sorted(p_area, key=lambda p: (-float(scores.get(p, 0.0)), p))
-  free = conf == 0
+  pred_px = pixels_by_label(pred)
+  out_flat = out.labels.reshape(-1)
   for p in order:
     if on_conf.get(p, 0) > confirmed_overlap * p_area[p]:
       counts.dropped_confirmed += 1
@@ -317,13 +321,14 @@ def merge_predictions(st: ImageState, pred: np.ndarray, scores: Mapping[int, flo
     if p in at_rejected:
       counts.dropped_rejected += 1
       continue
-    mask = (pred == p) & free
-    if int(mask.sum()) < min_area:
+    # Its pixels off confirmed nuclei (predictions are disjoint: only those are taken).
+    idx = pred_px[p][out_flat[pred_px[p]] == 0]
+    if idx.size < min_area:
       counts.dropped_small += 1
       continue
     nid = out.next_id
     out.next_id += 1
-    out.labels[mask] = nid
+    out_flat[idx] = nid
     out.nuclei[nid] = Nucleus(nid, "proposed", scores.get(p), source)
     counts.proposed += 1
   return out, counts
@@ -509,8 +514,8 @@ def _load_image_states(output: Path, data: Mapping) -> dict[str, ImageState]:
   folder = output / data["state_dir"]
   out = {}
   for d in data["images"]:
-    lab = readers.read_label_map(folder / f"{d['id']}_labels.png")
-    rej = readers.read_label_map(folder / f"{d['id']}_rejected.png")
+    lab = readers.read_label_map(folder / f"{d['id']}_labels.tif")
+    rej = readers.read_label_map(folder / f"{d['id']}_rejected.tif")
     out[d["id"]] = _state_from_json(d, lab, rej)
   return out
 
@@ -842,22 +847,25 @@ def _write_round(output: Path, r: int, order, merged: Mapping[str, ImageState], 
   from pa_jax.annotate.formats import COCO_FILENAME, CocoCollector
 
   files = {}
-  cocos = ({d: CocoCollector(d / COCO_FILENAME) for d in (round_dir / "annotations", cur_dir)}
-           if "coco" in formats else {})
+  coco = CocoCollector(cur_dir / COCO_FILENAME) if "coco" in formats else None
+  archive = round_dir / "annotations"  # the round's copy of what `current` holds
+  archive.mkdir(parents=True, exist_ok=True)
   for i in order:
     st = merged[i]
-    name = by_id[i].file_name
-    export_image(round_dir / "annotations", i, st.labels, st.nuclei, formats, contours,
-                 cocos.get(round_dir / "annotations"), name)
+    # Exported once (contours, spline fits) into `current`, then copied to the round's
+    # archive: the two folders hold the same bytes.
+    written = export_image(cur_dir, i, st.labels, st.nuclei, formats, contours, coco,
+                           by_id[i].file_name)
+    for p in written:
+      shutil.copyfile(p, archive / p.name)
     fileio.write_png(round_dir / "overlays" / f"{i}.png", overlay(by_id[i].image, st))
-    written = export_image(cur_dir, i, st.labels, st.nuclei, formats, contours,
-                           cocos.get(cur_dir), name)
     files[i] = {p.name: _sha(p) for p in written}
-    fileio.write_label_map(output / state_rel / f"{i}_labels.png", st.labels)
-    fileio.write_label_map(output / state_rel / f"{i}_rejected.png", st.rejected)
-  for c in cocos.values():
-    c.write()
-  if cocos:
+    # TIFF: ids only grow (each round's proposals get fresh ones), past a PNG's 65,535.
+    fileio.write_label_map(output / state_rel / f"{i}_labels.tif", st.labels)
+    fileio.write_label_map(output / state_rel / f"{i}_rejected.tif", st.rejected)
+  if coco is not None:
+    coco.write()
+    shutil.copyfile(cur_dir / COCO_FILENAME, archive / COCO_FILENAME)
     digest = _sha(cur_dir / COCO_FILENAME)
     for i in order:
       files[i][COCO_FILENAME] = digest

@@ -93,6 +93,20 @@ def _label_ids(labels: np.ndarray) -> list[int]:
   return [int(k) for k in ids if k > 0]
 
 
+def pixels_by_label(labels: np.ndarray) -> dict[int, np.ndarray]:
+  """{label: increasing flat pixel indices} of every nonzero label of a 2-D map.
+
+  One stable sort of the map instead of one full-image comparison per nucleus: the
+  per-nucleus edits of the annotation loop stay O(H·W·log) on a slide with thousands of
+  nuclei rather than O(N·H·W).
+  """
+  flat = np.asarray(labels).ravel()
+  order = np.argsort(flat, kind="stable")
+  values, starts = np.unique(flat[order], return_index=True)
+  ends = np.append(starts[1:], flat.size)
+  return {int(k): order[a:b] for k, a, b in zip(values, starts, ends) if k != 0}
+
+
 def make_table(labels: np.ndarray, state: str = "confirmed", source: str = "",
                scores: Mapping[int, float] | Sequence[float] | np.ndarray | None = None
                ) -> dict[int, Nucleus]:

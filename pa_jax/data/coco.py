@@ -187,12 +187,21 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
   return {"size": [int(h), int(w)], "counts": _counts_to_string(_positions_to_counts(pos, h * w))}
 
 
-def _polygon_pixels(poly: Sequence[float], h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def polygon_pixels(poly: Any, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+  """(rows, cols) of the pixels whose centre is inside the closed polygon.
+
+  `poly`: flat COCO [x0, y0, x1, y1, ...] or (N, 2) (x, y) points in COCO pixel
+  coordinates (pixel centres at (c + 0.5, r + 0.5)). Parts outside the height x width
+  image are clipped; fewer than 3 points give no pixel. Work is proportional to the
+  polygon's bounding box, not to the image. The one rasteriser of the project: COCO
+  reading and the GeoJSON/ROI importers (`pa_jax.annotate.contours`) share it.
+  """
   from skimage.draw import polygon as draw_polygon
 
   xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-  # Pixel centres are at (c + 0.5, r + 0.5) in COCO coordinates.
-  return draw_polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=(h, w))
+  if len(xy) < 3:
+    return np.zeros(0, np.intp), np.zeros(0, np.intp)
+  return draw_polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=(int(height), int(width)))
 
 
 def _check_polygon(poly: Any) -> np.ndarray | None:
@@ -251,7 +260,7 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], h: int, w: int) -> np.
     arr = _check_polygon(poly)
     if arr is None:
       continue
-    rr, cc = _polygon_pixels(arr, h, w)
+    rr, cc = polygon_pixels(arr, h, w)
     mask[rr, cc] = True
   return mask
 
@@ -259,7 +268,7 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], h: int, w: int) -> np.
 # ------------------------------------------------------------ annotations → label map
 
 
-def _segmentation_pixels(seg: Any, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def segmentation_pixels(seg: Any, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
   """(rows, cols) of the pixels of one segmentation, computed in its bounding region only.
 
   Raises ValueError when the segmentation is malformed or outside the h x w image.
@@ -272,7 +281,7 @@ def _segmentation_pixels(seg: Any, h: int, w: int) -> tuple[np.ndarray, np.ndarr
     return pos % h, pos // h
   rows, cols = [], []
   for arr in _checked_polygons(seg, h, w):
-    rr, cc = _polygon_pixels(arr, h, w)
+    rr, cc = polygon_pixels(arr, h, w)
     rows.append(rr)
     cols.append(cc)
   if not rows:
@@ -301,7 +310,7 @@ def annotations_to_label_map(anns: Sequence[Mapping[str, Any]], h: int, w: int) 
       continue
     if "segmentation" not in ann:
       raise ValueError("annotation has no 'segmentation'")
-    rr, cc = _segmentation_pixels(ann["segmentation"], h, w)
+    rr, cc = segmentation_pixels(ann["segmentation"], h, w)
     if rr.size:
       pixels.append((rr, cc))
   labels = np.zeros((h, w), dtype=np.int32)
@@ -315,7 +324,10 @@ def annotations_to_label_map(anns: Sequence[Mapping[str, Any]], h: int, w: int) 
 # ------------------------------------------------------------------------- reading
 
 
-def _load(json_path: Path) -> dict[str, Any]:
+def load_coco_json(json_path: os.PathLike | str) -> dict[str, Any]:
+  """A COCO instance JSON as a dict, checked to hold 'images' and 'annotations' lists;
+  one-line InputError naming the file otherwise."""
+  json_path = Path(json_path)
   try:
     with open(json_path, "rb") as f:
       data = json.loads(f.read().decode("utf-8"))
@@ -384,7 +396,7 @@ def read_coco_dataset(json_path: os.PathLike | str,
   json_path = Path(json_path)
   if not json_path.is_file():
     raise InputError(json_path, "file not found")
-  data = _load(json_path)
+  data = load_coco_json(json_path)
   where = str(json_path)
   idir = Path(images_dir) if images_dir is not None else None
   if idir is not None and not idir.is_dir():

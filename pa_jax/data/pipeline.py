@@ -237,6 +237,7 @@ class BatchSource:
   flip_v: bool = True
   process_index: int = 0
   process_count: int = 1
+  prefetch: int = 2  # batches `iterate` prepares ahead on a host thread (config data.prefetch)
 
   def __post_init__(self):
     if self.canvas % 32:
@@ -252,8 +253,10 @@ class BatchSource:
                                   rng, self.flip_h, self.flip_v))
     return stack_batch(items)
 
-  def iterate(self, start_step: int = 0, prefetch: int = 2) -> Iterator[Batch]:
-    """Batches from `start_step` on, prepared `prefetch` ahead on a background thread."""
+  def iterate(self, start_step: int = 0, prefetch: int | None = None) -> Iterator[Batch]:
+    """Batches from `start_step` on, prepared `prefetch` (default: the source's) ahead on a
+    background thread; 0 = on demand."""
+    prefetch = self.prefetch if prefetch is None else prefetch
     if prefetch <= 0:
       step = start_step
       while True:

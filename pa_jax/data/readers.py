@@ -29,7 +29,8 @@ from pa_jax.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 # Stem suffixes that mark a label map sitting beside its image in one folder.
-LABEL_STEM_SUFFIXES = ("_labels", "_label", "_mask", "_masks", "_instances")
+# Stem endings that mark a label map next to its image ("_cp_masks": Cellpose output).
+LABEL_STEM_SUFFIXES = ("_labels", "_label", "_mask", "_masks", "_instances", "_cp_masks")
 INDEX_COLUMNS = ("id", "split", "group", "modality", "height", "width", "channels", "nuclei")
 
 
@@ -215,7 +216,8 @@ def read_index(index_csv: os.PathLike | str) -> list[dict[str, str]]:
   return rows
 
 
-def _find_file(folder: Path, stem: str, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> Path | None:
+def find_file(folder: Path, stem: str, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> Path | None:
+  """`folder/stem<suffix>` for the first image suffix (either case) that exists, else None."""
   for s in suffixes:
     for cand in (folder / f"{stem}{s}", folder / f"{stem}{s.upper()}"):
       if cand.is_file():
@@ -247,10 +249,10 @@ def read_dataset_folder(root: os.PathLike | str, split: str | None = None,
       continue
     if keep_group and (r.get("group") or "") not in keep_group:
       continue
-    img = _find_file(root / "images", r["id"])
+    img = find_file(root / "images", r["id"])
     if img is None:
       raise InputError(root / "images" / f"{r['id']}.png", "image listed in index.csv is missing")
-    lab = _find_file(root / "labels", r["id"])
+    lab = find_file(root / "labels", r["id"])
     if lab is None:
       raise InputError(root / "labels" / f"{r['id']}.png", "label map listed in index.csv is missing")
     records.append(Record(id=r["id"], image_path=img, label_path=lab,
@@ -301,12 +303,12 @@ def read_image_folder(images: os.PathLike | str, labels: os.PathLike | str | Non
     lab = None
     for d in label_dirs:
       if d.is_dir():
-        lab = _find_file(d, f.stem)
+        lab = find_file(d, f.stem)
         if lab is not None:
           break
     if lab is None:
       for s in LABEL_STEM_SUFFIXES:
-        lab = _find_file(base, f.stem + s)
+        lab = find_file(base, f.stem + s)
         if lab is not None:
           break
     if lab is None and require_labels:

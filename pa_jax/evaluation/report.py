@@ -37,9 +37,8 @@ PER_IMAGE_COLUMNS = ("id", "group", "modality", "n_gt", "n_pred", "map", "aji", 
 SUMMARY_COLUMNS = ("scope", "n_images", "n_gt", "n_pred") + SUMMARY_METRICS
 METRIC_TITLES = {"map": "mAP", "aji": "AJI", "aji_pooled": "AJI (pooled)", "ncs": "NCS",
                  "precision": "P@0.5", "recall": "R@0.5", "f1": "F1@0.5", "pq": "PQ"}
-# Stem endings that mark a label map; the longest first so "_cp_masks" (Cellpose) wins.
-_LABEL_ENDINGS = tuple(sorted(set(("_cp_masks",) + readers.LABEL_STEM_SUFFIXES),
-                              key=len, reverse=True))
+# Stem endings that mark a label map; the longest first so "_cp_masks" wins over "_masks".
+_LABEL_ENDINGS = tuple(sorted(readers.LABEL_STEM_SUFFIXES, key=len, reverse=True))
 
 Item = tuple  # (id, gt_labels, pred_labels, meta: Mapping, image | None | callable)
 
@@ -329,16 +328,17 @@ def evaluate_folders(predictions_dir: os.PathLike | str, ground_truth: os.PathLi
     selected = []
     for r in rows:
       meta[r["id"]] = {"group": r.get("group") or "", "modality": r.get("modality") or ""}
-      if keep_split and r.get("split", "train") not in keep_split:
+      # Empty cells as readers.read_dataset_folder reads them (split defaults to train).
+      if keep_split and (r.get("split") or "train") not in keep_split:
         continue
-      if keep_group and r.get("group", "") not in keep_group:
+      if keep_group and (r.get("group") or "") not in keep_group:
         continue
       selected.append(r["id"])
     for i in selected:
-      lab = _find(ground_truth / "labels", i)
+      lab = readers.find_file(ground_truth / "labels", i)
       if lab is not None:
         gt_files[i] = lab
-      img = _find(ground_truth / "images", i)
+      img = readers.find_file(ground_truth / "images", i)
       if img is not None:
         gt_images[i] = img
     expected = selected if (split or group) else [i for i in pred_files if i in gt_files]
@@ -395,14 +395,6 @@ def evaluate_folders(predictions_dir: os.PathLike | str, ground_truth: os.PathLi
                            progress=progress)
   summary["missing"] = missing
   return summary
-
-
-def _find(folder: Path, stem: str) -> Path | None:
-  for suffix in readers.IMAGE_SUFFIXES:
-    for cand in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
-      if cand.is_file():
-        return cand
-  return None
 
 
 def _lazy_image(path: Path) -> Callable[[], np.ndarray | None]:

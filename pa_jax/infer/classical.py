@@ -4,7 +4,8 @@ The field's floor (what every learned method is compared with), usable on its ow
 `python run.py predict --method classical --input DIR --output DIR`.
 
 Pipeline of `segment_classical` (defaults in `DEFAULT_PARAMS`, recorded next to the
-predictions as `classical_params.json` by `predict_folder`):
+predictions as `classical_params.json` by `run.py predict --method classical`,
+`pa_jax.predict.predict_command`):
 
 1. grey level: RGB → mean of the channels; float.
 2. Gaussian smoothing (`sigma` px).
@@ -26,9 +27,7 @@ predictions as `classical_params.json` by `predict_folder`):
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -174,43 +173,3 @@ def segment_classical(image: np.ndarray, **params: Any) -> np.ndarray:
   lut = np.zeros(sizes.size, np.int32)
   lut[keep] = np.arange(1, int(keep.sum()) + 1)
   return lut[labels]
-
-
-def predict_folder(records: Iterable, output_dir: os.PathLike | str,
-                   params: Mapping[str, Any] | None = None, progress: bool = True) -> list[Path]:
-  """Segments every record's image and writes `{id}.png` 16-bit label maps.
-
-  Args:
-    records: `pa_jax.data.readers.Record`s (from `open_dataset` / `read_dataset_folder`).
-    output_dir: created if needed; also receives `classical_params.json` (the parameters).
-    params: overrides of `DEFAULT_PARAMS`.
-
-  Returns:
-    The label-map paths written, in record order. A map with more than 65,535 nuclei is
-    written as `{id}.tif` instead.
-  """
-  from tqdm import tqdm
-
-  from pa_jax import fileio
-  from pa_jax.data.readers import read_image
-
-  params = dict(params or {})
-  unknown = set(params) - set(DEFAULT_PARAMS)
-  if unknown:
-    raise ValueError(f"unknown classical parameter(s): {', '.join(sorted(unknown))}")
-  output_dir = Path(output_dir)
-  records = list(records)
-  fileio.write_json(output_dir / "classical_params.json",
-                    {"method": "otsu+distance-watershed", **DEFAULT_PARAMS, **params})
-  written = []
-  for rec in tqdm(records, desc="classical", unit="image", disable=not progress):
-    # Only the image is needed (same reader as load_example): a record's annotation is
-    # neither read nor required here.
-    image = read_image(rec.image_path)
-    labels = segment_classical(image, **params)
-    path = output_dir / f"{rec.id}.png"
-    if int(labels.max(initial=0)) > np.iinfo(np.uint16).max:
-      path = output_dir / f"{rec.id}.tif"
-    fileio.write_label_map(path, labels)
-    written.append(path)
-  return written

@@ -1,7 +1,8 @@
 """From images to instance label maps with a trained detector.
 
 `Predictor(model, variables)` pads each image to a canvas that is a multiple of 32,
-runs the jitted `MaskRCNN.predict` (one compile per canvas shape), renders the detections
+runs the jitted `MaskRCNN.predict` (one compile per model and canvas shape, shared by
+every Predictor of the process), renders the detections
 into one label map on device (`ops.masks.masks_to_label_map`: overlaps go to the higher
 score, no [K, H, W] mask stack), crops back to the image and applies the paper's
 post-process on the host: every nucleus dilated once with a 3x3 square.
@@ -18,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from pa_jax.data.pipeline import normalize_image
+from pa_jax.data.readers import relabel_sequential
 from pa_jax.ops import masks as mask_ops
 
 
@@ -46,12 +48,28 @@ def canvas_for(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
   return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
 
 
-def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-  ids = np.unique(labels)
-  ids = ids[ids != 0]
-  lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
-  lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-  return lut[labels]
+@functools.lru_cache(maxsize=32)
+def _jitted_predict(model, canvas: tuple[int, int], threshold: float, min_score: float) -> Callable:
+  """One jitted predict + render program per (model, canvas, thresholds), shared process-wide.
+
+  Module level on purpose: periodic evaluation and every annotation round build a new
+  Predictor around new variables; a per-instance jit would trace and compile the whole
+  Mask R-CNN again each time. Flax modules built from the same config compare (and hash)
+  equal, and the variables are a traced argument, so one compile serves them all.
+  """
+  from pa_jax.models.mask_rcnn import MaskRCNN
+
+  render = functools.partial(mask_ops.masks_to_label_map, height=canvas[0], width=canvas[1],
+                             threshold=threshold)
+
+  @jax.jit
+  def run(variables, image, image_size):
+    det = model.apply(variables, image, image_size, method=MaskRCNN.predict)
+    labels = jax.vmap(render)(det.masks, det.boxes, det.scores,
+                              det.valid & (det.scores >= min_score))
+    return labels, det
+
+  return run
 
 
 class Predictor:
@@ -87,40 +105,22 @@ class Predictor:
     self.overlap = overlap
     self.batch_size = max(1, int(batch_size))
     self.progress = progress
-    self._fns: dict[tuple[int, int], Callable] = {}
 
-  def _compiled(self, canvas: tuple[int, int]) -> Callable:
-    if canvas not in self._fns:
-      from pa_jax.models.mask_rcnn import MaskRCNN
-
-      model, thr, min_score = self.model, self.mask_threshold, self.min_score
-
-      @jax.jit
-      def run(variables, image, image_size):
-        det = model.apply(variables, image, image_size, method=MaskRCNN.predict)
-        render = functools.partial(mask_ops.masks_to_label_map, height=canvas[0],
-                                   width=canvas[1], threshold=thr)
-        labels = jax.vmap(lambda m, b, s, v: render(m, b, s, v))(
-            det.masks, det.boxes, det.scores, det.valid & (det.scores >= min_score))
-        return labels, det
-
-      self._fns[canvas] = run
-    return self._fns[canvas]
-
-  def _run_batch(self, images: list[np.ndarray]):
+  def _run_batch(self, images: list[np.ndarray], batch: int):
     """Normalised float32 [h, w, 3] images of one shape → raw label maps + detections.
 
+    The images are padded to `batch` slots (a fixed batch = one compile per canvas).
     Raw label v is the detection of score rank v-1 (NMS output is sorted by score).
     """
     h, w = images[0].shape[:2]
     canvas = canvas_for(h, w)
     n = len(images)
-    padded = np.zeros((self.batch_size if n <= self.batch_size else n,) + canvas + (3,),
-                      np.float32)
+    padded = np.zeros((max(batch, n),) + canvas + (3,), np.float32)
     for i, img in enumerate(images):
       padded[i, :h, :w] = img
     sizes = np.tile(np.array([[h, w]], np.int32), (padded.shape[0], 1))
-    raw, det = self._compiled(canvas)(self.variables, jnp.asarray(padded), jnp.asarray(sizes))
+    run = _jitted_predict(self.model, canvas, float(self.mask_threshold), float(self.min_score))
+    raw, det = run(self.variables, jnp.asarray(padded), jnp.asarray(sizes))
     return np.asarray(raw)[:n, :h, :w], np.asarray(det.scores)[:n]
 
   def segment_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
@@ -132,7 +132,7 @@ class Predictor:
     for idx in by_shape.values():
       for k in range(0, len(idx), self.batch_size):
         chunk = idx[k:k + self.batch_size]
-        raw, _ = self._run_batch([tiles[i] for i in chunk])
+        raw, _ = self._run_batch([tiles[i] for i in chunk], self.batch_size)
         for i, lab in zip(chunk, raw):
           out[i] = lab
     return out
@@ -147,12 +147,13 @@ class Predictor:
 
       labels = predict_tiled(img, self.segment_tiles, self.tile_size, self.overlap,
                              self.batch_size, progress=self.progress)
-      labels = relabel_consecutive(labels)
+      labels = relabel_sequential(labels)
       table: dict[int, float] = {}
     else:
-      raw, scores = self._run_batch([img])
+      # One image: a batch of one, not `batch_size` slots of which all but one are padding.
+      raw, scores = self._run_batch([img], 1)
       raw, scores = raw[0], scores[0]
-      labels = relabel_consecutive(raw)
+      labels = relabel_sequential(raw)
       ids = np.unique(raw)
       ids = ids[ids != 0]
       table = {int(i + 1): float(scores[v - 1]) for i, v in enumerate(ids)}

@@ -113,12 +113,17 @@ class ModelSpec:
     """From `config.model` (ml_collections). `anchor_wh` = dataset median (w, h) for the
     'median' centerness anchor; ignored when `model.partial.anchor == 'fixed'`."""
     p = m.partial
-    if p.anchor == "fixed" or anchor_wh is None:
-      wh = (float(p.fixed_anchor_size), float(p.fixed_anchor_size))
-    elif p.anchor == "median":
-      wh = (float(anchor_wh[0]), float(anchor_wh[1]))
-    else:
+    if p.anchor not in ("median", "fixed"):
       raise ValueError(f"model.partial.anchor must be 'median' or 'fixed', got {p.anchor!r}")
+    if p.anchor == "median" and p.enabled:
+      # No silent fallback: a run trained with its dataset's median anchor but rebuilt
+      # with the fixed window would decode different PA boxes than it learned.
+      if anchor_wh is None:
+        raise ValueError("model.partial.anchor='median' needs the dataset's median nucleus "
+                         "width/height (saved in the run's run.json 'dataset')")
+      wh = (float(anchor_wh[0]), float(anchor_wh[1]))
+    else:  # 'fixed', or the module is off and the anchor is never used
+      wh = (float(p.fixed_anchor_size), float(p.fixed_anchor_size))
     return cls(
         backbone=m.backbone, backbone_width=m.backbone_width, norm=m.norm,
         freeze_at=m.freeze_at, fpn_channels=m.fpn_channels, num_classes=m.num_classes,

@@ -28,8 +28,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage
 
+from pa_jax import losses
 from pa_jax.ops.boxes import encode_boxes
 from pa_jax.ops.matching import Assignment
 from pa_jax.ops.sampling import indices_to_mask, sample_balanced
@@ -179,26 +179,19 @@ def median_nucleus_size(label_maps: Sequence[np.ndarray]) -> tuple[float, float]
   Raises:
     ValueError: when the maps hold no instance at all.
   """
+  from pa_jax.data.pipeline import instance_boxes
+
   widths, heights = [], []
   for lab in label_maps:
     lab = np.asarray(lab)
     if lab.ndim != 2:
       raise ValueError(f"label map must be 2-D, got shape {lab.shape}")
-    for sl in ndimage.find_objects(lab.astype(np.int64)):
-      if sl is None:  # unused id
-        continue
-      heights.append(sl[0].stop - sl[0].start)
-      widths.append(sl[1].stop - sl[1].start)
+    _, boxes = instance_boxes(lab)
+    widths.extend((boxes[:, 2] - boxes[:, 0]).tolist())
+    heights.extend((boxes[:, 3] - boxes[:, 1]).tolist())
   if not widths:
     raise ValueError("median_nucleus_size: the label maps contain no instance")
   return float(np.median(widths)), float(np.median(heights))
-
-
-def _smooth_l1(x: jnp.ndarray, beta: float) -> jnp.ndarray:
-  if beta < 1e-5:  # detectron2: beta 0 is plain L1 (avoids 0/0)
-    return jnp.abs(x)
-  ax = jnp.abs(x)
-  return jnp.where(ax < beta, 0.5 * ax * ax / beta, ax - 0.5 * beta)
 
 
 def centerness_losses(logits: jnp.ndarray, deltas: jnp.ndarray, target: jnp.ndarray,
@@ -233,20 +226,16 @@ def centerness_losses(logits: jnp.ndarray, deltas: jnp.ndarray, target: jnp.ndar
   sampled = sampled.astype(bool) & (target >= 0)
   is_pos = target == Assignment.POSITIVE
   n = jnp.sum(sampled, dtype=jnp.float32)
-  norm = jnp.maximum(n, 1.0)
+  norm = jnp.maximum(n, 1.0)  # for the accuracy statistic
 
-  # Stable BCE with logits: max(x, 0) - x z + log(1 + exp(-|x|)).
-  z = is_pos.astype(jnp.float32)
-  bce = jnp.maximum(logits, 0.0) - logits * z + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-  l_centerness = jnp.sum(jnp.where(sampled, bce, 0.0)) / norm
+  l_centerness = losses.sigmoid_binary_cross_entropy(logits, is_pos, sampled, normalizer=n)
 
   anchors = centerness_anchors((h, w), stride, anchor_wh).reshape(1, h, w, 4)
   reg_target = jax.lax.stop_gradient(encode_boxes(box_target.astype(jnp.float32), anchors))
   pos_sampled = sampled & is_pos
-  # `where`, not multiply: box_target is zero off positives, its encoding is finite but large,
-  # and a masked-out NaN/Inf must not reach the sum or its gradient.
-  per = jnp.where(pos_sampled[..., None], _smooth_l1(deltas - reg_target, beta), 0.0)
-  l_centerbox = jnp.sum(per) / norm
+  # Normalised by ALL sampled cells (DESIGN PA 4), not by the positives.
+  l_centerbox = losses.smooth_l1(deltas.reshape(-1, 4), reg_target.reshape(-1, 4),
+                                 pos_sampled.reshape(-1), beta, normalizer=n)
 
   correct = (logits > 0) == is_pos
   stats = {

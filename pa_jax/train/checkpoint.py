@@ -86,7 +86,10 @@ class CheckpointStore:
   """The latest-N manager and the best-by-metric manager of one workdir."""
 
   def __init__(self, workdir: os.PathLike | str, keep: int = 3, best_metric: str = "map",
-               best_mode: str = "max", async_save: bool = True):
+               best_mode: str = "max", async_save: bool = True, read_only: bool = False):
+    """`read_only=True` (evaluate, predict): restore only. Nothing is created, and the
+    temporary folders of a save in flight are left alone, so reading a run that is still
+    training cannot break its next checkpoint."""
     if keep < 1:
       raise InputError("train.keep_checkpoints", f"{keep} must be >= 1")
     if best_mode not in ("max", "min"):
@@ -95,25 +98,25 @@ class CheckpointStore:
     self.best_metric = best_metric
     self.best_mode = best_mode
     policies = ocp.checkpoint_managers
+    writable = dict(enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+                    create=True)
+    if read_only:
+      writable = dict(read_only=True, create=False, cleanup_tmp_directories=False)
     self.latest = ocp.CheckpointManager(
         self.workdir / CHECKPOINTS,
         options=ocp.CheckpointManagerOptions(
-            preservation_policy=policies.LatestN(n=int(keep)),
-            enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
-            create=True))
+            preservation_policy=None if read_only else policies.LatestN(n=int(keep)),
+            **writable))
     metric_of = lambda m: m[best_metric]  # noqa: E731
     self.best = ocp.CheckpointManager(
         self.workdir / CHECKPOINTS_BEST,
         options=ocp.CheckpointManagerOptions(
             best_fn=metric_of,  # makes Orbax store the metrics with each checkpoint
             best_mode=best_mode,
-            preservation_policy=policies.BestN(
+            preservation_policy=None if read_only else policies.BestN(
                 get_metric_fn=metric_of, reverse=(best_mode == "min"), n=1,
                 keep_checkpoints_without_metrics=False),
-            enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
-            create=True))
+            **writable))
 
   # ---------------------------------------------------------------------- latest
   @property

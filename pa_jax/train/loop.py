@@ -179,7 +179,7 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
   total = int(tc.steps)
   ckpt.save_config(workdir, config)
 
-  tx = make_optimizer(tc)
+  tx = make_optimizer(tc, task.trainable)
   lr_fn = learning_rate_fn(tc)
   rng = jax.random.PRNGKey(int(config.seed))
   store = ckpt.CheckpointStore(workdir, keep=int(tc.keep_checkpoints),

@@ -82,8 +82,13 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def make_optimizer(train_config) -> optax.GradientTransformation:
-  """The optax transformation described in the module docstring."""
+def make_optimizer(train_config, trainable: Callable[[Any], Any] | None = None
+                   ) -> optax.GradientTransformation:
+  """The optax transformation described in the module docstring.
+
+  `trainable` (`Task.trainable`): params -> bools; leaves marked False (frozen) get no
+  weight decay. Their gradient is zero, so with the decay off they never move.
+  """
   momentum = float(train_config.momentum)
   wd = float(train_config.weight_decay)
   clip = float(train_config.clip_grad_norm)
@@ -99,6 +104,9 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   if clip > 0:
     parts.append(optax.clip_by_global_norm(clip))
   if wd > 0:
-    parts.append(optax.add_decayed_weights(wd, mask=weight_decay_mask))
+    mask = weight_decay_mask
+    if trainable is not None:
+      mask = lambda p: jax.tree.map(lambda a, b: a and b, weight_decay_mask(p), trainable(p))  # noqa: E731
+    parts.append(optax.add_decayed_weights(wd, mask=mask))
   parts.append(optax.sgd(learning_rate_fn(train_config), momentum=momentum or None))
   return optax.chain(*parts)

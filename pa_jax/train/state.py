@@ -70,7 +70,7 @@ def create_train_state(task: Task, config, rng: jax.Array, example_batch: Any, m
 
   `config` is the full config (uses `config.train`); `rng` a raw key (jax.random.PRNGKey);
   `example_batch` a host-local Batch (only its first row is used, for shapes);
-  `optimizer` defaults to `make_optimizer(config.train)`.
+  `optimizer` defaults to `make_optimizer(config.train, task.trainable)`.
   Init runs jitted with replicated outputs, so every process computes the same values
   from the same key without any transfer. `abstract=True` returns only the
   ShapeDtypeStructs (with shardings) without computing anything: the restore target
@@ -78,7 +78,7 @@ def create_train_state(task: Task, config, rng: jax.Array, example_batch: Any, m
   """
   from pa_jax.train.optimizer import make_optimizer
 
-  tx = optimizer if optimizer is not None else make_optimizer(config.train)
+  tx = optimizer if optimizer is not None else make_optimizer(config.train, task.trainable)
   init_rng, base_rng = jax.random.split(rng)
   example = _init_example(example_batch)
 

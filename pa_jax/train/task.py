@@ -43,3 +43,8 @@ class Task:
   init: Callable[[jax.Array, Any], dict]
   loss_fn: Callable[[Params, Variables, Any, jax.Array], tuple[jax.Array, dict]]
   evaluate: Optional[Callable[[Any], dict]] = None
+  # params -> pytree of bools, False for frozen leaves (e.g. the stages below a
+  # pretrained backbone's `freeze_at`). Their gradient is already cut inside the model;
+  # this keeps the optimiser's weight decay off them too, which would otherwise shrink
+  # pretrained weights every step. None = everything trains.
+  trainable: Optional[Callable[[Params], Any]] = None

@@ -226,3 +226,19 @@ def test_csv_columns_and_empty(tmp_path):
   empty = write_measurements_csv(tmp_path / "e.csv", np.zeros((4, 4), np.int32))
   assert len(empty.read_text().splitlines()) == 1
   assert read_measurements_csv(empty) == {}
+
+
+def test_edited_coco_file_is_read_again(tmp_path, example):
+  labels, nuclei = example
+  path = tmp_path / "annotations.json"
+  coco = F.CocoCollector(path)
+  coco.add("img", labels, nuclei)
+  coco.write()
+  got, _ = read_coco_annotations(path, "img", labels.shape)
+  assert np.array_equal(got > 0, labels > 0)
+  # The user deletes every annotation but the first (same path, new content).
+  data = json.loads(path.read_text())
+  data["annotations"] = data["annotations"][:1]
+  path.write_text(json.dumps(data))
+  got, tab = read_coco_annotations(path, "img", labels.shape)
+  assert len(tab) == 1 and len(np.unique(got)) == 2

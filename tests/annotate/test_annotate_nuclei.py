@@ -38,3 +38,30 @@ def test_paint_instances_ids_and_overlaps():
   assert ids[0] == 5 and ids[3] == 2 and labels[0, 0] == 2
   assert ids[1] is None and ids[2] == 7 and labels[1, 1] == 7
   assert labels.dtype == np.int32 and np.count_nonzero(labels == 5) == 13
+
+
+def test_pixels_by_label_matches_per_label_masks():
+  from pa_jax.annotate.nuclei import pixels_by_label
+
+  rng = np.random.default_rng(0)
+  lab = rng.choice([0, 0, 3, 7, 70000, 12], size=(17, 23)).astype(np.int32)
+  got = pixels_by_label(lab)
+  assert sorted(got) == [3, 7, 12, 70000]
+  for k, idx in got.items():
+    np.testing.assert_array_equal(idx, np.flatnonzero(lab.ravel() == k))
+  assert pixels_by_label(np.zeros((4, 4), np.int32)) == {}
+
+
+def test_label_maps_past_65535_ids_are_written_as_tiff(tmp_path):
+  from pa_jax import fileio
+  from pa_jax.annotate import formats as F
+  from pa_jax.data.readers import read_label_map
+
+  lab = np.zeros((8, 8), np.int32)
+  lab[1:3, 1:3] = 70001  # ids only grow in the annotation loop
+  lab[5:7, 5:7] = 4
+  assert fileio.label_map_path(tmp_path / "a.png", lab).name == "a.tif"
+  assert fileio.label_map_path(tmp_path / "a.png", lab % 60000).name == "a.png"
+  written = F.export_all(tmp_path, "a", lab, make_table(lab), ["label"], "polygon")
+  tif = [p for p in written if p.suffix == ".tif"]
+  assert tif and np.array_equal(read_label_map(tif[0]), lab)

@@ -50,7 +50,7 @@ def test_views_are_seeded_per_image_and_order_free():
   c = pv.keep_instances(lab, 0.25, pv.image_rng(4, "x", "keep"))
   d = pv.keep_instances(lab, 0.25, pv.image_rng(3, "y", "keep"))
   np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(a, c) or not np.array_equal(a, d)
+  assert not np.array_equal(a, c) and not np.array_equal(a, d)  # seed and image id both matter
 
 
 def test_crop_view_is_a_quarter_and_keeps_every_nucleus_inside():

@@ -33,14 +33,23 @@ def test_folder_builder_keep_view_matches_library(tmp_path):
 
 
 def test_reading_does_not_import_tensorflow(tmp_path):
-  code = ("import sys; sys.path.insert(0, '.');"
+  # A stand-in `tensorflow` package first on the path: any attempt to import it leaves a
+  # marker file (then fails like a broken install). So the test fails wherever building
+  # or reading would import TensorFlow, whether or not the real one is installed.
+  fake = tmp_path / "fake_tf" / "tensorflow"
+  fake.mkdir(parents=True)
+  marker = tmp_path / "tensorflow_was_imported"
+  (fake / "__init__.py").write_text(f"open(r'{marker}', 'w').close()\n"
+                                    "raise ImportError('tensorflow blocked by the test')\n")
+  code = (f"import sys; sys.path.insert(0, r'{fake.parent}'); sys.path.insert(1, '.');"
           "from data import tfds_nuclei as t;"
-          f"b = t.build('nuclei_folder', 'crop25_seed1', r'{tmp_path}', source_dir='data/sample');"
+          f"b = t.build('nuclei_folder', 'crop25_seed1', r'{tmp_path / 'tfds'}', source_dir='data/sample');"
           "ex = t.read_split(b, 'train'); assert ex[0]['image'].shape == (180, 180), ex[0]['image'].shape;"
-          "print('tensorflow' in sys.modules)")
+          "print(any(m.split('.')[0] == 'tensorflow' for m, v in sys.modules.items() if v is not None))")
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.strip().splitlines()[-1] == "False"
+  assert not marker.exists()
 
 
 def test_dsb2018_configs_are_the_paper_views():

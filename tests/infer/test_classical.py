@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pa_jax import fileio
-from pa_jax.data.readers import Record, read_label_map
+from pa_jax.data.readers import read_label_map
 from pa_jax.evaluation.metrics import image_metrics
 from pa_jax.infer import classical
 
@@ -68,14 +68,16 @@ def test_bad_parameters():
     classical.segment_classical(np.zeros((4, 4, 4, 4), np.uint8))
 
 
-def test_predict_folder(tmp_path):
-  records = []
+def test_predict_command_classical_folder(tmp_path):
+  from pa_jax.predict import predict_command
+
   for i in range(2):
     img, _ = scene(i)
     fileio.write_png(tmp_path / "in" / f"im{i}.png", img)
-    records.append(Record(id=f"im{i}", image_path=tmp_path / "in" / f"im{i}.png"))
-  paths = classical.predict_folder(records, tmp_path / "out", params={"sigma": 1.5},
-                                   progress=False)
+  n = predict_command(str(tmp_path / "in"), str(tmp_path / "out"), method="classical",
+                      classical_params="sigma=1.5", progress=False)
+  paths = sorted((tmp_path / "out").glob("im*.png"))
+  assert n == 2
   assert [p.name for p in paths] == ["im0.png", "im1.png"]
   for i, p in enumerate(paths):
     img, _ = scene(i)

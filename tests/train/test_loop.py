@@ -66,6 +66,30 @@ def test_train_writes_logs_checkpoints_and_best(tmp_path):
     store.close()
 
 
+def test_read_only_store_restores_and_leaves_a_save_in_flight_alone(tmp_path):
+  c = T.toy_config(steps=2, checkpoint_every=2)
+  state = train(T.toy_task(), T.toy_source(), c, tmp_path, {}, progress=False)
+  # What an async save of the still-running trainer looks like on disk.
+  in_flight = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-123"
+  in_flight.mkdir()
+  (tmp_path / "elsewhere").mkdir()
+  store = ckpt.CheckpointStore(tmp_path, read_only=True)
+  try:
+    assert store.latest_step() == 2 and store.best_step() is None
+    assert int(store.restore(2, state).step) == 2
+  finally:
+    store.close()
+  assert in_flight.is_dir()
+  assert not (tmp_path / "checkpoints_best").exists() or not os.listdir(tmp_path / "checkpoints_best")
+  # A folder that never trained: nothing is created there either.
+  store = ckpt.CheckpointStore(tmp_path / "elsewhere", read_only=True)
+  try:
+    assert store.latest_step() is None
+  finally:
+    store.close()
+  assert os.listdir(tmp_path / "elsewhere") == []
+
+
 def test_truncate_after_drops_later_and_torn_lines(tmp_path):
   (tmp_path / "metrics.jsonl").write_text(
       "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6))

@@ -18,13 +18,41 @@ def _params():
           "dense": {"kernel": jnp.ones((4, 3))}}
 
 
-def _update(tc, params, grads, steps=1):
-  tx = make_optimizer(tc)
+def _update(tc, params, grads, steps=1, trainable=None):
+  tx = make_optimizer(tc, trainable)
   opt = tx.init(params)
   for _ in range(steps):
     upd, opt = tx.update(grads, opt, params)
     params = optax.apply_updates(params, upd)
   return params
+
+
+def test_frozen_leaves_get_no_weight_decay_and_never_move():
+  tc = T.toy_config(learning_rate=1.0, weight_decay=0.1, momentum=0.9, warmup_steps=0,
+                    clip_grad_norm=0.0).train
+  p = _params()
+  frozen_conv = lambda params: {"conv": {"kernel": False, "bias": False},  # noqa: E731
+                                "norm": {"scale": True, "bias": True}, "dense": {"kernel": True}}
+  zeros = jax.tree.map(jnp.zeros_like, p)
+  out = _update(tc, p, zeros, steps=3, trainable=frozen_conv)
+  np.testing.assert_array_equal(out["conv"]["kernel"], p["conv"]["kernel"])
+  assert float(out["dense"]["kernel"][0, 0]) < 0.9  # still decayed: 3 steps with momentum
+
+
+def test_backbone_freezing_needs_pretrained_weights():
+  from configs import base
+  from pa_jax.experiment import check_backbone_init
+
+  m = base.get_config().model  # paper config: frozen_bn, freeze_at 2, no weights file
+  with pytest.raises(InputError, match="model.norm.*pretrained"):
+    check_backbone_init(m)
+  m.norm = "group_norm"
+  with pytest.raises(InputError, match="model.freeze_at.*random weights"):
+    check_backbone_init(m)
+  m.freeze_at = 0
+  check_backbone_init(m)
+  m.norm, m.freeze_at, m.pretrained = "frozen_bn", 2, "weights.pth"
+  check_backbone_init(m)
 
 
 def test_weight_decay_only_on_kernels():

@@ -1,0 +1,60 @@
+"""Predictor: compile sharing across instances, batch padding, the 3x3 post-process."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pa_jax.data import pipeline, synthetic
+from pa_jax.infer import predictor as P
+from pa_jax.models.mask_rcnn import MaskRCNN, ModelSpec
+
+SPEC = ModelSpec(backbone="resnet18", backbone_width=8, norm="group_norm", fpn_channels=16,
+                 rpn_pre_nms_topk_test=50, rpn_post_nms_topk_test=20, fc_dim=16, mask_dim=8,
+                 max_detections=10, score_threshold=0.0)
+
+
+def _model_and_variables(seed: int):
+  img, lab = synthetic.synthetic_image(3, 64, 64, n_nuclei=4, radius=(5, 8))
+  ex = pipeline.TrainExample("a", pipeline.normalize_image(img), lab, lab)
+  batch = jax.tree.map(jnp.asarray, pipeline.BatchSource([ex], 1, 64, 8).batch(0))
+  model = MaskRCNN(SPEC)
+  return model, model.init(jax.random.PRNGKey(seed), batch, jax.random.PRNGKey(1)), img
+
+
+def test_new_predictor_on_new_variables_reuses_the_compiled_program():
+  model, v0, img = _model_and_variables(0)
+  _, v1, _ = _model_and_variables(1)
+  P._jitted_predict.cache_clear()
+  a = P.Predictor(model, v0, min_score=0.0, dilate=False)
+  a(img)
+  misses = P._jitted_predict.cache_info().misses
+  # A second Predictor (as periodic evaluation / the next annotation round builds) with
+  # other weights and an equal model built from the same spec: no new program.
+  b = P.Predictor(MaskRCNN(SPEC), v1, min_score=0.0, dilate=False)
+  b(img)
+  info = P._jitted_predict.cache_info()
+  assert info.misses == misses and info.hits >= 1
+
+
+def test_single_image_result_does_not_depend_on_the_tile_batch_size():
+  model, v, img = _model_and_variables(0)
+  one = P.Predictor(model, v, min_score=0.0, batch_size=1).predict_scored(img)
+  four = P.Predictor(model, v, min_score=0.0, batch_size=4).predict_scored(img)
+  np.testing.assert_array_equal(one[0], four[0])
+  assert one[1] == four[1]
+
+
+def test_dilate_labels_hand_case():
+  lab = np.zeros((5, 7), np.int32)
+  lab[2, 1] = 3
+  lab[2, 5] = 9
+  got = P.dilate_labels(lab)
+  want = np.zeros((5, 7), np.int32)
+  want[1:4, 0:3] = 3
+  want[1:4, 4:7] = 9
+  np.testing.assert_array_equal(got, want)
+  # Touching growth: the pixel between two nuclei goes to the larger label; nucleus
+  # pixels never change hands.
+  lab = np.array([[2, 0, 5]], np.int32)
+  np.testing.assert_array_equal(P.dilate_labels(lab), [[2, 5, 5]])
+  assert not P.dilate_labels(np.zeros((3, 3), np.int32)).any()
