@@ -23,11 +23,18 @@ def main() -> None:
   for name in ("resnet18", "resnet50", "resnet101", "resnext101_64x4d"):
     for partial in (False, True):
       c = model_parameter_counts(name, partial=partial)
+      affine = c["total_with_frozen_affine"] - c["total"]
       rows.append((name, "Mask R-CNN + PA" if partial else "Mask R-CNN", c["total"],
-                   c["total_with_frozen_affine"]))
-  print(f"{'backbone':18s} {'model':18s} {'trainable':>12s} {'+frozen BN':>12s}")
+                   c["total_with_frozen_affine"], c["total"] + c["backbone_norm_constants"],
+                   c["backbone"] + affine))
+  # trainable: what the optimiser updates (frozen BN holds no trainable scalar);
+  # +BN affine: plus the frozen BN scale/bias (torchvision's model.parameters() with BN);
+  # +all BN: plus running mean/variance too (what a checkpoint of the model stores);
+  # backbone+affine: the ResNet alone as torchvision counts it (no fc).
+  print(f"{'backbone':18s} {'model':18s} {'trainable':>12s} {'+BN affine':>12s} "
+        f"{'+all BN':>12s} {'backbone+affine':>16s}")
   for r in rows:
-    print(f"{r[0]:18s} {r[1]:18s} {r[2]:12,d} {r[3]:12,d}")
+    print(f"{r[0]:18s} {r[1]:18s} {r[2]:12,d} {r[3]:12,d} {r[4]:12,d} {r[5]:16,d}")
   if args.cpu:
     import jax
     from configs import dh25_pa

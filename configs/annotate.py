@@ -4,8 +4,9 @@ Same method as `dh25_pa.py:cpu` (ResNet-18 at half width, GroupNorm, 256-pixel c
 factorized attention on P2, centerness head), with the rejected-region hard negatives of
 the annotation loop switched on. Round 1 trains from scratch for `train.steps`; every
 later round fine-tunes the previous round's parameters for `annotate.finetune_steps`.
-Sized so that 3 rounds on 10 images of 360x360 take about 20 minutes on a 2-core CPU
-(measured: docs/annotate.md).
+Sized so that 2 rounds on 10 images of 360x360 take about 20 minutes on a 2-core CPU
+(measured: 837 s + 322 s, the rounds' `seconds` in the results.json of
+`python bench/annotate_sim.py --workdir runs/annotate_sim --fresh`, docs/annotate.md).
 
 Launch:
   python run.py annotate --images DIR --annotations DIR --output DIR [--rounds N]
@@ -23,19 +24,14 @@ def get_config(arg: str | None = None):
   c.model.partial.enabled = True
   c.model.partial.hard_negatives = True  # rejected proposals = explicit negatives
   c.model.partial.max_pa_boxes = 256
-  c.data.canvas_size = 256
-  c.data.max_instances = 256
   c.train.steps = 300  # round 1, from scratch
-  c.train.batch_size = 2
   c.train.warmup_steps = 50
   c.train.log_every = 25
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 1
   c.train.eval_every = 0
   # Proposals are reviewed by a person, so they are drawn from a lower score than a final
-  # label map (base: 0.5). A short CPU schedule is under-confident: the dh25_pa:cpu model
-  # after 242 steps found 0 % of the nuclei of 10 dh360 images at 0.5, 31 % at 0.2 with a
-  # precision of 0.96; after 400 steps 37 % at 0.5, 55 % at 0.2 (docs/annotate.md).
+  # label map (base: 0.5): a short CPU schedule is under-confident (docs/annotate.md).
   c.predict.score_threshold = 0.2
 
   c.annotate = ml_collections.ConfigDict()

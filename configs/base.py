@@ -7,7 +7,7 @@ file is ever copied. Any field can be overridden on the command line:
 
   python run.py train --config configs/dh25_pa.py:cpu --workdir runs/x --config.train.steps=100
 
-Defaults follow the paper / DESIGN.md ("Baseline Mask R-CNN") so that the `dh*` configs
+Defaults follow the paper / ../shared/DESIGN.md ("Baseline Mask R-CNN") so that the `dh*` configs
 reproduce its settings; `demo.py` and `cpu_sized()` shrink them for a laptop.
 """
 
@@ -81,7 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.roi.box_loss_weight = 1.0  # Weight of the box head losses.
   c.model.roi.mask_loss_weight = 1.0  # Weight of the mask loss.
 
-  # The partial-annotation module (DESIGN.md "The partial-annotation module (exact)").
+  # The partial-annotation module (../shared/DESIGN.md "The partial-annotation module (exact)").
   c.model.partial = ml_collections.ConfigDict()
   c.model.partial.enabled = False  # The one switch: False = exactly the baseline Mask R-CNN.
   c.model.partial.attention_levels = ("p2", "p3", "p4", "p5", "p6")  # FPN levels with factorized attention (released code: all).

@@ -1,4 +1,4 @@
-"""Reproduces the paper's DH100-baseline (Table 1: mAP 0.464, AJI 0.520): Mask R-CNN on all annotations of the 60 dh360 training images of dsb2018, evaluated on the 22 dh360 test images.
+"""Targets (full-size config not yet run: no GPU so far) the paper's DH100-baseline (Table 1: mAP 0.464, AJI 0.520): Mask R-CNN on all annotations of the 60 dh360 training images of dsb2018, evaluated on the 22 dh360 test images.
 
 Launch (full size, GPU/TPU):
   python run.py train --config configs/dh100_baseline.py --workdir runs/dh100_baseline

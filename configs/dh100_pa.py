@@ -1,4 +1,4 @@
-"""Reproduces DH100-pa (Table 1: mAP 0.461, AJI 0.522): the partial-annotation model trained on full annotations — it must not be worse than the baseline.
+"""Targets (full-size config not yet run: no GPU so far) DH100-pa (Table 1: mAP 0.461, AJI 0.522): the partial-annotation model trained on full annotations — it must not be worse than the baseline.
 
 Launch (full size, GPU/TPU):
   python run.py train --config configs/dh100_pa.py --workdir runs/dh100_pa

@@ -1,4 +1,4 @@
-"""Reproduces DH25 with the baseline Mask R-CNN (the paper's Fig. 4: recall collapses): 25 % of the nuclei of each dh360 training image kept (seed 0), the rest unannotated.
+"""Targets (full-size config not yet run: no GPU so far) DH25 with the baseline Mask R-CNN (the paper's Fig. 4: recall collapses): 25 % of the nuclei of each dh360 training image kept (seed 0), the rest unannotated.
 
 Launch (full size, GPU/TPU):
   python run.py train --config configs/dh25_baseline.py --workdir runs/dh25_baseline

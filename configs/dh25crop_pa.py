@@ -1,4 +1,4 @@
-"""Reproduces DH25crop-pa (Table 1: mAP 0.393, AJI 0.504): the partial-annotation model on the DH25crop view.
+"""Targets (full-size config not yet run: no GPU so far) DH25crop-pa (Table 1: mAP 0.393, AJI 0.504): the partial-annotation model on the DH25crop view.
 
 Launch (full size, GPU/TPU):
   python run.py train --config configs/dh25crop_pa.py --workdir runs/dh25crop_pa

@@ -1,4 +1,4 @@
-"""Reproduces the paper's Table 3 setting: the 16 Kumar (MoNuSeg) H&E training tiles with 75 % of the annotations removed (seed 0). The 14 test tiles are not shipped
+"""Targets (full-size config not yet run: no GPU so far) the paper's Table 3 setting: the 16 Kumar (MoNuSeg) H&E training tiles with 75 % of the annotations removed (seed 0). The 14 test tiles are not shipped
   evaluation runs on any folder you pass (run.py evaluate --predictions/--ground-truth).
 
 Launch (full size, GPU/TPU):
