@@ -20,17 +20,21 @@ from pathlib import Path
 METRICS = ("map", "aji", "ncs", "precision", "recall", "f1")
 
 
-def latest_per_image(workdir: Path) -> dict[str, dict[str, str]]:
-  """Rows by image id: WORKDIR/per_image.csv (an evaluation folder, e.g. the classical
-  floor's `runs/classical_dh360/eval`) or a run's latest eval_<split>_step<k>/per_image.csv."""
+def latest_evaluation(workdir: Path) -> Path:
+  """The evaluation folder of WORKDIR: WORKDIR itself when it holds per_image.csv (e.g. the
+  classical floor's `runs/classical_dh360/eval`), else a run's latest eval_<split>_step<k>."""
   if (workdir / "per_image.csv").is_file():
-    with open(workdir / "per_image.csv") as f:
-      return {r["id"]: r for r in csv.DictReader(f)}
+    return workdir
   evals = sorted(workdir.glob("eval_*_step*/per_image.csv"),
                  key=lambda p: int(p.parent.name.rsplit("step", 1)[1]))
   if not evals:
     raise SystemExit(f"{workdir}: no evaluation; run: python run.py evaluate --workdir {workdir}")
-  with open(evals[-1]) as f:
+  return evals[-1].parent
+
+
+def latest_per_image(workdir: Path) -> dict[str, dict[str, str]]:
+  """Rows of the latest evaluation's per_image.csv, by image id."""
+  with open(latest_evaluation(workdir) / "per_image.csv") as f:
     return {r["id"]: r for r in csv.DictReader(f)}
 
 

@@ -12,13 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+from paired_compare import latest_evaluation  # bench/ is on sys.path when run as a script
+
 
 def row(workdir: Path) -> str:
-  evals = sorted(workdir.glob("eval_*_step*/summary.csv"),
-                 key=lambda p: int(p.parent.name.rsplit("step", 1)[1]))
-  if not evals:
-    raise SystemExit(f"{workdir}: no evaluation; run: python run.py evaluate --workdir {workdir}")
-  with open(evals[-1]) as f:
+  latest = latest_evaluation(workdir)
+  with open(latest / "summary.csv") as f:
     overall = next(r for r in csv.DictReader(f) if r["scope"] == "all")
   meta = json.loads((workdir / "run.json").read_text())
   cfg = json.loads((workdir / "config.json").read_text())
@@ -26,7 +25,7 @@ def row(workdir: Path) -> str:
   view = meta.get("view", {}).get("name", "")
   cells = [workdir.name, view, str(ds.get("annotated_nuclei", "")),
            "yes" if cfg["model"]["partial"]["enabled"] else "no",
-           evals[-1].parent.name.rsplit("step", 1)[1], overall["n_images"]]
+           latest.name.rsplit("step", 1)[1], overall["n_images"]]
   cells += [f"{float(overall[k]):.3f}" for k in ("map", "aji", "ncs", "precision", "recall", "f1")]
   return "| " + " | ".join(cells) + " |"
 

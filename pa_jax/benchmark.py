@@ -32,9 +32,9 @@ def _timed(fn, *args):
 
 def run(cfg, steps: int = 10, predict_images: int = 5, output: str | None = None,
         config_name: str = "") -> dict:
-  from pa_jax.infer.predictor import Predictor
+  from pa_jax.infer.predictor import predictor_for
   from pa_jax.train.optimizer import make_optimizer
-  from pa_jax.train.state import create_train_state, make_data_mesh, step_rng
+  from pa_jax.train.state import create_train_state, make_data_mesh, param_count, step_rng
   from pa_jax.train.step import make_train_step
 
   examples = experiment.training_examples(cfg, progress=False)
@@ -47,7 +47,7 @@ def run(cfg, steps: int = 10, predict_images: int = 5, output: str | None = None
   first = batches.batch(0)
   state, t_init = _timed(lambda: create_train_state(task, cfg, jax.random.PRNGKey(cfg.seed),
                                                     first, mesh, tx))
-  step_fn = make_train_step(task, tx, mesh)
+  step_fn = make_train_step(task, tx, mesh, grad_accum=int(cfg.train.grad_accum))  # as training runs it
   from pa_jax.data.pipeline import shard_batch
 
   times = []
@@ -57,7 +57,8 @@ def run(cfg, steps: int = 10, predict_images: int = 5, output: str | None = None
     (state, metrics), dt = _timed(step_fn, state, batch, step_rng(base_rng, k))
     times.append(dt)
   variables = {**state.variables, "params": state.params}
-  predictor = Predictor(model, variables, cfg.data.normalize)
+  # The predictor `run.py predict` builds (thresholds, dilation, tiling from the config).
+  predictor = predictor_for(cfg, model, variables)
   records = experiment.source_records(cfg, cfg.data.eval_split)[:predict_images + 1]
   images = [readers.load_example(r).image for r in records]
   pred_times = []
@@ -69,7 +70,7 @@ def run(cfg, steps: int = 10, predict_images: int = 5, output: str | None = None
       "config": config_name,
       "backbone": cfg.model.backbone, "partial": bool(cfg.model.partial.enabled),
       "canvas": cfg.data.canvas_size, "batch_size": cfg.train.batch_size,
-      "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+      "params": param_count(state.params),
       "init_seconds": t_init,
       "first_step_seconds": times[0],
       "step_seconds_median": float(np.median(times[1:])) if steps else None,

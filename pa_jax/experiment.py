@@ -14,7 +14,6 @@ so `evaluate --workdir W` and `predict --workdir W` need nothing else.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from pa_jax.data import partial_views, pipeline, readers
 from pa_jax.errors import InputError
 from pa_jax.models.mask_rcnn import MaskRCNN, ModelSpec
+from pa_jax.train.checkpoint import load_json as ckpt_json
 
 
 # --------------------------------------------------------------------------------- data
@@ -179,7 +179,7 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
   workdir = Path(workdir)
   examples = training_examples(cfg, progress=jax.process_index() == 0)
   stats = dataset_statistics(examples)
-  prior = _load_json(workdir / "run.json")
+  prior = ckpt_json(workdir / "run.json")
   if prior and "dataset" in prior:  # resume: reuse the recorded anchor, never recompute
     stats = prior["dataset"]
   model = build_model(cfg, stats)
@@ -206,18 +206,9 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
 # ------------------------------------------------------------------- restoring a run
 
 
-def _load_json(path: Path) -> dict | None:
-  try:
-    return json.loads(Path(path).read_text())
-  except FileNotFoundError:
-    return None
-  except (OSError, json.JSONDecodeError) as e:
-    raise InputError(path, f"cannot read ({e})") from None
-
-
 def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
   path = Path(workdir) / "config.json"
-  data = _load_json(path)
+  data = ckpt_json(path)
   if data is None:
     raise InputError(workdir, "no config.json: not a pa_jax training run (train it first)")
   return ml_collections.ConfigDict(_tuples(data))
@@ -239,7 +230,7 @@ def load_run(workdir: os.PathLike | str, best: bool = False):
 
   workdir = Path(workdir)
   cfg = load_config(workdir)
-  meta = _load_json(workdir / "run.json") or {}
+  meta = ckpt_json(workdir / "run.json") or {}
   try:
     model = build_model(cfg, meta.get("dataset"))
   except ValueError as e:

@@ -159,8 +159,3 @@ def label_map_path(path: os.PathLike | str, labels: np.ndarray) -> Path:
   if path.suffix.lower() == ".png" and int(np.asarray(labels).max(initial=0)) > np.iinfo(np.uint16).max:
     return path.with_suffix(".tif")
   return path
-
-
-def iter_chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
-  for i in range(0, len(seq), n):
-    yield seq[i:i + n]

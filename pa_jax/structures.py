@@ -45,6 +45,3 @@ class Batch:
   unannotated_valid: jax.Array | np.ndarray
   has_full: jax.Array | np.ndarray
 
-  @property
-  def batch_size(self) -> int:
-    return self.image.shape[0]

@@ -179,7 +179,3 @@ def recount(folder: os.PathLike | str) -> tuple[int, int]:
   recs = readers.read_dataset_folder(folder)
   return len(recs), sum(readers.count_instances(readers.read_label_map(r.label_path))
                         for r in recs)
-
-
-def describe(spec: ViewSpec, counts: Sequence[int]) -> str:
-  return f"{spec.name}: {counts[0]} images, {counts[1]} annotated nuclei"

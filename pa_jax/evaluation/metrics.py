@@ -80,12 +80,6 @@ class Contingency:
     """(n_pairs,) float64 IoU of each overlapping pair."""
     return self.inter / self.union
 
-  def dense_iou(self) -> np.ndarray:
-    """(n_gt, n_pred) float64 IoU matrix (for small tables / inspection only)."""
-    m = np.zeros((self.n_gt, self.n_pred))
-    m[self.gi, self.pj] = self.iou
-    return m
-
 
 # ------------------------------------------------------------------ contingency table
 

@@ -113,6 +113,10 @@ class ModelSpec:
     """From `config.model` (ml_collections). `anchor_wh` = dataset median (w, h) for the
     'median' centerness anchor; ignored when `model.partial.anchor == 'fixed'`."""
     p = m.partial
+    if int(m.num_classes) != 2:
+      # The heads read class 1 as "nucleus" throughout (one foreground class).
+      raise ValueError(f"model.num_classes={m.num_classes}: only 2 (background + nucleus) "
+                       "is implemented")
     if p.anchor not in ("median", "fixed"):
       raise ValueError(f"model.partial.anchor must be 'median' or 'fixed', got {p.anchor!r}")
     if p.anchor == "median" and p.enabled:
