@@ -10,6 +10,7 @@ selected nuclei outlined.
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -28,8 +29,6 @@ def attention_map(model, variables, image: np.ndarray, selected: np.ndarray,
   Raises ValueError when the model has no attention (partial module disabled).
   """
   from pa_jax.infer.predictor import canvas_for
-  from pa_jax.models.attention import render_attention
-  from pa_jax.models.mask_rcnn import MaskRCNN
 
   if not model.spec.partial or level not in model.spec.attention_levels:
     raise ValueError(f"this model has no attention on {level} (model.partial.enabled and "
@@ -39,17 +38,35 @@ def attention_map(model, variables, image: np.ndarray, selected: np.ndarray,
   ch, cw = canvas_for(h, w)
   padded = np.zeros((ch, cw, 3), np.float32)
   padded[:h, :w] = img
-  _, state = model.apply(variables, jnp.asarray(padded[None]), method=MaskRCNN.attention_maps,
-                         mutable=["intermediates"])
-  inter = state["intermediates"][f"attention_{level}"]
-  queries, keys = inter["queries"][0][0], inter["keys"][0][0]
   stride = 2 ** int(level[1:])
   sel = np.zeros((ch, cw), bool)
   sel[:h, :w] = selected
-  sel_small = sel[stride // 2::stride, stride // 2::stride][:queries.shape[0], :queries.shape[1]]
-  att = np.asarray(render_attention(queries, keys, jnp.asarray(sel_small)))
+  # The pixel at the centre of each stride x stride cell stands for the cell.
+  sel_small = sel[stride // 2::stride, stride // 2::stride]
+  att = np.asarray(_jitted_attention(model, level)(variables, jnp.asarray(padded[None]),
+                                                    jnp.asarray(sel_small)))
   up = np.repeat(np.repeat(att, stride, axis=0), stride, axis=1)[:h, :w]
   return up.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_attention(model, level: str):
+  """One jitted features + render program per (model, level), shared process-wide (like
+  the predictor's): `predict --attention` calls it once per image, and an uncompiled
+  forward pass would cost more than the prediction itself. Retraced per canvas shape."""
+  from pa_jax.models.attention import render_attention
+  from pa_jax.models.mask_rcnn import MaskRCNN
+
+  @jax.jit
+  def run(variables, image, selected_cells):
+    _, state = model.apply(variables, image, method=MaskRCNN.attention_maps,
+                           mutable=["intermediates"])
+    inter = state["intermediates"][f"attention_{level}"]
+    queries, keys = inter["queries"][0][0], inter["keys"][0][0]
+    cells = selected_cells[:queries.shape[0], :queries.shape[1]]
+    return render_attention(queries, keys, cells)
+
+  return run
 
 
 def write_attention_png(path: Path, image: np.ndarray, attention: np.ndarray,

@@ -188,6 +188,7 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
   stop = _StopFlag()
   batch_iter: Iterator | None = None
   state: TrainState | None = None
+  pending: list = []  # (step, device metrics) dispatched but not yet checked finite
   try:
     latest = store.latest_step()
     example = _first_batch(batches, latest or 0)
@@ -219,15 +220,31 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
       logger.log_eval(k, metrics)
       store.save_best(st, metrics)
 
+    def fetch_checked(pending: list) -> dict[str, float]:
+      """Host copies of the pending steps' metrics; the first non-finite step stops the run.
+
+      Steps are dispatched without waiting (the device runs ahead of the host); metrics
+      come back only at sync points, where every step since the last one is checked in
+      order, so the error still names the first bad step and no checkpoint after it exists.
+      """
+      fetched = jax.device_get([m for _, m in pending])
+      m: dict[str, float] = {}
+      for (k_done, _), raw in zip(pending, fetched):
+        m = {n: float(v) for n, v in raw.items()}
+        bad = {n: v for n, v in m.items() if n != "learning_rate" and not math.isfinite(v)}
+        if bad:
+          store.wait()
+          last = store.latest_step()
+          note = (f"the latest checkpoint (step {last}) in {store.directory} is intact"
+                  if last is not None else "no checkpoint was saved before it")
+          raise NonFiniteLossError(k_done, bad, note)
+      pending.clear()
+      return m
+
     stop.install()
     batch_iter = batches.iterate(start)
     window_time, imgs = 0.0, 0  # images/sec counts step time only (no eval/checkpoint)
     for index in range(start, total):
-      signum = stop.agreed()
-      if signum is not None:
-        store.save(state)
-        store.wait()
-        raise TrainingInterrupted(signum, int(jax.device_get(state.step)), store.directory)
       k = index + 1
       t0 = time.perf_counter()
       host_batch = next(batch_iter)
@@ -238,32 +255,41 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
       batch = shard_batch(host_batch, mesh)
       key = np.asarray(jax.random.fold_in(base_rng, index))
       state, metrics = train_step(state, batch, key)
-      m = {n: float(v) for n, v in jax.device_get(metrics).items()}
+      pending.append((k, metrics))
+      # Sync points: the host waits for the device only where it needs numbers (logs,
+      # checkpoints, evaluation, the end). A checkpoint is written only after every step
+      # up to it was checked finite; a stop signal is honoured at the next sync point.
+      evaluate_now = task.evaluate is not None and (
+          k == total or (eval_every > 0 and k % eval_every == 0))
+      save_now = k % ckpt_every == 0 or k == total
+      log_now = k % log_every == 0 or k == total
+      sync = log_now or save_now or evaluate_now
+      m = fetch_checked(pending) if sync else {}
       window_time += time.perf_counter() - t0
       imgs += global_b
-      bad = {n: v for n, v in m.items() if n != "learning_rate" and not math.isfinite(v)}
-      if bad:
-        store.wait()
-        last = store.latest_step()
-        note = (f"the latest checkpoint (step {last}) in {store.directory} is intact"
-                if last is not None else "no checkpoint was saved before it")
-        raise NonFiniteLossError(k, bad, note)
       logger.progress(k)
-      if k % log_every == 0 or k == total:
+      if log_now:
         m["images_per_sec"] = imgs / window_time if window_time > 0 else float("nan")
         logger.log_train(k, m)
         window_time, imgs = 0.0, 0
-      if k % ckpt_every == 0 or k == total:
+      if sync and k < total:
+        signum = stop.agreed()
+        if signum is not None:
+          store.save(state)
+          store.wait()
+          raise TrainingInterrupted(signum, k, store.directory)
+      if save_now:
         store.save(state)
-      if task.evaluate is not None and (k == total or (eval_every > 0 and k % eval_every == 0)):
+      if evaluate_now:
         evaluate(state, k)
     store.wait()
     if main:
       plot_curves(workdir)
     return state
   except KeyboardInterrupt:
-    # A second Ctrl-C (or one outside the main thread): save what is consistent, if any.
-    if state is not None:
+    # A second Ctrl-C (or one outside the main thread): save what is consistent, if any
+    # (never a state whose latest steps were not checked finite).
+    if state is not None and not pending:
       try:
         store.save(state)
         store.wait()

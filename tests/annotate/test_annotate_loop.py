@@ -411,3 +411,43 @@ def test_tiny_fine_tune_round_from_the_previous_run(tiny_round1):
   assert rep["edits"]["accepted"] == review["totals"]["confirmed"]
   assert rep["edits"]["rejected"] == review["totals"]["deleted"]
   assert rep["totals"]["confirmed"] == 4 + review["totals"]["added"] + review["totals"]["confirmed"]
+
+
+def test_predict_with_attention_from_the_round_1_run(tiny_round1, tmp_path):
+  """`run.py predict --attention` on a trained partial-annotation run: label maps and one
+  attention PNG per image, and the jitted attention equals the explicit N x N map."""
+  from pa_jax import experiment
+  from pa_jax.data.pipeline import normalize_image
+  from pa_jax.data.readers import read_image
+  from pa_jax.infer.attention import attention_map
+  from pa_jax.models.mask_rcnn import MaskRCNN
+  from pa_jax.predict import predict_command
+
+  images, truths, out, _ = tiny_round1
+  run = out / "train" / "round_1"
+  dest = tmp_path / "pred"
+  assert predict_command(str(images), str(dest), workdir=str(run), formats=("label",),
+                         attention=True, progress=False) == 2
+  for i in ("im0", "im1"):
+    png = read_image(dest / f"{i}_attention.png")
+    assert png.ndim == 3 and png.shape[0] > 100 and png.std() > 0
+    assert (dest / f"{i}.png").is_file()
+
+  cfg, model, variables, _ = experiment.load_run(run)
+  image = read_image(images / "im0.png")
+  selected = truths["im0"] > 0
+  att = attention_map(model, variables, image, selected, cfg.data.normalize)
+  assert att.shape == image.shape[:2] and np.all(np.isfinite(att)) and np.all(att >= 0)
+  # 64 x 64 image = its canvas: each P2 cell is repeated 4 x 4 times, the P2 map sums to 1.
+  np.testing.assert_allclose(att.sum() / 16.0, 1.0, rtol=1e-4)
+  # Independent reference: the explicit attention map A = Q K^T (N x N, fine at 16 x 16)
+  # from an un-jitted forward pass, rows of the selected cells averaged.
+  x = normalize_image(image, cfg.data.normalize)[None]
+  _, st = model.apply(variables, x, method=MaskRCNN.attention_maps, mutable=["intermediates"])
+  q = np.asarray(st["intermediates"]["attention_p2"]["queries"][0][0])
+  k = np.asarray(st["intermediates"]["attention_p2"]["keys"][0][0])
+  hk, wk, ck = k.shape
+  q, k = q.reshape(hk * wk, ck), k.reshape(hk * wk, ck)
+  rows = selected[2::4, 2::4].reshape(-1)
+  want = (q @ k.T)[rows].mean(axis=0).reshape(hk, wk)
+  np.testing.assert_allclose(att[::4, ::4], want, rtol=1e-4, atol=1e-7)

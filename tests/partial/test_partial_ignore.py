@@ -82,3 +82,43 @@ def test_pa_coverage():
   assert batched["num_pa_boxes"] == 4 and batched["num_unannotated"] == 2
   assert batched["num_covered"] == 1
   assert np.isnan(I.pa_coverage(pa, valid, annotated, annotated)["coverage"])
+
+
+def test_pa_coverage_device_equals_host_on_training_batches():
+  """The jitted coverage that training logs counts what the host reference counts, with the
+  unannotated boxes the data pipeline derives (random nuclei, random PA boxes near them)."""
+  from pa_jax.data.pipeline import TrainExample, canvas_example
+
+  rng = np.random.default_rng(3)
+  fn = jax.jit(jax.vmap(I.pa_coverage_device))
+  for trial in range(6):
+    full = np.zeros((96, 96), np.int32)
+    n = int(rng.integers(0, 12))
+    for k in range(1, n + 1):  # later nuclei may overwrite (touch, split) earlier ones
+      y, x = rng.integers(0, 86, 2)
+      h, w = rng.integers(3, 14, 2)
+      full[y:y + h, x:x + w] = k
+    ids = np.unique(full[full > 0])
+    kept = ids[rng.random(ids.size) < 0.3]
+    annotated = np.where(np.isin(full, kept), full, 0)
+    ex = TrainExample("t", np.zeros((96, 96, 3), np.float32), annotated, full)
+    item = canvas_example(ex, 96, 32, rng, flip_h=False, flip_v=False)
+    # PA boxes: jittered copies of some true boxes (hits and near misses) and random ones.
+    truth = item["unannotated_boxes"][item["unannotated_valid"]]
+    jitter = truth + rng.normal(0, 1.2, truth.shape).astype(np.float32)
+    rand_xy = rng.uniform(0, 80, (5, 2))
+    rand = np.concatenate([rand_xy, rand_xy + rng.uniform(2, 16, (5, 2))], -1)
+    pa = np.zeros((24, 4), np.float32)
+    cand = np.concatenate([jitter, rand]).astype(np.float32)[:24]
+    pa[:len(cand)] = cand
+    valid = np.zeros(24, bool)
+    valid[:len(cand)] = rng.random(len(cand)) < 0.8
+    host = I.pa_coverage(pa, valid, full, annotated)
+    covered, total = fn(pa[None], valid[None], item["unannotated_boxes"][None],
+                        item["unannotated_valid"][None])
+    assert int(total[0]) == host["num_unannotated"], trial
+    assert int(covered[0]) == host["num_covered"], trial
+  # no PA slot at all (max_pa_boxes 0): nothing covered, the nuclei still counted
+  c0, t0 = I.pa_coverage_device(np.zeros((0, 4), np.float32), np.zeros((0,), bool),
+                                item["unannotated_boxes"], item["unannotated_valid"])
+  assert float(c0) == 0 and float(t0) == host["num_unannotated"]

@@ -124,6 +124,42 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(tmp_pa
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(st.params))
 
 
+def test_nan_between_sync_points_names_the_first_bad_step(tmp_path):
+  """Metrics come to the host only at log/checkpoint steps (the device runs ahead); a NaN
+  in between is still reported at its own step, and no checkpoint after it is written."""
+  c = T.toy_config(steps=12, checkpoint_every=4, log_every=4)
+  source = T.NaNSource(T.toy_source(), nan_index=5)  # step 6; steps 7, 8 inherit the NaN
+  with pytest.raises(NonFiniteLossError) as err:
+    train(T.toy_task(), source, c, tmp_path, {}, progress=False)
+  assert err.value.step == 6 and str(err.value).startswith("step 6: non-finite")
+  assert "latest checkpoint (step 4)" in str(err.value)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+  assert [r["step"] for r in _lines(tmp_path)] == [4]
+
+
+def test_host_fetches_metrics_only_at_sync_points(tmp_path, monkeypatch):
+  """Steps are dispatched back to back; the loop waits for the device only at log,
+  checkpoint and final steps (here 4, 6, 8, 12 of 12), not after every step."""
+  from pa_jax.train import loop
+
+  fetched = []
+
+  class CountingJax:
+    def __getattr__(self, name):
+      return getattr(jax, name)
+
+    def device_get(self, x):
+      if isinstance(x, list):  # the loop's batched metric fetch
+        fetched.append(len(x))
+      return jax.device_get(x)
+
+  monkeypatch.setattr(loop, "jax", CountingJax())
+  c = T.toy_config(steps=12, checkpoint_every=6, log_every=4)
+  train(T.toy_task(), T.toy_source(), c, tmp_path, {}, progress=False)
+  assert fetched == [4, 2, 2, 4]  # steps 1-4, 5-6, 7-8, 9-12
+  assert [r["step"] for r in _lines(tmp_path) if "loss" in r] == [4, 8, 12]
+
+
 def test_unwritable_workdir_is_one_line(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")

@@ -1,0 +1,114 @@
+"""Where the PA boxes of a trained partial-annotation run come from, on its training images.
+
+  python bench/pa_probe.py runs/dh25_pa_cpu [--images 60]
+
+Runs the run's centerness head on whole training images (the partial view it trained on,
+with the full labels beside it) and splits "is this unannotated nucleus covered by a PA
+box?" into its two causes: does the centerness map exceed the PA threshold anywhere on the
+nucleus (0.95, DESIGN.md; 0.9 and 0.5 shown for scale), and is the box decoded from the
+component's peak good (box IoU >= 0.5 with the nucleus)? Also counts PA boxes that lie on
+no nucleus at all (box IoU < 0.3 with every true nucleus). Prints one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's pa_jax
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  from pa_jax.ops.boxes import pairwise_iou
+
+  if len(a) == 0 or len(b) == 0:
+    return np.zeros((len(a), len(b)), np.float32)
+  return np.asarray(pairwise_iou(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+
+
+def probe(workdir: Path, max_images: int) -> dict:
+  from pa_jax import experiment
+  from pa_jax.data.pipeline import instance_boxes
+  from pa_jax.infer.predictor import canvas_for
+  from pa_jax.partial.pa_boxes import pa_boxes
+
+  cfg, model, variables, step = experiment.load_run(workdir)
+  if not model.spec.partial:
+    raise SystemExit(f"{workdir}: trained without the partial-annotation module")
+  examples = [ex for ex in experiment.training_examples(cfg, progress=False)
+              if ex.full_labels is not None][:max_images]
+  if not examples:
+    raise SystemExit(f"{workdir}: its training images have no full labels to compare with")
+
+  def centerness(m, image):
+    out, *_ = m._rpn(m.features(image))
+    c = m.centerness(out.hidden["p2"])
+    return c.logits[0], c.deltas[0]
+
+  fn = jax.jit(lambda v, x: model.apply(v, x, method=centerness))
+  spec = model.spec
+  stride = spec.anchor_strides[0]
+  n = dict(unannotated=0, above_95=0, above_90=0, above_50=0, covered=0,
+           annotated=0, annotated_covered=0, pa_boxes=0, pa_on_no_nucleus=0)
+  for ex in examples:
+    h, w = ex.labels.shape
+    ch, cw = canvas_for(h, w)
+    x = np.zeros((1, ch, cw, 3), np.float32)
+    x[0, :h, :w] = ex.image
+    logits, deltas = fn(variables, x)
+    boxes, _, ok = pa_boxes(logits, deltas, jnp.asarray(spec.anchor_wh, jnp.float32), stride,
+                            np.array([h, w], np.int32), spec.pa_threshold, spec.max_pa_boxes,
+                            "host")
+    boxes = np.asarray(boxes)[np.asarray(ok)]
+    prob = np.asarray(jax.nn.sigmoid(logits))
+    ids, true_boxes = instance_boxes(ex.full_labels)
+    annotated = set(np.unique(ex.full_labels[ex.labels > 0]).tolist())
+    n["pa_boxes"] += len(boxes)
+    n["pa_on_no_nucleus"] += int(np.sum(_iou(boxes, true_boxes).max(axis=1, initial=0) < 0.3))
+    best = _iou(true_boxes, boxes).max(axis=1, initial=0)
+    # Peak centerness over each nucleus' pixels, read at its stride-4 cell.
+    ys, xs = np.nonzero(ex.full_labels)
+    cell = prob[np.minimum(ys // stride, prob.shape[0] - 1), np.minimum(xs // stride, prob.shape[1] - 1)]
+    lab = ex.full_labels[ys, xs]
+    order = np.searchsorted(ids, lab)
+    peak = np.full(len(ids), -1.0)
+    np.maximum.at(peak, order, cell)
+    for i, idx in enumerate(ids):
+      if int(idx) in annotated:
+        n["annotated"] += 1
+        n["annotated_covered"] += int(best[i] >= 0.5)
+        continue
+      n["unannotated"] += 1
+      n["above_95"] += int(peak[i] > spec.pa_threshold)
+      n["above_90"] += int(peak[i] > 0.9)
+      n["above_50"] += int(peak[i] > 0.5)
+      n["covered"] += int(best[i] >= 0.5)
+  n.update(images=len(examples), step=step)
+  return n
+
+
+def main(argv: list[str]) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("workdir", type=Path)
+  p.add_argument("--images", type=int, default=60)
+  a = p.parse_args(argv)
+  n = probe(a.workdir, a.images)
+  u = max(n["unannotated"], 1)
+  print(f"{a.workdir} at step {n['step']}, {n['images']} training images, "
+        f"{n['unannotated']} unannotated + {n['annotated']} annotated nuclei")
+  print("| unannotated nuclei with centerness > 0.95 | > 0.9 | > 0.5 | covered by a PA box "
+        "(IoU >= 0.5) | annotated nuclei covered | PA boxes / image | PA boxes on no nucleus |")
+  print("|---:|---:|---:|---:|---:|---:|---:|")
+  print(f"| {n['above_95'] / u:.0%} | {n['above_90'] / u:.0%} | {n['above_50'] / u:.0%} | "
+        f"{n['covered'] / u:.0%} | {n['annotated_covered'] / max(n['annotated'], 1):.0%} | "
+        f"{n['pa_boxes'] / n['images']:.1f} | "
+        f"{n['pa_on_no_nucleus'] / max(n['pa_boxes'], 1):.0%} |")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
