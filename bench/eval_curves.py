@@ -5,7 +5,8 @@
 
 Reads the periodic evaluations (`train.eval_every`) that training logs to each run's
 `metrics.jsonl` as `eval/<metric>` records. A resumed run may log a step twice; the last
-record of a step wins. Prints one markdown table per metric (rows: steps, columns: runs) and
+record of a step wins. Only higher-is-better metrics (map, aji, ncs, recall, ...) make
+sense for the "best" row. Prints one markdown table per metric (rows: steps, columns: runs) and
 the best value of each run with its step (the paper's Table 1 reports each model's best).
 """
 
@@ -24,7 +25,10 @@ def eval_records(workdir: Path) -> dict[int, dict[str, float]]:
     raise SystemExit(f"{path}: no metrics.jsonl (not a pa_jax training run)")
   out: dict[int, dict[str, float]] = {}
   for line in path.read_text().splitlines():
-    rec = json.loads(line)
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError:  # a killed run's half-written last line
+      continue
     evals = {k[len("eval/"):]: v for k, v in rec.items() if k.startswith("eval/")}
     if evals:
       out[int(rec["step"])] = evals
@@ -74,7 +78,9 @@ def main(argv: list[str]) -> None:
   p.add_argument("--metrics", default="map,recall,aji")
   p.add_argument("--png", type=Path, default=None)
   a = p.parse_args(argv)
-  runs = {w.name: eval_records(w) for w in a.workdirs}
+  names = [w.name for w in a.workdirs]
+  # Column names: the workdir's name, or its whole path where two names collide.
+  runs = {(w.name if names.count(w.name) == 1 else str(w)): eval_records(w) for w in a.workdirs}
   metrics = [m for m in a.metrics.split(",") if m]
   for metric in metrics:
     print(f"\n{metric}\n")

@@ -177,5 +177,7 @@ def masks_to_label_map(masks: jnp.ndarray, boxes: jnp.ndarray, scores: jnp.ndarr
   # Invalid detections sort last and paint nothing: loop over the valid ranks only (a
   # traced trip count, i.e. a while_loop). Dense outputs keep ~5 % of their 1000 slots
   # valid, so this is most of the inference cost saved, with the same result.
-  n_valid = jnp.sum(valid_sorted).astype(jnp.int32)
+  # (Counted as the last valid rank + 1, not a sum, so that even a valid NaN-score
+  # detection sorted among the invalid ones still paints.)
+  n_valid = jnp.max(jnp.where(valid_sorted, jnp.arange(1, r + 1, dtype=jnp.int32), 0))
   return jax.lax.fori_loop(r - n_valid, r, paint, label_map)

@@ -29,7 +29,8 @@ from pa_jax.train import checkpoint as ckpt
 from pa_jax.train.distributed import is_main_process, maybe_initialize_distributed
 from pa_jax.train.metrics_log import MetricsLogger, plot_curves
 from pa_jax.train.optimizer import learning_rate_fn, make_optimizer
-from pa_jax.train.state import TrainState, create_train_state, make_data_mesh, param_count
+from pa_jax.train.state import (TrainState, create_train_state, make_data_mesh, param_count,
+                                 step_rng)
 from pa_jax.train.step import check_batch_size, make_train_step
 from pa_jax.train.task import Task
 
@@ -93,6 +94,29 @@ class _StopFlag:
     mine = np.int32(self.signum or 0)
     got = int(np.max(multihost_utils.process_allgather(mine)))
     return got or None
+
+
+def _fetch_checked(pending: list, store: ckpt.CheckpointStore) -> dict[str, float]:
+  """Host copies of the pending `(step, device metrics)`; the first non-finite step stops
+  the run. Empties `pending` and returns the last step's metrics ({} when none pending).
+
+  Steps are dispatched without waiting (the device runs ahead of the host); metrics come
+  back only at sync points, where every step since the last one is checked in order, so
+  the error still names the first bad step and no checkpoint after it exists.
+  """
+  fetched = jax.device_get([m for _, m in pending])
+  m: dict[str, float] = {}
+  for (k_done, _), raw in zip(pending, fetched):
+    m = {n: float(v) for n, v in raw.items()}
+    bad = {n: v for n, v in m.items() if n != "learning_rate" and not math.isfinite(v)}
+    if bad:
+      store.wait()
+      last = store.latest_step()
+      note = (f"the latest checkpoint (step {last}) in {store.directory} is intact"
+              if last is not None else "no checkpoint was saved before it")
+      raise NonFiniteLossError(k_done, bad, note)
+  pending.clear()
+  return m
 
 
 def _first_batch(batches: Any, step: int) -> Any:
@@ -220,27 +244,6 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
       logger.log_eval(k, metrics)
       store.save_best(st, metrics)
 
-    def fetch_checked(pending: list) -> dict[str, float]:
-      """Host copies of the pending steps' metrics; the first non-finite step stops the run.
-
-      Steps are dispatched without waiting (the device runs ahead of the host); metrics
-      come back only at sync points, where every step since the last one is checked in
-      order, so the error still names the first bad step and no checkpoint after it exists.
-      """
-      fetched = jax.device_get([m for _, m in pending])
-      m: dict[str, float] = {}
-      for (k_done, _), raw in zip(pending, fetched):
-        m = {n: float(v) for n, v in raw.items()}
-        bad = {n: v for n, v in m.items() if n != "learning_rate" and not math.isfinite(v)}
-        if bad:
-          store.wait()
-          last = store.latest_step()
-          note = (f"the latest checkpoint (step {last}) in {store.directory} is intact"
-                  if last is not None else "no checkpoint was saved before it")
-          raise NonFiniteLossError(k_done, bad, note)
-      pending.clear()
-      return m
-
     stop.install()
     batch_iter = batches.iterate(start)
     window_time, imgs = 0.0, 0  # images/sec counts step time only (no eval/checkpoint)
@@ -253,18 +256,18 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
         raise InputError("train.batch_size", f"{global_b} but the batch source gives "
                          f"{rows} rows on each of {jax.process_count()} processes")
       batch = shard_batch(host_batch, mesh)
-      key = np.asarray(jax.random.fold_in(base_rng, index))
-      state, metrics = train_step(state, batch, key)
-      pending.append((k, metrics))
+      new_state, metrics = train_step(state, batch, step_rng(base_rng, index))
+      pending.append((k, metrics))  # before `state` moves on: never an unchecked save
+      state = new_state
       # Sync points: the host waits for the device only where it needs numbers (logs,
       # checkpoints, evaluation, the end). A checkpoint is written only after every step
-      # up to it was checked finite; a stop signal is honoured at the next sync point.
+      # up to it was checked finite.
       evaluate_now = task.evaluate is not None and (
           k == total or (eval_every > 0 and k % eval_every == 0))
       save_now = k % ckpt_every == 0 or k == total
       log_now = k % log_every == 0 or k == total
       sync = log_now or save_now or evaluate_now
-      m = fetch_checked(pending) if sync else {}
+      m = _fetch_checked(pending, store) if sync else {}
       window_time += time.perf_counter() - t0
       imgs += global_b
       logger.progress(k)
@@ -272,16 +275,21 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
         m["images_per_sec"] = imgs / window_time if window_time > 0 else float("nan")
         logger.log_train(k, m)
         window_time, imgs = 0.0, 0
-      if sync and k < total:
-        signum = stop.agreed()
-        if signum is not None:
-          store.save(state)
-          store.wait()
-          raise TrainingInterrupted(signum, k, store.directory)
       if save_now:
         store.save(state)
       if evaluate_now:
         evaluate(state, k)
+      # A stop is honoured after this step's checkpoint and evaluation, so a resumed run
+      # logs exactly what an uninterrupted one does. One process reads its own flag every
+      # step; several agree on it (an all-gather) at the sync points, which every process
+      # reaches at the same steps.
+      if k < total and (sync or jax.process_count() == 1):
+        signum = stop.agreed()
+        if signum is not None:
+          _fetch_checked(pending, store)
+          store.save(state)
+          store.wait()
+          raise TrainingInterrupted(signum, k, store.directory)
     store.wait()
     if main:
       plot_curves(workdir)
@@ -289,8 +297,9 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
   except KeyboardInterrupt:
     # A second Ctrl-C (or one outside the main thread): save what is consistent, if any
     # (never a state whose latest steps were not checked finite).
-    if state is not None and not pending:
+    if state is not None:
       try:
+        _fetch_checked(pending, store)
         store.save(state)
         store.wait()
       except Exception:  # the state may have been donated to a step in flight

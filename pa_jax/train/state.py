@@ -53,9 +53,15 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def step_rng(base_rng: jax.Array, step) -> jax.Array:
-  """Key of the update with 0-based index `step` (= TrainState.step before it)."""
-  return jax.random.fold_in(base_rng, step)
+def step_rng(base_rng, step) -> np.ndarray:
+  """Key of the update with 0-based index `step` (= TrainState.step before it), as numpy.
+
+  Computed on the host CPU on purpose: the training loop needs it before each dispatch,
+  and a key computed on an accelerator would be read back only after every step already
+  queued there, which would stop the device from running ahead of the host.
+  """
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    return np.asarray(jax.random.fold_in(np.asarray(base_rng), step))
 
 
 def _init_example(batch: Any) -> Any:

@@ -14,6 +14,7 @@ import train_toy as T
 from pa_jax.errors import InputError
 from pa_jax.train import checkpoint as ckpt
 from pa_jax.train import metrics_log
+from pa_jax.train import loop
 from pa_jax.train.loop import NonFiniteLossError, train
 from pa_jax.train.state import create_train_state, make_data_mesh
 
@@ -140,8 +141,6 @@ def test_nan_between_sync_points_names_the_first_bad_step(tmp_path):
 def test_host_fetches_metrics_only_at_sync_points(tmp_path, monkeypatch):
   """Steps are dispatched back to back; the loop waits for the device only at log,
   checkpoint and final steps (here 4, 6, 8, 12 of 12), not after every step."""
-  from pa_jax.train import loop
-
   fetched = []
 
   class CountingJax:
@@ -158,6 +157,45 @@ def test_host_fetches_metrics_only_at_sync_points(tmp_path, monkeypatch):
   train(T.toy_task(), T.toy_source(), c, tmp_path, {}, progress=False)
   assert fetched == [4, 2, 2, 4]  # steps 1-4, 5-6, 7-8, 9-12
   assert [r["step"] for r in _lines(tmp_path) if "loss" in r] == [4, 8, 12]
+
+
+class _SignalAt:
+  """Batch source that sends this process SIGTERM when the batch of `index` is taken."""
+
+  def __init__(self, source, index):
+    self.source, self.index = source, index
+
+  def batch(self, step):
+    return self.source.batch(step)
+
+  def iterate(self, start_step=0):
+    step = start_step
+    while True:
+      if step == self.index:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield self.source.batch(step)
+      step += 1
+
+
+@pytest.mark.parametrize("signal_index,stopped_at", [(2, 3), (3, 4)])
+def test_stop_between_sync_points_and_at_an_eval_step(tmp_path, signal_index, stopped_at):
+  """One process answers a stop right after the current step (not at the next sync
+  point); a stop at an evaluation step comes after that evaluation, so the resumed run
+  evaluates exactly the steps an uninterrupted one does."""
+  evaluated = []
+
+  def evaluate(st):
+    evaluated.append(int(jax.device_get(st.step)))
+    return {"map": 0.5}
+
+  c = T.toy_config(steps=8, checkpoint_every=8, log_every=2, eval_every=4)
+  with pytest.raises(loop.TrainingInterrupted) as err:
+    train(T.toy_task(evaluate=evaluate), _SignalAt(T.toy_source(), signal_index), c, tmp_path,
+          {}, progress=False)
+  assert err.value.step == stopped_at
+  assert _ckpt_steps(tmp_path) == [stopped_at]
+  train(T.toy_task(evaluate=evaluate), T.toy_source(), c, tmp_path, {}, progress=False)
+  assert evaluated == [4, 8]
 
 
 def test_unwritable_workdir_is_one_line(tmp_path):
