@@ -159,24 +159,6 @@ def test_host_fetches_metrics_only_at_sync_points(tmp_path, monkeypatch):
   assert [r["step"] for r in _lines(tmp_path) if "loss" in r] == [4, 8, 12]
 
 
-class _SignalAt:
-  """Batch source that sends this process SIGTERM when the batch of `index` is taken."""
-
-  def __init__(self, source, index):
-    self.source, self.index = source, index
-
-  def batch(self, step):
-    return self.source.batch(step)
-
-  def iterate(self, start_step=0):
-    step = start_step
-    while True:
-      if step == self.index:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield self.source.batch(step)
-      step += 1
-
-
 @pytest.mark.parametrize("signal_index,stopped_at", [(2, 3), (3, 4)])
 def test_stop_between_sync_points_and_at_an_eval_step(tmp_path, signal_index, stopped_at):
   """One process answers a stop right after the current step (not at the next sync
@@ -190,7 +172,7 @@ def test_stop_between_sync_points_and_at_an_eval_step(tmp_path, signal_index, st
 
   c = T.toy_config(steps=8, checkpoint_every=8, log_every=2, eval_every=4)
   with pytest.raises(loop.TrainingInterrupted) as err:
-    train(T.toy_task(evaluate=evaluate), _SignalAt(T.toy_source(), signal_index), c, tmp_path,
+    train(T.toy_task(evaluate=evaluate), _SelfSignal(T.toy_source(), signal_index), c, tmp_path,
           {}, progress=False)
   assert err.value.step == stopped_at
   assert _ckpt_steps(tmp_path) == [stopped_at]
