@@ -35,7 +35,6 @@ def probe(workdir: Path, max_images: int) -> dict:
   from pa_jax import experiment
   from pa_jax.data.pipeline import instance_boxes
   from pa_jax.infer.predictor import canvas_for
-  from pa_jax.partial.pa_boxes import pa_boxes
 
   cfg, model, variables, step = experiment.load_run(workdir)
   if not model.spec.partial:
@@ -45,12 +44,15 @@ def probe(workdir: Path, max_images: int) -> dict:
   if not examples:
     raise SystemExit(f"{workdir}: its training images have no full labels to compare with")
 
-  def centerness(m, image):
+  def centerness_and_pa_boxes(m, image, image_size):
+    # The model's own centerness head and PA-box stage (threshold, components backend,
+    # anchor and max_pa_boxes from the run's spec), as training and inference use them.
     out, *_ = m._rpn(m.features(image))
     c = m.centerness(out.hidden["p2"])
-    return c.logits[0], c.deltas[0]
+    boxes, _, valid = m._pa_boxes(c.logits, c.deltas, image_size)
+    return c.logits[0], boxes[0], valid[0]
 
-  fn = jax.jit(lambda v, x: model.apply(v, x, method=centerness))
+  fn = jax.jit(lambda v, x, hw: model.apply(v, x, hw, method=centerness_and_pa_boxes))
   spec = model.spec
   stride = spec.anchor_strides[0]
   n = dict(unannotated=0, above_95=0, above_90=0, above_50=0, covered=0,
@@ -60,10 +62,7 @@ def probe(workdir: Path, max_images: int) -> dict:
     ch, cw = canvas_for(h, w)
     x = np.zeros((1, ch, cw, 3), np.float32)
     x[0, :h, :w] = ex.image
-    logits, deltas = fn(variables, x)
-    boxes, _, ok = pa_boxes(logits, deltas, jnp.asarray(spec.anchor_wh, jnp.float32), stride,
-                            np.array([h, w], np.int32), spec.pa_threshold, spec.max_pa_boxes,
-                            "host")
+    logits, boxes, ok = fn(variables, x, np.array([[h, w]], np.int32))
     boxes = np.asarray(boxes)[np.asarray(ok)]
     prob = np.asarray(jax.nn.sigmoid(logits))
     ids, true_boxes = instance_boxes(ex.full_labels)

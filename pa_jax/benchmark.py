@@ -34,7 +34,7 @@ def run(cfg, steps: int = 10, predict_images: int = 5, output: str | None = None
         config_name: str = "") -> dict:
   from pa_jax.infer.predictor import predictor_for
   from pa_jax.train.optimizer import make_optimizer
-  from pa_jax.train.state import create_train_state, make_data_mesh, param_count, step_rng
+  from pa_jax.train.state import create_train_state, make_data_mesh, param_count
   from pa_jax.train.step import make_train_step
 
   examples = experiment.training_examples(cfg, progress=False)
@@ -51,10 +51,9 @@ def run(cfg, steps: int = 10, predict_images: int = 5, output: str | None = None
   from pa_jax.data.pipeline import shard_batch
 
   times = []
-  base_rng = np.asarray(jax.device_get(state.rng))  # the state is donated to each step
   for k in range(steps + 1):
     batch = shard_batch(batches.batch(k), mesh)
-    (state, metrics), dt = _timed(step_fn, state, batch, step_rng(base_rng, k))
+    (state, metrics), dt = _timed(step_fn, state, batch)
     times.append(dt)
   variables = {**state.variables, "params": state.params}
   # The predictor `run.py predict` builds (thresholds, dilation, tiling from the config).

@@ -14,6 +14,7 @@ so `evaluate --workdir W` and `predict --workdir W` need nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -24,10 +25,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from pa_jax import fileio
 from pa_jax.data import partial_views, pipeline, readers
 from pa_jax.errors import InputError
 from pa_jax.models.mask_rcnn import MaskRCNN, ModelSpec
-from pa_jax.train.checkpoint import load_json as ckpt_json
 
 
 # --------------------------------------------------------------------------------- data
@@ -110,6 +111,18 @@ def make_task(model: MaskRCNN, evaluate=None, pretrained: str = ""):
   return Task(init=init, loss_fn=loss_fn, evaluate=evaluate, trainable=trainable)
 
 
+def training_task(cfg, model: MaskRCNN, evaluate=None, start_variables=None):
+  """The Task a training run uses: the backbone-init check, the pretrained import and the
+  frozen-stage mask of `make_task`; `start_variables` (fine-tuning, e.g. an annotation
+  round) replaces the initialisation and keeps everything else."""
+  check_backbone_init(cfg.model)
+  task = make_task(model, evaluate, cfg.model.pretrained)
+  if start_variables is not None:
+    start = jax.device_get(start_variables)
+    task = dataclasses.replace(task, init=lambda rng, batch: start)
+  return task
+
+
 def batch_source(cfg, examples, process_index: int = 0, process_count: int = 1):
   return pipeline.BatchSource(
       examples, global_batch=cfg.train.batch_size, canvas=cfg.data.canvas_size,
@@ -174,12 +187,12 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
   from pa_jax.train import loop
   from pa_jax.train.distributed import maybe_initialize_distributed
 
-  check_backbone_init(cfg.model)
+  check_backbone_init(cfg.model)  # before reading any data: a config error is instant
   maybe_initialize_distributed()
   workdir = Path(workdir)
   examples = training_examples(cfg, progress=jax.process_index() == 0)
   stats = dataset_statistics(examples)
-  prior = ckpt_json(workdir / "run.json")
+  prior = fileio.read_json(workdir / "run.json")
   if prior and "dataset" in prior:  # resume: reuse the recorded anchor, never recompute
     stats = prior["dataset"]
   model = build_model(cfg, stats)
@@ -189,8 +202,7 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
     return evaluate_variables(cfg, model, variables, cfg.data.eval_split,
                               max_images=cfg.eval.max_images, progress=False)
 
-  task = make_task(model, periodic_eval if cfg.train.eval_every else None,
-                   cfg.model.pretrained)
+  task = training_task(cfg, model, periodic_eval if cfg.train.eval_every else None)
   batches = batch_source(cfg, examples, jax.process_index(), jax.process_count())
   spec = view_spec(cfg)
   metadata = {"dataset": stats, "view": {"name": spec.name, "kind": spec.kind,
@@ -208,7 +220,7 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
 
 def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
   path = Path(workdir) / "config.json"
-  data = ckpt_json(path)
+  data = fileio.read_json(path)
   if data is None:
     raise InputError(workdir, "no config.json: not a pa_jax training run (train it first)")
   return ml_collections.ConfigDict(_tuples(data))
@@ -230,7 +242,7 @@ def load_run(workdir: os.PathLike | str, best: bool = False):
 
   workdir = Path(workdir)
   cfg = load_config(workdir)
-  meta = ckpt_json(workdir / "run.json") or {}
+  meta = fileio.read_json(workdir / "run.json") or {}
   try:
     model = build_model(cfg, meta.get("dataset"))
   except ValueError as e:

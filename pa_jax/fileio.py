@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -65,6 +65,18 @@ def write_bytes(path: os.PathLike | str, data: bytes) -> None:
 
 def write_text(path: os.PathLike | str, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: os.PathLike | str) -> Any:
+  """The JSON document at `path`, or None when there is no such file; an unreadable or
+  malformed file is a one-line `InputError` naming it."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:
+    raise InputError(path, f"cannot read JSON ({e})") from None
 
 
 def write_json(path: os.PathLike | str, obj: Any) -> None:

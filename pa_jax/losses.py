@@ -13,10 +13,18 @@ import jax
 import jax.numpy as jnp
 
 
+def _kept(x: jax.Array, keep: jax.Array) -> jax.Array:
+  """`x` with its masked-out slots replaced by 0 BEFORE any nonlinearity: a `where` on the
+  loss alone zeroes the value but not the gradient of a non-finite slot (d/dx of
+  |x - inf| is NaN, and NaN · 0 = NaN)."""
+  return jnp.where(keep, x, jnp.zeros_like(x))
+
+
 def _weighted_sum(per: jax.Array, weights: jax.Array) -> jax.Array:
-  """sum(per · weights) where a zero weight really removes its element: `where`, not a bare
-  product, so a non-finite value in a masked-out slot (e.g. the box-regression target of a
-  padded or unsampled element) reaches neither the sum nor its gradient (0 · inf = NaN)."""
+  """sum(per · weights) where a zero weight really removes its element (`where`, not a bare
+  product: 0 · inf = NaN). With the inputs cleaned by `_kept`, a non-finite value in a
+  masked-out slot (e.g. the box target of a padded or unsampled element) reaches neither
+  the loss nor its gradient."""
   return jnp.sum(jnp.where(weights > 0, per * weights, 0.0))
 
 
@@ -37,6 +45,7 @@ def sigmoid_binary_cross_entropy(logits: jax.Array, targets: jax.Array, weights:
   logits = logits.astype(jnp.float32)
   targets = targets.astype(jnp.float32)
   weights = jnp.broadcast_to(weights.astype(jnp.float32), logits.shape)
+  logits, targets = _kept(logits, weights > 0), _kept(targets, weights > 0)
   # log(1 + exp(-|x|)) form: stable for large |x|.
   per = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
   return _normalise(_weighted_sum(per, weights), weights, normalizer)
@@ -49,9 +58,10 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Arr
   Args:
     logits: float [N, C]; labels: int [N] in [0, C); weights: [N]. Returns: scalar.
   """
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
   weights = weights.astype(jnp.float32)
+  logits = _kept(logits.astype(jnp.float32), (weights > 0)[:, None])
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
   return _normalise(_weighted_sum(nll, weights), weights, normalizer)
 
 
@@ -64,10 +74,11 @@ def smooth_l1(pred: jax.Array, target: jax.Array, weights: jax.Array, beta: floa
     normalizer: default sum(weights) (Fast R-CNN style uses the number *sampled*).
   Returns: scalar.
   """
-  diff = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  weights = weights.astype(jnp.float32)
+  keep = (weights > 0)[:, None]
+  diff = jnp.abs(_kept(pred.astype(jnp.float32), keep) - _kept(target.astype(jnp.float32), keep))
   if beta > 0:
     per = jnp.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
   else:
     per = diff
-  weights = weights.astype(jnp.float32)
   return _normalise(_weighted_sum(per.sum(-1), weights), weights, normalizer)

@@ -1,22 +1,11 @@
 """bench/eval_curves.py: periodic evaluations read back from metrics.jsonl (docs/results.md)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-  spec = importlib.util.spec_from_file_location("eval_curves", ROOT / "bench" / "eval_curves.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-ec = _module()
+import eval_curves as ec  # bench/ is on sys.path: tests/conftest.py
 
 
 def _run(path: Path, records):

@@ -1,23 +1,12 @@
 """bench/paired_compare.py: the sign test and the per-image pairing behind docs/results.md."""
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-  spec = importlib.util.spec_from_file_location("paired_compare", ROOT / "bench" / "paired_compare.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-pc = _module()
+import paired_compare as pc  # bench/ is on sys.path: tests/conftest.py
 
 
 def test_sign_test_hand_computed():
@@ -52,6 +41,14 @@ def test_compare_pairs_images_by_id_and_reads_latest_eval(tmp_path):
   assert (wins, losses, ties) == (1, 1, 1)
   assert mean_diff == pytest.approx((0.4 - 0.4 + 0.0) / 3)
   assert p == 1.0
+  # Asymmetric values, listed in another order: pairing by id gives 2 wins / 1 loss (by
+  # row position it would be 1 / 2), and the mean is B - A (A - B would be +0.033).
+  _write(tmp_path / "evalC", [("z", 0.9), ("x", 0.4), ("y", 0.8)])
+  _write(tmp_path / "evalD", [("x", 0.5), ("y", 0.9), ("z", 0.6)])
+  c, d = pc.latest_per_image(tmp_path / "evalC"), pc.latest_per_image(tmp_path / "evalD")
+  wins, losses, ties, mean_diff, _ = pc.compare(c, d, "map")
+  assert (wins, losses, ties) == (2, 1, 0)
+  assert mean_diff == pytest.approx((0.1 + 0.1 - 0.3) / 3)
 
 
 def test_missing_evaluation_is_one_line_error(tmp_path):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -73,3 +74,23 @@ def test_classical_params_flag_changes_the_segmentation_and_is_recorded(tmp_path
            str(tmp_path / "bad"), "--classical_params", "min_dist=5")
   assert r.returncode == 2 and "--classical_params" in r.stderr and "min_dist" in r.stderr
   assert r.stderr.strip().count("\n") == 0
+
+
+def test_read_json_missing_is_none_bad_is_one_line(tmp_path):
+  """fileio.read_json: what evaluate/predict read run.json and config.json with."""
+  from pa_jax import fileio
+  from pa_jax.errors import InputError
+
+  assert fileio.read_json(tmp_path / "absent.json") is None
+  fileio.write_json(tmp_path / "ok.json", {"a": [1, 2]})
+  assert fileio.read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+  (tmp_path / "bad.json").write_text('{"a": ')
+  with pytest.raises(InputError) as err:
+    fileio.read_json(tmp_path / "bad.json")
+  assert str(err.value).startswith(str(tmp_path / "bad.json")) and "\n" not in str(err.value)
+  # A run folder whose config.json is broken: evaluate says so in one line.
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{")
+  r = _run("evaluate", "--workdir", str(run))
+  assert r.returncode != 0 and "config.json: cannot read JSON" in r.stderr.strip().splitlines()[-1]

@@ -66,3 +66,25 @@ def test_masked_out_non_finite_values_reach_neither_loss_nor_gradient():
       lambda lg: losses.sigmoid_binary_cross_entropy(lg, jnp.array([1.0, 0.0]), jnp.array([1.0, 0.0])))(logits)
   assert float(val) == pytest.approx(np.log(2.0))
   assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_masked_non_finite_inputs_of_every_loss_give_finite_gradients():
+  """The non-finite slot must be cleaned before the nonlinearity, not only in the sum:
+  with a quadratic zone (beta > 0) or a NaN target the old `where`-on-the-sum gave NaN
+  gradients in the masked row."""
+  pred = jnp.array([[0.5, -0.25, 0.1, 2.0], [0.0, 0.0, 0.0, 0.0]])
+  target = jnp.array([[0.0, 0.0, 0.0, 0.0], [jnp.inf, jnp.nan, 0.0, 0.0]])
+  w = jnp.array([1.0, 0.0])
+  val, g = jax.value_and_grad(lambda p: losses.smooth_l1(p, target, w, 0.1))(pred)
+  assert np.isfinite(float(val)) and np.all(np.isfinite(np.asarray(g)))
+  np.testing.assert_allclose(np.asarray(g)[1], 0.0)
+  lg = jnp.array([0.3, 0.0])
+  val, g = jax.value_and_grad(lambda x: losses.sigmoid_binary_cross_entropy(
+      x, jnp.array([1.0, jnp.nan]), w))(lg)
+  assert float(val) == pytest.approx(float(np.log1p(np.exp(-0.3))))
+  assert np.all(np.isfinite(np.asarray(g))) and float(g[1]) == 0.0
+  logits = jnp.array([[0.2, -0.1], [jnp.inf, jnp.nan]])
+  val, g = jax.value_and_grad(lambda x: losses.softmax_cross_entropy(
+      x, jnp.array([1, 0]), w))(logits)
+  assert np.isfinite(float(val)) and np.all(np.isfinite(np.asarray(g)))
+  np.testing.assert_allclose(np.asarray(g)[1], 0.0)

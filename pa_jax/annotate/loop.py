@@ -16,8 +16,9 @@ Review states (`pa_jax.annotate.nuclei.Nucleus.state`):
 
 Layout of OUTPUT:
   state.json            the commit point: round, per-image nucleus tables, file hashes
-  state/r{k}/           label maps of round k: {id}_labels.png (what was written to
-                        current/), {id}_rejected.png (rejected regions)
+  state/r{k}/           label maps of round k: {id}_labels.tif (what was written to
+                        current/), {id}_rejected.tif (rejected regions); 32-bit TIFF,
+                        ids only grow (projects from before read as .png too)
   current -> .current/r{k}   the files to edit (a symlink, swapped atomically)
   round_{k}/            annotations/, overlays/{id}.png, report.md, report.json
   train/round_{k}/      the training run of round k (checkpoints, metrics.jsonl)
@@ -124,13 +125,18 @@ def _areas(labels: np.ndarray) -> dict[int, int]:
   return {int(k): int(n) for k, n in zip(u, c) if k != 0}
 
 
-def _pairs(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], int]:
-  """{(label in a, label in b): overlapping pixels} for every overlapping pair."""
+def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[dict[int, int], dict[int, int],
+                                                     dict[tuple[int, int], int]]:
+  """(areas of a's labels, areas of b's labels, {(label in a, label in b): overlapping
+  pixels} for every overlapping pair), all from one contingency table of the two maps."""
   from pa_jax.evaluation.metrics import contingency
 
   t = contingency(a, b)
-  return {(int(t.gt_labels[i]), int(t.pred_labels[j])): int(n)
-          for i, j, n in zip(t.gi, t.pj, t.inter)}
+  area_a = {int(k): int(n) for k, n in zip(t.gt_labels, t.gt_area)}
+  area_b = {int(k): int(n) for k, n in zip(t.pred_labels, t.pred_area)}
+  pairs = {(int(t.gt_labels[i]), int(t.pred_labels[j])): int(n)
+           for i, j, n in zip(t.gi, t.pj, t.inter)}
+  return area_a, area_b, pairs
 
 
 # ======================================================================== edit pick-up
@@ -180,8 +186,7 @@ def apply_edits(prev: ImageState, labels: np.ndarray | None,
     raise InputError(prev.id, f"edited annotation is {labels.shape} but the image is "
                      f"{prev.labels.shape}")
   file_nuclei = dict(nuclei or {})
-  prev_area, file_area = _areas(prev.labels), _areas(labels)
-  inter = _pairs(prev.labels, labels)
+  prev_area, file_area, inter = _overlap(prev.labels, labels)
   match: dict[int, int] = {}  # file id -> prev id
   used: set[int] = set()
   for f in sorted(file_area):  # 1) same id and overlapping
@@ -301,11 +306,9 @@ def merge_predictions(st: ImageState, pred: np.ndarray, scores: Mapping[int, flo
   out = ImageState(st.id, conf.copy(), {k: st.nuclei[k] for k in st.confirmed_ids()},
                    st.rejected.copy(), dict(st.rejected_nuclei), st.next_id)
   counts = MergeCounts()
-  p_area = _areas(pred)
+  rej_area, p_area, rej_pairs = _overlap(st.rejected, pred)
   counts.predicted = len(p_area)
   on_conf = _areas(np.where(conf > 0, pred, 0))
-  rej_area = _areas(st.rejected)
-  rej_pairs = _pairs(st.rejected, pred)
   at_rejected = set()
   for (r, p), n in rej_pairs.items():
     iou = n / (rej_area[r] + p_area[p] - n)
@@ -372,9 +375,9 @@ def holdout_scores(st: ImageState, heldout: Sequence[int], pred: np.ndarray) -> 
   if not heldout:
     return []
   gt = np.where(np.isin(st.labels, list(heldout)), st.labels, 0)
-  g_area, p_area = _areas(gt), _areas(pred)
+  g_area, p_area, pairs = _overlap(gt, np.asarray(pred))
   best = {k: 0.0 for k in heldout}
-  for (g, p), n in _pairs(gt, np.asarray(pred)).items():
+  for (g, p), n in pairs.items():
     best[g] = max(best[g], n / (g_area[g] + p_area[p] - n))
   return [best[k] for k in heldout]
 
@@ -514,9 +517,15 @@ def _load_image_states(output: Path, data: Mapping) -> dict[str, ImageState]:
   folder = output / data["state_dir"]
   out = {}
   for d in data["images"]:
-    lab = readers.read_label_map(folder / f"{d['id']}_labels.tif")
-    rej = readers.read_label_map(folder / f"{d['id']}_rejected.tif")
-    out[d["id"]] = _state_from_json(d, lab, rej)
+    maps = []
+    for kind in ("labels", "rejected"):
+      # TIFF since ids may pass 65,535; projects saved before that wrote 16-bit PNG.
+      path = readers.find_file(folder, f"{d['id']}_{kind}", (".tif", ".png"))
+      if path is None:
+        raise InputError(folder / f"{d['id']}_{kind}.tif", "missing from the saved annotation "
+                         "state (the project folder was changed by hand?)")
+      maps.append(readers.read_label_map(path))
+    out[d["id"]] = _state_from_json(d, *maps)
   return out
 
 
@@ -557,11 +566,8 @@ def train_round(cfg, examples, stats: Mapping, workdir: Path, round_: int,
   """Trains round 1 from scratch (train.steps) or fine-tunes `prev_variables`
   (annotate.finetune_steps). Resumes `workdir` when its data fingerprint matches,
   otherwise starts it afresh. Returns (model, variables, seconds)."""
-  import jax
-
   from pa_jax import experiment
   from pa_jax.train import loop
-  from pa_jax.train.task import Task
 
   cfg = copy.deepcopy(cfg)
   with cfg.unlocked():
@@ -572,10 +578,9 @@ def train_round(cfg, examples, stats: Mapping, workdir: Path, round_: int,
     cfg.train.checkpoint_every = min(int(cfg.train.checkpoint_every), int(cfg.train.steps))
     cfg.train.eval_every = 0
   model = experiment.build_model(cfg, stats)
-  task = experiment.make_task(model)
-  if prev_variables is not None:
-    prev = jax.device_get(prev_variables)
-    task = Task(init=lambda rng, batch: prev, loss_fn=task.loss_fn)
+  # Round 1 as `run.py train` would (pretrained import, backbone checks); later rounds
+  # start from the previous round's variables. Both keep the frozen-stage decay mask.
+  task = experiment.training_task(cfg, model, start_variables=prev_variables)
   base_round = round_ - 1 if prev_variables is not None else None
   fp = _fingerprint(examples, int(cfg.train.steps), base_round)
   marker = workdir / "annotate_round.json"
@@ -857,7 +862,7 @@ def _write_round(output: Path, r: int, order, merged: Mapping[str, ImageState], 
     written = export_image(cur_dir, i, st.labels, st.nuclei, formats, contours, coco,
                            by_id[i].file_name)
     for p in written:
-      shutil.copyfile(p, archive / p.name)
+      fileio.write_bytes(archive / p.name, p.read_bytes())  # atomic, like every write here
     fileio.write_png(round_dir / "overlays" / f"{i}.png", overlay(by_id[i].image, st))
     files[i] = {p.name: _sha(p) for p in written}
     # TIFF: ids only grow (each round's proposals get fresh ones), past a PNG's 65,535.
@@ -865,7 +870,7 @@ def _write_round(output: Path, r: int, order, merged: Mapping[str, ImageState], 
     fileio.write_label_map(output / state_rel / f"{i}_rejected.tif", st.rejected)
   if coco is not None:
     coco.write()
-    shutil.copyfile(cur_dir / COCO_FILENAME, archive / COCO_FILENAME)
+    fileio.write_bytes(archive / COCO_FILENAME, (cur_dir / COCO_FILENAME).read_bytes())
     digest = _sha(cur_dir / COCO_FILENAME)
     for i in order:
       files[i][COCO_FILENAME] = digest

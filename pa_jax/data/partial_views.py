@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

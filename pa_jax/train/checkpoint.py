@@ -63,16 +63,6 @@ def save_config(workdir: os.PathLike | str, config: Any) -> Path | None:
   return path
 
 
-def load_json(path: os.PathLike | str) -> dict | None:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    raise InputError(path, f"cannot read JSON ({e})") from None
-
-
 def save_run_metadata(workdir: os.PathLike | str, metadata: Mapping[str, Any]) -> Path | None:
   """Writes `workdir/run.json` (process 0 only, atomically). Returns its path."""
   if jax.process_index() != 0:

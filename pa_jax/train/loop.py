@@ -23,14 +23,14 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 
+from pa_jax import fileio
 from pa_jax.data.pipeline import shard_batch
 from pa_jax.errors import InputError
 from pa_jax.train import checkpoint as ckpt
 from pa_jax.train.distributed import is_main_process, maybe_initialize_distributed
 from pa_jax.train.metrics_log import MetricsLogger, plot_curves
 from pa_jax.train.optimizer import learning_rate_fn, make_optimizer
-from pa_jax.train.state import (TrainState, create_train_state, make_data_mesh, param_count,
-                                 step_rng)
+from pa_jax.train.state import TrainState, create_train_state, make_data_mesh, param_count
 from pa_jax.train.step import check_batch_size, make_train_step
 from pa_jax.train.task import Task
 
@@ -159,7 +159,7 @@ def _broadcast_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def _run_metadata(workdir: Path, run_metadata: Mapping[str, Any] | None, config, mesh,
                   state: TrainState, start_step: int) -> dict:
-  old = ckpt.load_json(workdir / ckpt.RUN_JSON) or {}
+  old = fileio.read_json(workdir / ckpt.RUN_JSON) or {}
   meta = dict(old)
   meta.update(dict(run_metadata or {}))
   meta.update({
@@ -233,7 +233,6 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
 
     train_step = make_train_step(task, tx, mesh, learning_rate_fn=lr_fn,
                                  grad_accum=int(tc.grad_accum))
-    base_rng = np.asarray(jax.device_get(state.rng))
     log_every, ckpt_every, eval_every = int(tc.log_every), int(tc.checkpoint_every), int(tc.eval_every)
     global_b = int(tc.batch_size)
 
@@ -256,7 +255,7 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
         raise InputError("train.batch_size", f"{global_b} but the batch source gives "
                          f"{rows} rows on each of {jax.process_count()} processes")
       batch = shard_batch(host_batch, mesh)
-      new_state, metrics = train_step(state, batch, step_rng(base_rng, index))
+      new_state, metrics = train_step(state, batch)
       pending.append((k, metrics))  # before `state` moves on: never an unchecked save
       state = new_state
       # Sync points: the host waits for the device only where it needs numbers (logs,

@@ -22,8 +22,9 @@ class TrainState:
   params:    the trained flax collection 'params'.
   opt_state: optax state of `params`.
   variables: every other flax collection (frozen BN statistics, ...), not trained; a dict.
-  rng:       base PRNG key (raw uint32[2]); the key of update k is fold_in(rng, k), see
-             `step_rng`, so a resumed run draws exactly the same randomness.
+  rng:       base PRNG key (raw uint32[2]); the update that starts from step s uses
+             fold_in(rng, s), drawn inside the jitted step (`train/step.py`), so a
+             resumed run draws exactly the same randomness.
   """
 
   step: jax.Array
@@ -51,17 +52,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-
-def step_rng(base_rng, step) -> np.ndarray:
-  """Key of the update with 0-based index `step` (= TrainState.step before it), as numpy.
-
-  Computed on the host CPU on purpose: the training loop needs it before each dispatch,
-  and a key computed on an accelerator would be read back only after every step already
-  queued there, which would stop the device from running ahead of the host.
-  """
-  with jax.default_device(jax.local_devices(backend="cpu")[0]):
-    return np.asarray(jax.random.fold_in(np.asarray(base_rng), step))
 
 
 def _init_example(batch: Any) -> Any:

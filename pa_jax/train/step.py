@@ -51,11 +51,12 @@ def check_batch_size(global_batch: int, n_devices: int, grad_accum: int = 1) -> 
 def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh: Mesh, *,
                     learning_rate_fn: Callable[[Any], jax.Array] | None = None,
                     grad_accum: int = 1) -> Callable:
-  """Returns `train_step(state, batch, rng) -> (state, metrics)`.
+  """Returns `train_step(state, batch) -> (state, metrics)`.
 
   `batch`: a global Batch (from `shard_batch`, or host numpy arrays in a single-process
-  run), global batch size divisible by `mesh.size * grad_accum`; `rng`: the key of this
-  update (`step_rng(state.rng, state.step)`). `metrics`: replicated float32 scalars
+  run), global batch size divisible by `mesh.size * grad_accum`. The update's key is
+  `fold_in(state.rng, state.step)`, drawn inside the jitted step: the host never computes
+  (or waits for) a key, so an accelerator can run ahead of it. `metrics`: replicated float32 scalars
   `loss`, every aux term of `task.loss_fn`, `grad_norm` (global norm of the averaged
   gradient, before clipping) and `learning_rate` (of this update, from
   `learning_rate_fn(state.step)`; 0-filled if not given). The input state is donated.
@@ -76,7 +77,8 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh: M
     new_vars = aux.pop(UPDATED_VARIABLES, variables)
     return loss, aux, grads, new_vars
 
-  def _step(state: TrainState, batch: Any, rng: jax.Array):
+  def _step(state: TrainState, batch: Any):
+    rng = jax.random.fold_in(state.rng, state.step)
     if k == 1:
       loss, aux, grads, new_vars = grads_of(state.params, state.variables, batch, rng)
     else:
@@ -109,12 +111,12 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh: M
                               variables=new_vars)
     return new_state, metrics
 
-  jitted = jax.jit(_step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+  jitted = jax.jit(_step, in_shardings=(rep, data), out_shardings=(rep, rep),
                    donate_argnums=(0,))
 
-  def train_step(state: TrainState, batch: Any, rng: jax.Array):
+  def train_step(state: TrainState, batch: Any):
     check_batch_size(jax.tree.leaves(batch)[0].shape[0], n_dev, k)
-    return jitted(state, batch, rng)
+    return jitted(state, batch)
 
   train_step.jitted = jitted
   return train_step

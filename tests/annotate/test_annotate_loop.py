@@ -16,6 +16,7 @@ from pa_jax.annotate import simulate
 from pa_jax.annotate.loop import ImageState, apply_edits, merge_predictions
 from pa_jax.annotate.nuclei import Nucleus
 from pa_jax.data import synthetic
+from pa_jax.errors import InputError
 
 
 def _box(lab, k, y, x, h, w):
@@ -296,6 +297,28 @@ def test_review_image_confirms_good_deletes_bad_and_adds_missed():
   assert np.array_equal(out == new[0], truth == 2) and n[new[0]].source == "human"
 
 
+def test_project_saved_with_png_state_maps_still_resumes(tmp_path, fake_model):
+  """Projects from before the TIFF state maps (16-bit PNG) open and continue; a state map
+  that is missing altogether is a one-line error naming it."""
+  from pa_jax.data import readers
+
+  images, annots, truths = _dataset(tmp_path)
+  fake_model["predict"] = _by_image(truths, images)
+  out = tmp_path / "out"
+  loop.annotate_main(images, annots, out, rounds=1, progress=False)
+  saved = {}
+  for tif in sorted((out / "state" / "r1").glob("*.tif")):
+    saved[tif.stem] = readers.read_label_map(tif)
+    fileio.write_label_map(tif.with_suffix(".png"), saved[tif.stem])
+    tif.unlink()
+  assert sorted(saved) == ["im0_labels", "im0_rejected", "im1_labels", "im1_rejected"]
+  rep = loop.annotate_main(images, None, out, rounds=1, progress=False)
+  assert rep["round"] == 2
+  (out / "state" / "r2" / "im1_labels.tif").unlink()
+  with pytest.raises(InputError, match="im1_labels.tif: missing from the saved annotation"):
+    loop.annotate_main(images, None, out, rounds=1, progress=False)
+
+
 def test_a_crash_before_the_commit_leaves_state_and_current_intact(tmp_path, fake_model,
                                                                    monkeypatch):
   images, annots, truths = _dataset(tmp_path)
@@ -336,8 +359,13 @@ def test_a_crash_before_the_commit_leaves_state_and_current_intact(tmp_path, fak
 
   monkeypatch.setattr(fileio, "write_json", real)
   monkeypatch.setattr(loop, "export_image", flaky)
-  with pytest.raises(OSError):
+  with pytest.raises(OSError, match="killed"):
     loop.annotate_main(images, None, out, rounds=1, progress=False)
+  assert calls["n"] == 2  # the crash came where intended: im0 exported, im1 not
+  half = out / ".current" / "r2"
+  assert half.is_dir()  # the half-written round is left aside (cleared on the rerun)
+  names = {p.name for p in half.iterdir()}
+  assert any(n.startswith("im0") for n in names) and not any(n.startswith("im1") for n in names)
   assert (out / "state.json").read_bytes() == state_before
   assert {p.name: p.read_bytes() for p in (out / "current").iterdir()} == current_before
 
@@ -433,17 +461,21 @@ def test_predict_with_attention_from_the_round_1_run(tiny_round1, tmp_path):
     assert png.ndim == 3 and png.shape[0] > 100 and png.std() > 0
     assert (dest / f"{i}.png").is_file()
 
+  import jax
+
   cfg, model, variables, _ = experiment.load_run(run)
   image = read_image(images / "im0.png")
   selected = truths["im0"] > 0
-  att = attention_map(model, variables, image, selected, cfg.data.normalize)
+  with jax.default_matmul_precision("highest"):  # accelerators default to TF32 passes
+    att = attention_map(model, variables, image, selected, cfg.data.normalize)
   assert att.shape == image.shape[:2] and np.all(np.isfinite(att)) and np.all(att >= 0)
   # 64 x 64 image = its canvas: each P2 cell is repeated 4 x 4 times, the P2 map sums to 1.
   np.testing.assert_allclose(att.sum() / 16.0, 1.0, rtol=1e-4)
   # Independent reference: the explicit attention map A = Q K^T (N x N, fine at 16 x 16)
   # from an un-jitted forward pass, rows of the selected cells averaged.
   x = normalize_image(image, cfg.data.normalize)[None]
-  _, st = model.apply(variables, x, method=MaskRCNN.attention_maps, mutable=["intermediates"])
+  with jax.default_matmul_precision("highest"):
+    _, st = model.apply(variables, x, method=MaskRCNN.attention_maps, mutable=["intermediates"])
   q = np.asarray(st["intermediates"]["attention_p2"]["queries"][0][0])
   k = np.asarray(st["intermediates"]["attention_p2"]["keys"][0][0])
   hk, wk, ck = k.shape
@@ -451,3 +483,15 @@ def test_predict_with_attention_from_the_round_1_run(tiny_round1, tmp_path):
   rows = selected[2::4, 2::4].reshape(-1)
   want = (q @ k.T)[rows].mean(axis=0).reshape(hk, wk)
   np.testing.assert_allclose(att[::4, ::4], want, rtol=1e-4, atol=1e-7)
+
+
+def test_round_training_refuses_frozen_backbone_without_weights(tmp_path):
+  """An annotation round trains like `run.py train`: frozen BN with no pretrained file is
+  refused at once (it used to train a silently crippled model here)."""
+  cfg = tiny_config()
+  cfg.model.norm = "frozen_bn"
+  stats = {"images": 1, "annotated_nuclei": 1, "full_nuclei": 1, "median_width": 10.0,
+           "median_height": 10.0}
+  with pytest.raises(InputError, match="frozen_bn"):
+    loop.train_round(cfg, [], stats, tmp_path / "w", 1, progress=False)
+  assert not (tmp_path / "w").exists()

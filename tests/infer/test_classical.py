@@ -91,6 +91,10 @@ def test_parse_params_types_and_errors():
                                "polarity=bright,sigma=1.5")
   assert got == {"min_distance": 5, "distance_sigma": 0.0, "fill_holes": False, "min_size": 0,
                  "polarity": "bright", "sigma": 1.5}
+  # dict == treats 0 == 0.0 == False: the types are checked separately.
+  assert {k: type(v) for k, v in got.items()} == {
+      "min_distance": int, "distance_sigma": float, "fill_holes": bool, "min_size": int,
+      "polarity": str, "sigma": float}
   assert classical.parse_params("") == {}
   assert classical.parse_params("min_distance=auto") == {"min_distance": "auto"}
   for bad, msg in [("sigmaa=1", "unknown classical parameter 'sigmaa'"),
@@ -101,4 +105,7 @@ def test_parse_params_types_and_errors():
       classical.parse_params(bad)
   # The parsed overrides are what segment_classical accepts.
   img, _ = scene()
-  classical.segment_classical(img, **classical.parse_params("min_distance=5,fill_holes=false"))
+  parsed = classical.segment_classical(
+      img, **classical.parse_params("min_distance=5,fill_holes=false"))
+  np.testing.assert_array_equal(parsed,
+                                classical.segment_classical(img, min_distance=5, fill_holes=False))

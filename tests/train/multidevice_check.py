@@ -12,7 +12,7 @@ import train_toy as T
 from pa_jax.data.pipeline import shard_batch
 from pa_jax.errors import InputError
 from pa_jax.train.optimizer import learning_rate_fn, make_optimizer
-from pa_jax.train.state import create_train_state, make_data_mesh, step_rng
+from pa_jax.train.state import create_train_state, make_data_mesh
 from pa_jax.train.step import make_train_step
 
 
@@ -25,7 +25,7 @@ def one_step(mesh, batch, grad_accum=1, steps=1, noise=True):
   step = make_train_step(task, tx, mesh, learning_rate_fn=learning_rate_fn(c.train),
                          grad_accum=grad_accum)
   for i in range(steps):
-    state, metrics = step(state, shard_batch(batch, mesh), step_rng(np.asarray(state.rng), i))
+    state, metrics = step(state, shard_batch(batch, mesh))
   return T.flat_params(state.params), {k: float(v) for k, v in jax.device_get(metrics).items()}, step
 
 
@@ -48,7 +48,7 @@ def main():
   out["batch_sharding"] = str(shard_batch(batch, make_data_mesh()).image.sharding.spec)
   bad = T.toy_source(global_batch=6).batch(0)  # host numpy batch straight into train_step
   try:
-    step8(None, bad, None)
+    step8(None, bad)
     out["error"] = None
   except InputError as e:
     out["error"] = str(e)
