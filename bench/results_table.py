@@ -4,7 +4,7 @@
 
 For each workdir: the latest `eval_<split>_step<k>/summary.csv` written by
 `python run.py evaluate --workdir W`, the training view and annotated-nuclei count from
-`run.json`, and the steps from `config.json`.
+`run.json`, and the steps from that evaluation folder's name (`..._step<k>`).
 """
 
 import csv

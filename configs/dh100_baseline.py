@@ -1,7 +1,8 @@
 """Targets (full-size config not yet run: no GPU so far) the paper's DH100-baseline (Table 1: mAP 0.464, AJI 0.520): Mask R-CNN on all annotations of the 60 dh360 training images of dsb2018, evaluated on the 22 dh360 test images.
 
 Launch (full size, GPU/TPU):
-  python run.py train --config configs/dh100_baseline.py --workdir runs/dh100_baseline
+  python run.py train --config configs/dh100_baseline.py --workdir runs/dh100_baseline \
+      --config.model.pretrained=resnext101_64x4d.pth  # torchvision weights you provide
 CPU-sized variant (2-core laptop, same method, smaller net and canvas):
   python run.py train --config configs/dh100_baseline.py:cpu --workdir runs/dh100_baseline_cpu
 Evaluate:

@@ -1,7 +1,8 @@
 """Targets (full-size config not yet run: no GPU so far) DH100-pa (Table 1: mAP 0.461, AJI 0.522): the partial-annotation model trained on full annotations — it must not be worse than the baseline.
 
 Launch (full size, GPU/TPU):
-  python run.py train --config configs/dh100_pa.py --workdir runs/dh100_pa
+  python run.py train --config configs/dh100_pa.py --workdir runs/dh100_pa \
+      --config.model.pretrained=resnext101_64x4d.pth  # torchvision weights you provide
 CPU-sized variant (2-core laptop, same method, smaller net and canvas):
   python run.py train --config configs/dh100_pa.py:cpu --workdir runs/dh100_pa_cpu
 Evaluate:

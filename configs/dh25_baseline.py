@@ -1,7 +1,8 @@
 """Targets (full-size config not yet run: no GPU so far) DH25 with the baseline Mask R-CNN (the paper's Fig. 4: recall collapses): 25 % of the nuclei of each dh360 training image kept (seed 0), the rest unannotated.
 
 Launch (full size, GPU/TPU):
-  python run.py train --config configs/dh25_baseline.py --workdir runs/dh25_baseline
+  python run.py train --config configs/dh25_baseline.py --workdir runs/dh25_baseline \
+      --config.model.pretrained=resnext101_64x4d.pth  # torchvision weights you provide
 CPU-sized variant (2-core laptop, same method, smaller net and canvas):
   python run.py train --config configs/dh25_baseline.py:cpu --workdir runs/dh25_baseline_cpu
 Evaluate:

@@ -1,7 +1,8 @@
 """Targets (full-size config not yet run: no GPU so far) DH25-pa (Table 1: mAP 0.435, AJI 0.512): the partial-annotation model on 25 % of the nuclei of each dh360 training image (seed 0) — the paper's central claim.
 
 Launch (full size, GPU/TPU):
-  python run.py train --config configs/dh25_pa.py --workdir runs/dh25_pa
+  python run.py train --config configs/dh25_pa.py --workdir runs/dh25_pa \
+      --config.model.pretrained=resnext101_64x4d.pth  # torchvision weights you provide
 CPU-sized variant (2-core laptop, same method, smaller net and canvas):
   python run.py train --config configs/dh25_pa.py:cpu --workdir runs/dh25_pa_cpu
 Evaluate:

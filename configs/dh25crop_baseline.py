@@ -1,7 +1,8 @@
 """Targets (full-size config not yet run: no GPU so far) DH25crop-baseline (Table 1: mAP 0.384, AJI 0.499): each dh360 training image cropped to one random quarter (half width x half height, seed 0), fully annotated inside.
 
 Launch (full size, GPU/TPU):
-  python run.py train --config configs/dh25crop_baseline.py --workdir runs/dh25crop_baseline
+  python run.py train --config configs/dh25crop_baseline.py --workdir runs/dh25crop_baseline \
+      --config.model.pretrained=resnext101_64x4d.pth  # torchvision weights you provide
 CPU-sized variant (2-core laptop, same method, smaller net and canvas):
   python run.py train --config configs/dh25crop_baseline.py:cpu --workdir runs/dh25crop_baseline_cpu
 Evaluate:

@@ -1,7 +1,8 @@
 """Targets (full-size config not yet run: no GPU so far) DH25crop-pa (Table 1: mAP 0.393, AJI 0.504): the partial-annotation model on the DH25crop view.
 
 Launch (full size, GPU/TPU):
-  python run.py train --config configs/dh25crop_pa.py --workdir runs/dh25crop_pa
+  python run.py train --config configs/dh25crop_pa.py --workdir runs/dh25crop_pa \
+      --config.model.pretrained=resnext101_64x4d.pth  # torchvision weights you provide
 CPU-sized variant (2-core laptop, same method, smaller net and canvas):
   python run.py train --config configs/dh25crop_pa.py:cpu --workdir runs/dh25crop_pa_cpu
 Evaluate:

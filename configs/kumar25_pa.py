@@ -2,7 +2,8 @@
   evaluation runs on any folder you pass (run.py evaluate --predictions/--ground-truth).
 
 Launch (full size, GPU/TPU):
-  python run.py train --config configs/kumar25_pa.py --workdir runs/kumar25_pa
+  python run.py train --config configs/kumar25_pa.py --workdir runs/kumar25_pa \
+      --config.model.pretrained=resnext101_64x4d.pth  # torchvision weights you provide
 CPU-sized variant (2-core laptop, same method, smaller net and canvas):
   python run.py train --config configs/kumar25_pa.py:cpu --workdir runs/kumar25_pa_cpu
 Evaluate:

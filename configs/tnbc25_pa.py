@@ -1,7 +1,8 @@
 """Targets (full-size config not yet run: no GPU so far) the paper's Table 4 setting: TNBC H&E crops (slides 01-08) with 75 % of the annotations removed (seed 0). Only the training slides are shipped; evaluation defaults to them (a sanity check, not the paper's test).
 
 Launch (full size, GPU/TPU):
-  python run.py train --config configs/tnbc25_pa.py --workdir runs/tnbc25_pa
+  python run.py train --config configs/tnbc25_pa.py --workdir runs/tnbc25_pa \
+      --config.model.pretrained=resnext101_64x4d.pth  # torchvision weights you provide
 CPU-sized variant (2-core laptop, same method, smaller net and canvas):
   python run.py train --config configs/tnbc25_pa.py:cpu --workdir runs/tnbc25_pa_cpu
 Evaluate:
