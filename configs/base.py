@@ -42,7 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "resnext101_64x4d"  # resnet18 | resnet34 | resnet50 | resnet101 | resnext101_64x4d.
   c.model.backbone_width = 64  # Channels of the stem; 64 is the standard network, smaller values make tiny CPU/test nets.
-  c.model.norm = "frozen_bn"  # 'frozen_bn' (pretrained statistics), 'group_norm' (from scratch) or 'bn'.
+  # 'bn' normalises with imported running statistics (never updated: 1–2 images per device
+  # are too few for batch statistics) and trains only its scale/bias.
+  c.model.norm = "frozen_bn"  # 'frozen_bn' (pretrained, all fixed), 'group_norm' (from scratch) or 'bn'.
   c.model.freeze_at = 2  # Stages (stem=1, res2=2, ...) whose weights get no gradient when pretrained.
   c.model.pretrained = ""  # Path of a torchvision .pth state dict to import (ResNet or Mask R-CNN); '' = random init.
   c.model.fpn_channels = 256  # FPN output channels (P2–P6).

@@ -5,6 +5,9 @@ Launch (full size, GPU/TPU):
       --config.model.pretrained=resnext101_64x4d.pth  # torchvision weights you provide
 CPU-sized variant (2-core laptop, same method, smaller net and canvas):
   python run.py train --config configs/dh25_pa.py:cpu --workdir runs/dh25_pa_cpu
+The CPU recipe of docs/results.md's headline table (dh100 / dh25 baseline / dh25 + PA):
+  python run.py train --config configs/dh25_pa.py:cpu --workdir runs/roi256_mask32/dh25_pa_cpu \
+      --config.model.roi.mask_dim=32 --config.train.steps=3000 --config.train.eval_every=500
 Evaluate:
   python run.py evaluate --workdir runs/dh25_pa
 """

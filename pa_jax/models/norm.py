@@ -8,8 +8,11 @@ Three kinds, selected by a string so that configs can switch them:
   ``variables['params']`` cannot change them, and no ``mutable=`` is needed in training.
   This is what detectron2 / maskrcnn-benchmark use for detection fine-tuning, where the
   per-GPU batch (1--2 images) is far too small for batch statistics.
-* ``'bn'`` -- trainable ``flax.linen.BatchNorm`` (statistics in ``'batch_stats'``),
-  ``use_running_average = not train``; momentum 0.9 in flax == 0.1 in PyTorch.
+* ``'bn'`` -- ``flax.linen.BatchNorm`` (statistics in ``'batch_stats'``),
+  ``use_running_average = not train``; momentum 0.9 in flax == 0.1 in PyTorch. The
+  detector calls its backbone with ``train=False`` (same small-batch reason), so there
+  it normalises with the imported running statistics, never updates them, and trains
+  only ``scale``/``bias``.
 * ``'group_norm'`` -- :class:`GroupNorm` with 32 groups (affine in ``'params'``).
 
 Every kind stores its variables under the same leaf names -- ``scale``, ``bias`` and, for
