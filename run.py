@@ -167,6 +167,16 @@ def cmd_train() -> int:
   return 0
 
 
+def _config_overrides(argv: list[str]) -> list[str]:
+  """The `--config.<field>` overrides of a command line, each as one `--config.x=y` string
+  (absl also accepts `--config.x y`), so a result file says which config it measured."""
+  out = []
+  for i, a in enumerate(argv):
+    if a.startswith("--config."):
+      out.append(a if "=" in a or i + 1 == len(argv) else f"{a}={argv[i + 1]}")
+  return out
+
+
 def cmd_benchmark() -> int:
   cfg = _config()
   from pa_jax import benchmark
@@ -174,7 +184,8 @@ def cmd_benchmark() -> int:
   steps = FLAGS.steps if FLAGS.steps is not None else 10
   out = FLAGS.output or os.path.join("bench", "results", "benchmark.json")
   name = config_flags.get_config_filename(flags.FLAGS["config"])
-  result = benchmark.run(cfg, steps=steps, output=out, config_name=name)
+  result = benchmark.run(cfg, steps=steps, output=out, config_name=name,
+                         overrides=_config_overrides(sys.argv[1:]))
   for k, v in result.items():
     print(f"{k}: {v}")
   print(f"written to {out}")

@@ -10,13 +10,11 @@ the command that made it. Timings use `block_until_ready`; nothing here is a uni
 
 from __future__ import annotations
 
-import json
 import platform
 import time
-from pathlib import Path
+from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pa_jax import experiment, fileio
@@ -31,7 +29,7 @@ def _timed(fn, *args):
 
 
 def run(cfg, steps: int = 10, predict_images: int = 5, output: str | None = None,
-        config_name: str = "") -> dict:
+        config_name: str = "", overrides: Sequence[str] = ()) -> dict:
   from pa_jax.infer.predictor import predictor_for
   from pa_jax.train.optimizer import make_optimizer
   from pa_jax.train.state import create_train_state, make_data_mesh, param_count
@@ -66,7 +64,7 @@ def run(cfg, steps: int = 10, predict_images: int = 5, output: str | None = None
     predictor(img)
     pred_times.append(time.perf_counter() - t0)
   result = {
-      "config": config_name,
+      "config": config_name, "overrides": list(overrides),
       "backbone": cfg.model.backbone, "partial": bool(cfg.model.partial.enabled),
       "canvas": cfg.data.canvas_size, "batch_size": cfg.train.batch_size,
       "params": param_count(state.params),

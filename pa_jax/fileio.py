@@ -67,16 +67,26 @@ def write_text(path: os.PathLike | str, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
-def read_json(path: os.PathLike | str) -> Any:
-  """The JSON document at `path`, or None when there is no such file; an unreadable or
-  malformed file is a one-line `InputError` naming it."""
+def read_json(path: os.PathLike | str, *, missing_ok: bool = True,
+              expected: str = "JSON") -> Any:
+  """The JSON document at `path`. A missing file is None when `missing_ok` (run.json of a
+  fresh workdir), else an error; an unreadable, non-UTF-8 or malformed file is a one-line
+  `InputError` naming it, what was `expected` there (e.g. 'COCO JSON') and, for bad JSON,
+  the line and column."""
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    raise InputError(path, f"cannot read JSON ({e})") from None
+    with open(path, "rb") as f:
+      return json.loads(f.read().decode("utf-8"))
+  except FileNotFoundError as e:
+    if missing_ok:
+      return None
+    raise InputError(path, f"cannot read {expected} ({e.strerror or e})") from None
+  except OSError as e:
+    raise InputError(path, f"cannot read {expected} ({e.strerror or e})") from None
+  except UnicodeDecodeError:
+    raise InputError(path, f"cannot read {expected}: not a UTF-8 text file") from None
+  except json.JSONDecodeError as e:
+    raise InputError(path, f"cannot read {expected}: invalid JSON at line {e.lineno} column "
+                     f"{e.colno} ({e.msg})") from None
 
 
 def write_json(path: os.PathLike | str, obj: Any) -> None:

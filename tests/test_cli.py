@@ -94,3 +94,18 @@ def test_read_json_missing_is_none_bad_is_one_line(tmp_path):
   (run / "config.json").write_text("{")
   r = _run("evaluate", "--workdir", str(run))
   assert r.returncode != 0 and "config.json: cannot read JSON" in r.stderr.strip().splitlines()[-1]
+
+
+def test_benchmark_records_config_overrides():
+  """`run.py benchmark` writes the `--config.x` overrides into its JSON: both absl forms."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("pa_jax_run_main", ROOT / "run.py")
+  run_main = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(run_main)
+  argv = ["benchmark", "--config", "configs/dh25_pa.py:cpu", "--steps", "3",
+          "--config.model.roi.mask_dim=32", "--config.train.batch_size", "4",
+          "--output", "x.json"]
+  assert run_main._config_overrides(argv) == ["--config.model.roi.mask_dim=32",
+                                              "--config.train.batch_size=4"]
+  assert run_main._config_overrides(["benchmark", "--config", "c.py"]) == []

@@ -256,19 +256,6 @@ def _feature_meta(props: Mapping[str, Any], default_source: str
   return label, state, _score(props, info), source
 
 
-def _load_json(path: Path) -> Any:
-  try:
-    with open(path, "rb") as f:
-      return json.loads(f.read().decode("utf-8"))
-  except OSError as e:
-    raise InputError(path, f"cannot read ({e.strerror or e})") from None
-  except UnicodeDecodeError:
-    raise InputError(path, "not a UTF-8 text file (expected GeoJSON)") from None
-  except json.JSONDecodeError as e:
-    raise InputError(path, f"invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") \
-        from None
-
-
 def _feature_list(data: Any) -> list[Any]:
   if isinstance(data, list):
     return data
@@ -295,7 +282,7 @@ def read_geojson(path: os.PathLike | str, shape: Sequence[int],
   """
   path = Path(path)
   h, w = int(shape[0]), int(shape[1])
-  data = _load_json(path)
+  data = fileio.read_json(path, missing_ok=False, expected="GeoJSON")
   try:
     feats = _feature_list(data)
   except ValueError as e:

@@ -36,7 +36,6 @@ Decisions:
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -328,16 +327,7 @@ def load_coco_json(json_path: os.PathLike | str) -> dict[str, Any]:
   """A COCO instance JSON as a dict, checked to hold 'images' and 'annotations' lists;
   one-line InputError naming the file otherwise."""
   json_path = Path(json_path)
-  try:
-    with open(json_path, "rb") as f:
-      data = json.loads(f.read().decode("utf-8"))
-  except OSError as e:
-    raise InputError(json_path, f"cannot read ({e.strerror or e})") from None
-  except UnicodeDecodeError:
-    raise InputError(json_path, "not a UTF-8 text file (expected COCO JSON)") from None
-  except json.JSONDecodeError as e:
-    raise InputError(json_path, f"invalid JSON at line {e.lineno} column {e.colno} "
-                     f"({e.msg})") from None
+  data = fileio.read_json(json_path, missing_ok=False, expected="COCO JSON")
   if not isinstance(data, dict):
     raise InputError(json_path, "COCO JSON must be an object with 'images' and 'annotations'")
   for key in ("images", "annotations"):
