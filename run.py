@@ -13,6 +13,14 @@
 This file only parses flags and dispatches; the work lives in importable modules of
 `pa_jax` (flax examples style: thin main). Bad input ends with one line on stderr naming
 the file or field and exit code 2, never a traceback.
+
+Every error path goes through one handler (`_run`): a `PaJaxError` prints
+`error: <where>: <problem>` and exits with its `exit_code` (2 bad input, 3 a failed
+training run), parameter names turned into flags (`cli_errors.FLAG_OF`: the error's `where`, and any
+`name` in backquotes in its text); a config file that is missing, does not parse or
+raises is one line naming it; anything unexpected is one line
+`error: <Type>: <message> (run with --debug for the traceback)`, exit 1. `--debug`
+re-raises instead, for the full traceback.
 """
 
 from __future__ import annotations
@@ -23,8 +31,10 @@ import sys
 # Quieten TF-less tfds / absl chatter before anything imports them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from pa_jax import cli_errors  # noqa: E402
 
 COMMANDS = ("demo", "train", "evaluate", "predict", "annotate", "partial", "benchmark")
 
@@ -41,6 +51,11 @@ flags.DEFINE_integer("seed", 0, "partial: seed of the view.")
 flags.DEFINE_string("split", None, "Split (index.csv 'split' column) to use; partial: default train.")
 flags.DEFINE_string("group", None, "Keep only index.csv rows of this group (e.g. dh360).")
 flags.DEFINE_string("output", None, "Output folder.")
+flags.DEFINE_bool("overwrite", False, "predict/evaluate/partial/annotate: replace a non-empty "
+                  "output folder as a whole (never an input folder).")
+flags.DEFINE_enum("on_error", "stop", ["stop", "skip"], "predict/evaluate: on a bad file, stop "
+                  "before writing anything, or skip it and list it in OUTPUT/skipped.csv.")
+flags.DEFINE_bool("debug", False, "Show the full traceback of an error.")
 # evaluate
 flags.DEFINE_string("predictions", None, "evaluate: folder of predicted label maps.")
 flags.DEFINE_string("ground_truth", None, "evaluate: folder of ground-truth label maps or a dataset folder.")
@@ -53,6 +68,10 @@ flags.DEFINE_string("classical_params", None, "predict --method classical: overr
                     "(sigma, polarity, min_size, fill_holes, distance_sigma, min_distance, min_distance_factor).")
 flags.DEFINE_list("format", ["label"], "predict/annotate: output formats, any of label,coco,geojson,roi,csv.")
 flags.DEFINE_string("contours", "polygon", "predict: 'polygon' or 'spline' contours in vector exports.")
+flags.DEFINE_integer("channel", None, "predict: the channel (0-based) of multi-channel images "
+                     "(axes C, or non-colour samples); they are refused without it.")
+flags.DEFINE_integer("plane", None, "predict: the z-slice or time point (0-based) of image "
+                     "stacks (axes Z, T); they are refused without it.")
 flags.DEFINE_bool("attention", False, "predict: also write attention maps (partial-annotation model).")
 # annotate
 flags.DEFINE_string("images", None, "annotate: folder of images to annotate.")
@@ -86,7 +105,7 @@ def cmd_partial() -> int:
   split = FLAGS.split if FLAGS.split is not None else "train"
   summary = partial_views.write_partial_dataset(FLAGS.dataset, FLAGS.output, spec,
                                                 split=None if split == "all" else split,
-                                                group=FLAGS.group)
+                                                group=FLAGS.group, overwrite=FLAGS.overwrite)
   print(f"{spec.name} of {FLAGS.dataset} (split {split}"
         f"{', group ' + FLAGS.group if FLAGS.group else ''}): {summary['images']} images, "
         f"annotated nuclei {summary['nuclei_before']} -> {summary['nuclei_after']}")
@@ -102,11 +121,23 @@ def cmd_evaluate() -> int:
     out = FLAGS.output or os.path.join(FLAGS.predictions, "evaluation")
     summary = report.evaluate_folders(FLAGS.predictions, FLAGS.ground_truth, out,
                                       split=FLAGS.split, group=FLAGS.group,
-                                      allow_missing=FLAGS.allow_missing)
+                                      allow_missing=FLAGS.allow_missing,
+                                      overwrite=FLAGS.overwrite, on_error=FLAGS.on_error,
+                                      progress=sys.stderr.isatty())
     _print_summary(summary, out)
     return 0
   _require(workdir=FLAGS.workdir)
-  from pa_jax import experiment
+  from pa_jax import experiment, outputs
+
+  if FLAGS.output:
+    # An explicit report folder follows the output policy (not the run itself, staged,
+    # replaced as a whole); the default eval_<split>_step<k> folder is the run's own and
+    # experiment.evaluate_run refreshes it in place.
+    with outputs.staged_output(FLAGS.output, [FLAGS.workdir], overwrite=FLAGS.overwrite,
+                               nest_ok=[FLAGS.workdir]) as tmp:
+      summary = experiment.evaluate_run(FLAGS.workdir, FLAGS.split, tmp, best=FLAGS.best)
+    _print_summary(summary, FLAGS.output)
+    return 0
 
   summary = experiment.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.output, best=FLAGS.best)
   _print_summary(summary, summary["output"])
@@ -117,7 +148,9 @@ def _print_summary(summary: dict, out: str) -> None:
   keys = ("map", "aji", "aji_pooled", "ncs", "precision", "recall", "f1", "pq")
   row = summary.get("overall", summary)
   vals = [f"{k}={row[k]:.4f}" for k in keys if k in row and isinstance(row[k], (int, float))]
-  print(f"{row.get('n_images', '?')} images: " + "  ".join(vals))
+  skipped = summary.get("skipped") or []
+  extra = f", {len(skipped)} skipped (see {summary['skipped_csv']})" if skipped else ""
+  print(f"{row.get('n_images', '?')} images{extra}: " + "  ".join(vals))
   print(f"report: {out}")
 
 
@@ -125,27 +158,35 @@ def cmd_predict() -> int:
   _require(input=FLAGS.input, output=FLAGS.output)
   from pa_jax import predict
 
-  if FLAGS.method not in ("model", "classical"):
-    from pa_jax.errors import InputError
-
-    raise InputError("--method", f"unknown method {FLAGS.method!r} (model, classical)")
   if FLAGS.method == "model":
     _require(workdir=FLAGS.workdir)
-  n = predict.predict_command(FLAGS.input, FLAGS.output, method=FLAGS.method,
-                              workdir=FLAGS.workdir, formats=FLAGS.format,
-                              contours=FLAGS.contours, attention=FLAGS.attention,
-                              split=FLAGS.split, group=FLAGS.group, best=FLAGS.best,
-                              classical_params=FLAGS.classical_params)
-  print(f"{n} images segmented; outputs in {FLAGS.output}")
+  result = predict.predict_folder(FLAGS.input, FLAGS.output, method=FLAGS.method,
+                                  workdir=FLAGS.workdir, formats=FLAGS.format,
+                                  contours=FLAGS.contours, attention=FLAGS.attention,
+                                  split=FLAGS.split, group=FLAGS.group, best=FLAGS.best,
+                                  classical_params=FLAGS.classical_params,
+                                  overwrite=FLAGS.overwrite, on_error=FLAGS.on_error,
+                                  channel=FLAGS.channel, plane=FLAGS.plane,
+                                  progress=sys.stderr.isatty())
+  skipped = result["skipped"]
+  extra = f", {len(skipped)} skipped (see {result['skipped_csv']})" if skipped else ""
+  print(f"{result['images']} images segmented{extra}; outputs in {FLAGS.output}")
   return 0
 
 
-def _config():
+def _config(required: bool = True):
+  """The loaded --config; a file ml_collections failed to load (it defers that error to
+  the first attribute access) is one line naming the file."""
   from pa_jax.errors import InputError
 
   cfg = FLAGS.config
   if cfg is None:
+    if not required:
+      return None
     raise InputError("--config", "this flag is required here (e.g. configs/dh25_pa.py:cpu)")
+  if type(cfg).__name__ == "_ErrorConfig":
+    raise cli_errors.config_load_error(cli_errors.config_file_arg(sys.argv),
+                                       object.__getattribute__(cfg, "_error"))
   return cfg
 
 
@@ -199,8 +240,9 @@ def cmd_annotate() -> int:
   formats = FLAGS.format if FLAGS["format"].present else DEFAULT_FORMATS
   report = annotate_main(FLAGS.images, FLAGS.annotations, FLAGS.output, rounds=FLAGS.rounds,
                          target_recall=FLAGS.target_recall, formats=formats,
-                         contours=FLAGS.contours, config=FLAGS.config, seed=FLAGS.seed,
-                         steps=FLAGS.steps, accept_proposals=FLAGS.accept_proposals)
+                         contours=FLAGS.contours, config=_config(required=False),
+                         seed=FLAGS.seed, steps=FLAGS.steps,
+                         accept_proposals=FLAGS.accept_proposals, overwrite=FLAGS.overwrite)
   totals = report.get("totals", {})
   counts = ", ".join(f"{k} {v}" for k, v in totals.items() if isinstance(v, (int, float)))
   print(f"round {report.get('round')}: {counts}")
@@ -210,8 +252,9 @@ def cmd_annotate() -> int:
                                    for k, v in hold.items()))
   if report.get("stopped"):
     print(f"stopped: {report['stopped']}")
-  print(f"edit the files in {os.path.join(FLAGS.output, 'current')} (QuPath/Fiji), then run "
-        "the same command again")
+  if report.get("round"):
+    print(f"edit the files in {os.path.join(FLAGS.output, 'current')} (QuPath/Fiji), then "
+          "run the same command again")
   return 0
 
 
@@ -222,8 +265,6 @@ def cmd_demo() -> int:
 
 
 def main(argv) -> int:
-  from pa_jax.errors import InputError
-
   args = argv[1:]
   command = args[0] if args else "demo"
   if command not in COMMANDS:
@@ -242,31 +283,7 @@ def main(argv) -> int:
       "annotate": cmd_annotate,
       "benchmark": cmd_benchmark,
   }
-  try:
-    return handlers[command]()
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    return 130
-
-
-def _config_override_error(argv: list[str], err: Exception) -> str:
-  """One line for a bad --config.* override, e.g. a typo in a field name."""
-  msg = " ".join(str(err).replace("\\n", " ").replace("\n", " ").strip("'\"").split())
-  bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-  where = bad[0] if len(bad) == 1 else "--config"
-  return f"error: {where}: {msg}"
-
-
-def _flag_error(err: Exception) -> str:
-  """One line for a flag error; for a config file that failed to load, its own last line."""
-  lines = [l for l in str(err).splitlines() if l.strip()]
-  head = lines[0]
-  if len(lines) > 1 and "Traceback" in str(err):
-    return f"error: {head.split(':')[0]}: {lines[-1].strip()}"
-  return f"error: {head}"
+  return handlers[command]()
 
 
 def _normalize_flag_names(argv: list[str]) -> list[str]:
@@ -280,18 +297,54 @@ def _normalize_flag_names(argv: list[str]) -> list[str]:
   return out
 
 
-def _run() -> None:
-  argv = _normalize_flag_names(sys.argv)
+def _parse(argv: list[str]) -> list[str]:
+  """FLAGS(argv), every failure as one line on stderr and exit code 2."""
   try:
-    remaining = FLAGS(argv)
-  except flags.Error as e:
-    print(_flag_error(e), file=sys.stderr)
+    return FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - every parse failure is reported in one line
+    if cli_errors.debug_requested(argv):
+      raise
+    own = cli_errors.pajax_error_in_chain(e)
+    if own is not None:  # a config check raised InputError("model.x", ...) in get_config
+      print(cli_errors.error_line(own), file=sys.stderr)
+      sys.exit(own.exit_code)
+    if cli_errors.is_config_load_failure(argv, e):
+      path = cli_errors.config_file_arg(argv)
+      line = cli_errors.error_line(cli_errors.config_load_error(path, e))
+    elif isinstance(e, flags.Error):
+      line = cli_errors.flag_error(e)
+    elif isinstance(e, (AttributeError, KeyError, TypeError, ValueError, OSError)):
+      # ml_collections raises these while applying --config / --config.x=y flags.
+      line = cli_errors.config_override_error(argv, e)
+    else:
+      line = cli_errors.unexpected_line(e)
+    print(line, file=sys.stderr)
     sys.exit(2)
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    # ml_collections raises these while applying --config / --config.x=y flags.
-    print(_config_override_error(argv, e), file=sys.stderr)
-    sys.exit(2)
-  sys.exit(main(remaining))
+
+
+def _run() -> None:
+  from pa_jax.errors import PaJaxError
+
+  argv = _normalize_flag_names(sys.argv)
+  remaining = _parse(argv)
+  try:
+    code = main(remaining)
+  except PaJaxError as e:
+    if FLAGS.debug:
+      raise
+    print(cli_errors.error_line(e), file=sys.stderr)
+    code = e.exit_code
+  except KeyboardInterrupt:
+    if FLAGS.debug:
+      raise
+    print("interrupted", file=sys.stderr)
+    code = 130
+  except Exception as e:  # noqa: BLE001 - a bug or an unforeseen fault: one line, exit 1
+    if FLAGS.debug:
+      raise
+    print(cli_errors.unexpected_line(e), file=sys.stderr)
+    code = 1
+  sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -682,8 +683,77 @@ def annotate_main(images, annotations, output, rounds: int = 1,
                   target_recall: float | None = None, formats: Sequence[str] = DEFAULT_FORMATS,
                   contours: str = "polygon", config=None, holdout_fraction: float | None = None,
                   seed: int = 0, steps: int | None = None, accept_proposals: bool = False,
-                  progress: bool = True) -> dict:
-  """Runs `rounds` rounds of the annotation loop in `output`; returns the last report.
+                  progress: bool = True, overwrite: bool = False) -> dict:
+  """Runs `rounds` rounds of the annotation loop in `output` (`_annotate`, which documents
+  the other arguments); returns the last report.
+
+  The output is a persistent project updated round after round, so it is checked rather
+  than staged (pa_jax.outputs.check_output): never `images` or `annotations` or inside
+  them, and a non-empty folder must be an annotation project (state.json) unless
+  `overwrite`. `overwrite` replaces a non-empty folder that is no project: its old
+  contents come back if the command fails. An existing project is always continued,
+  never replaced, `overwrite` or not: it holds the person's edits (delete the folder to
+  start afresh).
+  """
+  from pa_jax import outputs
+
+  if rounds < 0:
+    raise InputError("rounds", f"{rounds} must be >= 0")
+  out = Path(output).absolute()
+  project = (out / "state.json").is_file()
+  outputs.check_output(out, [images, annotations], overwrite=overwrite, is_own=project)
+  if rounds == 0 and not project:
+    raise InputError(output, "no annotation project here yet (no state.json), so there is "
+                     "nothing to report; run at least one round (`rounds` >= 1) to start one")
+  run = functools.partial(_annotate, images, annotations, output, rounds,
+                          target_recall=target_recall, formats=formats, contours=contours,
+                          config=config, holdout_fraction=holdout_fraction, seed=seed,
+                          steps=steps, accept_proposals=accept_proposals, progress=progress)
+  if project or not out.is_dir() or not any(out.iterdir()):
+    return run()
+  with outputs.replaced_in_place(out):  # `overwrite` of a folder that is no project
+    return run()
+
+
+def _annotation_files(annotations: Path) -> list[Path]:
+  """The files of a person's annotation folder and its direct sub-folders."""
+  if annotations.is_file():
+    return [annotations]
+  return sorted(p for p in annotations.rglob("*")
+                if p.is_file() and not p.name.startswith(".")
+                and len(p.relative_to(annotations).parts) <= 2)
+
+
+def check_annotations_matched(images, annotations, states: Mapping[str, ImageState]) -> None:
+  """On a first invocation where no image got an annotation: one line naming the images
+  and annotations folders and the annotation files that match no image name (instead
+  of training's later 'no annotated nucleus in the training images')."""
+  if any(st.nuclei or st.rejected_nuclei for st in states.values()):
+    return
+  annotations = Path(annotations)
+  if not annotations.exists():
+    raise InputError(annotations, "annotations not found")
+  ids = sorted(states)
+  files = _annotation_files(annotations)
+  unmatched = [p.name for p in files if not any(p.name.startswith(i) for i in ids)]
+  example = f"{ids[0]}.geojson" if ids else "IMAGE.geojson"
+  if unmatched:
+    shown = ", ".join(unmatched[:3]) + (f" and {len(unmatched) - 3} more"
+                                         if len(unmatched) > 3 else "")
+    raise InputError(annotations, f"no annotation matches an image of {images}: "
+                     f"{len(unmatched)} of the {len(files)} files here match no image name "
+                     f"({shown}); name each file after its image, e.g. {example}")
+  raise InputError(annotations, f"holds no annotated nucleus for the images of {images} "
+                   f"({len(files)} files read); annotate a few nuclei per image, e.g. in "
+                   f"{example}")
+
+
+def _annotate(images, annotations, output, rounds: int = 1,
+              target_recall: float | None = None, formats: Sequence[str] = DEFAULT_FORMATS,
+              contours: str = "polygon", config=None, holdout_fraction: float | None = None,
+              seed: int = 0, steps: int | None = None, accept_proposals: bool = False,
+              progress: bool = True) -> dict:
+  """`annotate_main` once its output is checked.
 
   images: folder of images (or a dataset folder). annotations: the person's partial
     annotation (folder of label maps / GeoJSON / ROI zips / CSV, any supported format),
@@ -718,12 +788,12 @@ def annotate_main(images, annotations, output, rounds: int = 1,
   output = Path(output).absolute()
   formats = parse_formats(formats)
   C.check_contour_mode(contours)
-  if rounds < 0:
-    raise InputError("--rounds", f"{rounds} must be >= 0")
   session = open_session(images, annotations, output, accept_proposals, float(ac.match_iou))
   by_id, states, edits = session.by_id, session.states, session.edits
   done, stats, history = session.round, session.stats, session.history
   order = sorted(states)
+  if not done and annotations is not None:
+    check_annotations_matched(images, annotations, states)
   if done and annotations is not None and progress:
     print(f"annotate: {output / 'state.json'} exists (round {done}); reading the edits in "
           f"{output / 'current'}, not {annotations}")

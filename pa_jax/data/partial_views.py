@@ -24,7 +24,6 @@ import numpy as np
 
 from pa_jax import fileio
 from pa_jax.data import readers
-from pa_jax.errors import InputError
 
 
 def image_rng(seed: int, image_id: str, view: str) -> np.random.Generator:
@@ -123,21 +122,32 @@ def apply_view(image: np.ndarray, labels: np.ndarray, image_id: str,
 
 def write_partial_dataset(source: os.PathLike | str, output: os.PathLike | str,
                           spec: ViewSpec, split: str | None = "train",
-                          group: str | None = None, progress: bool = True) -> dict:
+                          group: str | None = None, progress: bool = True,
+                          overwrite: bool = False) -> dict:
   """Writes a partial view of a dataset folder as a new dataset folder.
 
   Only the rows selected by `split`/`group` are transformed; the output has `images/`,
   `labels/`, `index.csv` (heights/widths/nuclei updated), `partial.json` (the view and the
   counts) and `summary.csv` (per-image nuclei before/after). Images are copied byte for
-  byte when the view does not change them. Every file is written atomically; the output
-  folder must be empty or absent, so an earlier view is never overwritten by mistake.
+  byte when the view does not change them. The output follows pa_jax.outputs: not the
+  source or inside it, empty or absent unless `overwrite` (then replaced as a whole), and
+  written into a temporary folder that becomes `output` only when every image is done.
 
   Returns the summary dict {view, seed, fraction, images, nuclei_before, nuclei_after}.
   """
-  source, output = Path(source), Path(output)
+  from pa_jax import outputs
+
+  source = Path(source)
+  outputs.check_output(output, [source], overwrite=overwrite)
   records = readers.read_dataset_folder(source, split=split, group=group)
-  if output.exists() and any(output.iterdir()):
-    raise InputError(output, "output folder is not empty; choose a new folder")
+  with outputs.staged_output(output, [source], overwrite=overwrite) as tmp:
+    summary = _write_view(source, tmp, records, spec, split, group, progress)
+  return summary
+
+
+def _write_view(source: Path, output: Path, records: list, spec: ViewSpec,
+                split: str | None, group: str | None, progress: bool) -> dict:
+  """Writes the view of `records` into the (staged, empty) folder `output`."""
   index_rows = {r["id"]: r for r in readers.read_index(source / "index.csv")}
   rows, per_image = [], []
   before = after = 0

@@ -9,6 +9,13 @@ Two entry points:
   maps (Cellpose, StarDist, manual, `run.py predict`) against a dataset folder or a plain
   folder of ground-truth label maps, matching files by stem.
 
+`evaluate_folders` follows the output policy of pa_jax.outputs (never an input folder, a
+non-empty folder only with `overwrite`, written whole or not at all); its output may lie
+inside the predictions folder (the default `<predictions>/evaluation`), because only the
+label maps directly in that folder are read, never its sub-folders. With
+`on_error='skip'`, a pair that cannot be scored (unreadable map, size mismatch) is listed
+in `skipped.csv` (file, reason) instead of ending the command.
+
 Both write into `output_dir`, atomically (pa_jax.fileio):
 `per_image.csv` (one row per image), `summary.csv` and `summary.md` (mean over images of
 every metric, plus the pooled AJI ΣC / ΣU; one row for all images and one per `group` and
@@ -188,8 +195,8 @@ def evaluate_pairs(items: Iterable[Item], output_dir: os.PathLike | str,
     modality), `worst` (ids) and `files` (paths written).
 
   Raises:
-    ValueError: a pair of maps differs in shape or is not an integer map (names the id).
-    InputError: no items.
+    InputError: a pair of maps differs in shape or is not an integer map (names the id);
+      no items.
   """
   output_dir = Path(output_dir)
   rows: list[dict] = []
@@ -204,7 +211,7 @@ def evaluate_pairs(items: Iterable[Item], output_dir: os.PathLike | str,
     try:
       m = metrics.image_metrics(gt, pred)
     except ValueError as e:
-      raise ValueError(f"{item_id}: {e}") from None
+      raise InputError(item_id, str(e)) from None
     meta = meta or {}
     rows.append({"id": item_id, "group": meta.get("group", "") or "",
                  "modality": meta.get("modality", "") or "", **m})
@@ -287,7 +294,8 @@ def evaluate_folders(predictions_dir: os.PathLike | str, ground_truth: os.PathLi
                      output_dir: os.PathLike | str, index_csv: os.PathLike | str | None = None,
                      allow_missing: bool = False, split: str | None = None,
                      group: str | None = None, title: str | None = None,
-                     worst_k: int = 4, progress: bool = True) -> dict:
+                     worst_k: int = 4, progress: bool = True, overwrite: bool = False,
+                     on_error: str = "stop") -> dict:
   """Scores a folder of predicted label maps against ground truth, matching by file stem.
 
   Args:
@@ -302,14 +310,24 @@ def evaluate_folders(predictions_dir: os.PathLike | str, ground_truth: os.PathLi
     split, group: with a dataset folder, the rows that must all be predicted (comma lists
       allowed). Without them, a dataset folder's expected images are those predicted: a
       dataset usually holds more images (other splits, groups) than one run predicts.
+    overwrite: replace a non-empty `output_dir` as a whole (pa_jax.outputs).
+    on_error: 'stop' (a pair that cannot be read or scored ends the command, nothing is
+      written) or 'skip' (it is listed in `output_dir/skipped.csv`; the others are scored).
 
   Errors (InputError, one line naming the file): a prediction whose stem has no ground
   truth; no stem in common; a ground-truth image without prediction (plain folders, or a
   dataset with split/group) unless `allow_missing`; a prediction whose size differs from its
   ground truth; unreadable or invalid label maps.
   """
+  from pa_jax import outputs
+
+  outputs.check_on_error(on_error)
   predictions_dir = Path(predictions_dir)
   ground_truth = Path(ground_truth)
+  # The report must not replace or mix with an input or an earlier report; checked before
+  # anything is read, so a refused output costs nothing.
+  outputs.check_output(output_dir, [predictions_dir, ground_truth], overwrite=overwrite,
+                       nest_ok=[predictions_dir])
   if not predictions_dir.is_dir():
     raise InputError(predictions_dir, "predictions folder not found")
   pred_files, _ = scan_label_folder(predictions_dir)
@@ -374,16 +392,27 @@ def evaluate_folders(predictions_dir: os.PathLike | str, ground_truth: os.PathLi
   missing = [i for i in expected if i not in pred_files]
   if missing and not allow_missing:
     raise InputError(predictions_dir, f"{len(missing)} ground-truth images have no "
-                     f"prediction: {_describe(missing)} (allow_missing=True / "
-                     "--allow-missing scores the others)")
+                     f"prediction: {_describe(missing)} (`allow_missing` scores the others)")
+
+  skipped: list[tuple[str, str]] = []
+
+  def read_pair(i: str) -> tuple[np.ndarray, np.ndarray]:
+    gt = readers.read_label_map(gt_files[i])
+    pred = readers.read_label_map(pred_files[i])
+    if pred.shape != gt.shape:
+      raise InputError(pred_files[i], f"prediction is {pred.shape[0]}x{pred.shape[1]} but "
+                       f"its ground truth {gt_files[i]} is {gt.shape[0]}x{gt.shape[1]} (HxW)")
+    return gt, pred
 
   def items():
     for i in sorted(common):
-      gt = readers.read_label_map(gt_files[i])
-      pred = readers.read_label_map(pred_files[i])
-      if pred.shape != gt.shape:
-        raise InputError(pred_files[i], f"prediction is {pred.shape[0]}x{pred.shape[1]} but "
-                         f"its ground truth {gt_files[i]} is {gt.shape[0]}x{gt.shape[1]} (HxW)")
+      try:
+        gt, pred = read_pair(i)
+      except InputError as e:
+        if on_error == "stop":
+          raise
+        skipped.append((e.where, e.problem))
+        continue
       image: Callable[[], np.ndarray | None] | None = None
       if i in gt_images:
         image = _lazy_image(gt_images[i])
@@ -391,9 +420,16 @@ def evaluate_folders(predictions_dir: os.PathLike | str, ground_truth: os.PathLi
 
   if title is None:
     title = f"{predictions_dir.name} vs {ground_truth.name}"
-  summary = evaluate_pairs(items(), output_dir, title=title, worst_k=worst_k,
-                           progress=progress)
+  inputs = [predictions_dir, ground_truth]
+  with outputs.staged_output(output_dir, inputs, overwrite=overwrite,
+                             nest_ok=[predictions_dir]) as tmp:
+    summary = evaluate_pairs(items(), tmp, title=title, worst_k=worst_k, progress=progress)
+    csv_path = outputs.write_skipped(tmp, skipped)
+  final = Path(output_dir)
+  summary["files"] = {k: str(final / Path(v).name) for k, v in summary["files"].items()}
   summary["missing"] = missing
+  summary["skipped"] = skipped
+  summary["skipped_csv"] = None if csv_path is None else str(final / csv_path.name)
   return summary
 
 

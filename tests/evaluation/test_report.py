@@ -126,16 +126,16 @@ def test_evaluate_folders_dataset(tmp_path):
   # With a split, every image of it must be predicted ...
   fileio.write_label_map(preds / "s0.png", gts["s0"])
   s = report.evaluate_folders(preds, tmp_path / "ds", tmp_path / "out", split="test",
-                              progress=False)
+                              progress=False, overwrite=True)
   assert s["n_images"] == 2
   with pytest.raises(InputError, match="2 ground-truth images have no prediction: s2, s3"):
     report.evaluate_folders(preds, tmp_path / "ds", tmp_path / "out", split="test,train",
-                            progress=False)
+                            progress=False, overwrite=True)
   # ... and a prediction outside the selection has no ground truth.
   fileio.write_label_map(preds / "s2.png", gts["s2"])
   with pytest.raises(InputError, match="s0.png: no ground truth .*split=train.*2 predictions without"):
     report.evaluate_folders(preds, tmp_path / "ds", tmp_path / "out", split="train",
-                            allow_missing=True, progress=False)
+                            allow_missing=True, progress=False, overwrite=True)
 
 
 def test_evaluate_folders_errors(tmp_path):
