@@ -9,7 +9,8 @@ image's label map, compressed RLE (exact), with extra keys that COCO tools ignor
 `read_coco_annotations` gives one image back as (label map, table): labels are the
 `nucleus_id`s when present and unique (so a round trip is exact, label values included),
 else fresh ones; state 'confirmed' and the default source when absent. Overlaps: larger
-masks painted first, as in `pa_jax.data.coco`.
+masks painted first, as in `pa_jax.data.coco`; self-intersecting polygons repaired as
+there. Annotations not used, and repairs, are reported per file and image (`ShapeReport`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pa_jax import fileio
 from pa_jax.annotate.nuclei import Nucleus, complete_table, paint_instances, parse_state
 from pa_jax.data import coco
 from pa_jax.data.readers import validate_label_map
+from pa_jax.data.shape_report import ShapeReport
 from pa_jax.errors import InputError
 
 __all__ = ["COCO_FILENAME", "CocoCollector", "read_coco_annotations", "coco_image_ids"]
@@ -110,12 +112,17 @@ def coco_image_ids(path: os.PathLike | str) -> list[str]:
 
 
 def read_coco_annotations(path: os.PathLike | str, image_id: str,
-                          shape: Sequence[int] | None = None, default_source: str = "human"
+                          shape: Sequence[int] | None = None, default_source: str = "human",
+                          *, reports: list[ShapeReport] | None = None
                           ) -> tuple[np.ndarray, dict[int, Nucleus]] | None:
   """One image of a COCO JSON → (int32 (H, W) label map, table); None if not listed.
 
   The image is found by `pa_jax_id` or by file-name stem. `shape` (H, W), when given,
-  must equal the image's height/width in the JSON. Crowd annotations are skipped.
+  must equal the image's height/width in the JSON. Annotations that give no nucleus
+  (crowd regions, empty or degenerate masks, ones hidden under smaller overlapping ones)
+  and repaired self-intersecting polygons are listed by annotation id in a `ShapeReport`
+  for "FILE, image ID": appended to `reports` when given, and logged as one warning line
+  on `shape_report.INPUT_LOG` unless every annotation was used as is.
   """
   path = Path(path)
   data = _load(path)
@@ -130,21 +137,29 @@ def read_coco_annotations(path: os.PathLike | str, image_id: str,
   if shape is not None and (h, w) != (int(shape[0]), int(shape[1])):
     raise InputError(path, f"image {image_id!r} is {h}x{w} in the JSON but "
                      f"{int(shape[0])}x{int(shape[1])} (HxW) on disk")
-  pixels, wanted, metas = [], [], []
+  pixels, wanted, metas, names = [], [], [], []
+  report = ShapeReport(f"{path}, image {image_id}", noun="annotations")
   for n, ann in enumerate(data["annotations"]):
     if not isinstance(ann, Mapping) or ann.get("image_id") != im.get("id"):
       continue
+    what = f"annotation {ann.get('id', f'#{n}')}"
+    report.total += 1
     if ann.get("iscrowd"):
+      report.unused.append((what, "crowd region"))
       continue
     if "segmentation" not in ann:
       raise InputError(path, f"annotation {ann.get('id', n)} has no 'segmentation'")
     try:
-      # pa_jax.data.coco's rasteriser (RLE or polygons, pixel-centre rule, bounds checks).
-      rr, cc = coco.segmentation_pixels(ann["segmentation"], h, w)
+      # pa_jax.data.coco's rasteriser (RLE or polygons, pixel-centre rule, bounds checks,
+      # self-intersecting polygons repaired).
+      rr, cc, unused, repaired = coco.segmentation_check(ann["segmentation"], h, w)
     except (ValueError, TypeError) as e:
       raise InputError(path, f"annotation {ann.get('id', n)}: {e}") from None
-    if not rr.size:
+    if unused:
+      report.unused.append((what, unused))
       continue
+    if repaired:
+      report.repaired.append((what, repaired))
     score = ann.get("score")
     try:
       score = None if score is None else float(score)
@@ -155,6 +170,10 @@ def read_coco_annotations(path: os.PathLike | str, image_id: str,
     wanted.append(ann.get("nucleus_id"))
     metas.append((parse_state(ann.get("state")), score,
                   default_source if src is None else str(src)))
+    names.append(what)
   labels, ids = paint_instances(pixels, wanted, (h, w))
+  report.unused += [(what, "hidden under smaller overlapping annotations")
+                    for what, k in zip(names, ids) if k is None]
+  report.emit(reports)
   nuclei = {k: Nucleus(k, *meta) for k, meta in zip(ids, metas) if k is not None}
   return labels, dict(sorted(nuclei.items()))

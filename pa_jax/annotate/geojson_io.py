@@ -28,12 +28,17 @@ Written (RFC 7946 FeatureCollection, pixel coordinates, y down, pixel (r, c) cov
 
 Read: a FeatureCollection, a single Feature, a bare array of Features (QuPath's other
 export style) or a bare Polygon/MultiPolygon geometry. Polygon and MultiPolygon
-geometries become nuclei (holes removed); for a QuPath *cell* the `nucleusGeometry`
-property is used when present. Points, lines and null geometries are skipped, as are
-shapes entirely outside the image; parts outside are clipped. State: classification name,
-then `pa_jax.state`, then a `"{state}-{label}"` name, else 'confirmed'. The label is kept
-from `pa_jax.label` (or the name / metadata) when unique, otherwise a fresh one is given.
-Overlaps: larger nuclei are painted first, as for COCO.
+geometries become nuclei (holes removed; the parts of a MultiPolygon are one nucleus);
+for a QuPath *cell* the `nucleusGeometry` property is used when present. A
+self-intersecting ring is repaired (shapely `make_valid`, LARGEST part kept: a bow-tie
+becomes its larger lobe). Points, lines, null and degenerate geometries (fewer than 3
+distinct points, zero area), shapes entirely outside the image or covering no pixel
+centre, and shapes entirely hidden under smaller overlapping ones are not used; parts
+outside the image are clipped. Nothing is dropped silently: every feature not used, and
+every repair, is listed by feature index in one warning line per file (`ShapeReport`).
+State: classification name, then `pa_jax.state`, then a `"{state}-{label}"` name, else
+'confirmed'. The label is kept from `pa_jax.label` (or the name / metadata) when unique,
+otherwise a fresh one is given. Overlaps: larger nuclei are painted first, as for COCO.
 """
 
 from __future__ import annotations
@@ -52,7 +57,9 @@ from pa_jax import fileio
 from pa_jax.annotate import contours as C
 from pa_jax.annotate.nuclei import (STATE_COLORS, STATES, Nucleus, complete_table,
                                     paint_instances, parse_state)
+from pa_jax.data import coco
 from pa_jax.data.readers import validate_label_map
+from pa_jax.data.shape_report import ShapeReport
 from pa_jax.errors import InputError
 
 __all__ = ["write_geojson", "geojson_features", "read_geojson", "NAME_PATTERN"]
@@ -73,20 +80,10 @@ def _ring(points: np.ndarray) -> list[list[float]]:
 
 
 def _valid_ring(points: np.ndarray) -> np.ndarray:
-  """A simple (non self-crossing) version of the polygon: itself, or the largest part of
-  shapely's repair of it."""
-  import shapely
-  from shapely.geometry import Polygon
-
-  poly = Polygon(points)
-  if poly.is_valid:
-    return points
-  fixed = shapely.make_valid(poly)
-  parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
-  if not parts:
-    return points
-  big = max(parts, key=lambda g: g.area)
-  return np.asarray(big.exterior.coords, np.float64)[:-1]
+  """A simple (non self-crossing) version of the polygon: itself, or the exterior of the
+  largest part of its repair (`coco.repair_polygon`, the rule the readers apply)."""
+  rings, _ = coco.repair_polygon(points)
+  return rings[0] if rings else points
 
 
 def geojson_features(labels: np.ndarray, nuclei: Mapping[int, Nucleus] | None = None, *,
@@ -196,18 +193,47 @@ def _polygons(geom: Any, what: str) -> list[list[np.ndarray]]:
 
 
 def _geometry_pixels(polys: list[list[np.ndarray]], h: int, w: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     ) -> tuple[np.ndarray, np.ndarray, str, str]:
+  """Pixels of a geometry's polygons (union; holes removed) → (rows, cols, unused, repaired).
+
+  Each exterior ring is repaired when self-intersecting (`coco.repair_polygon`, largest
+  part kept); `repaired` says what was wrong ('' when nothing). `unused` says why the
+  geometry gives no pixel ('' when it does): 'empty polygon', 'fewer than 3 distinct
+  points', 'zero area', 'outside the image', 'covers no pixel centre'.
+  """
   flat = np.zeros(0, np.int64)
+  unusable, repaired, used = [], [], []
   for rings in polys:
     if not rings:
+      unusable.append("empty polygon")
       continue
-    rr, cc = C.polygon_pixels(rings[0], h, w)
-    inside = rr.astype(np.int64) * w + cc
-    for hole in rings[1:]:
-      hr, hc = C.polygon_pixels(hole, h, w)
-      inside = np.setdiff1d(inside, hr.astype(np.int64) * w + hc)
-    flat = np.union1d(flat, inside)
-  return flat // w, flat % w
+    fixed, note = coco.repair_polygon(rings[0])
+    if not fixed:
+      unusable.append(note)
+      continue
+    if note:
+      repaired.append(note)
+    rr, cc = coco.rings_pixels(list(fixed) + list(rings[1:]), h, w)
+    used.append(fixed[0])
+    flat = np.union1d(flat, rr.astype(np.int64) * w + cc)
+  repaired_note = ", ".join(dict.fromkeys(repaired))
+  if not used:
+    return flat, flat, (unusable[0] if unusable else "empty polygon"), ""
+  if not flat.size:
+    pts = np.concatenate(used)
+    outside = (pts[:, 0].max() <= 0 or pts[:, 1].max() <= 0 or pts[:, 0].min() >= w
+               or pts[:, 1].min() >= h)
+    return flat, flat, "outside the image" if outside else "covers no pixel centre", ""
+  return flat // w, flat % w, "", repaired_note
+
+
+def _not_area(geom: Any) -> str:
+  """Why a geometry with no polygon is not a nucleus: its type ('Point', 'LineString',
+  ...), 'no geometry' for null."""
+  if geom is None:
+    return "no geometry"
+  t = str(geom.get("type"))
+  return f"{t} without polygons" if t == "GeometryCollection" else t
 
 
 def _score(props: Mapping[str, Any], info: Mapping[str, Any]) -> float | None:
@@ -274,11 +300,17 @@ def _feature_list(data: Any) -> list[Any]:
 
 
 def read_geojson(path: os.PathLike | str, shape: Sequence[int],
-                 default_source: str = "human") -> tuple[np.ndarray, dict[int, Nucleus]]:
+                 default_source: str = "human", *,
+                 reports: list[ShapeReport] | None = None
+                 ) -> tuple[np.ndarray, dict[int, Nucleus]]:
   """Reads a GeoJSON file → (int32 (H, W) label map, nuclei table keyed by label).
 
   shape: the image's (H, W). Malformed content raises a one-line InputError naming the
-  file (and the feature index).
+  file (and the feature index). Features that give no nucleus (points, lines, null or
+  degenerate geometries, shapes outside the image or hidden under smaller overlapping
+  ones) and repaired self-intersecting polygons are listed by feature index (0-based) in
+  a `ShapeReport`: appended to `reports` when given, and logged as one warning line on
+  `shape_report.INPUT_LOG` unless every feature was used as is.
   """
   path = Path(path)
   h, w = int(shape[0]), int(shape[1])
@@ -287,7 +319,8 @@ def read_geojson(path: os.PathLike | str, shape: Sequence[int],
     feats = _feature_list(data)
   except ValueError as e:
     raise InputError(path, str(e)) from None
-  pixels, wanted, metas = [], [], []
+  pixels, wanted, metas, names = [], [], [], []
+  report = ShapeReport(str(path), total=len(feats), noun="features")
   for i, f in enumerate(feats):
     what = f"feature {i}"
     if not isinstance(f, Mapping):
@@ -303,13 +336,24 @@ def read_geojson(path: os.PathLike | str, shape: Sequence[int],
       polys = _polygons(geom, what)
     except ValueError as e:
       raise InputError(path, str(e)) from None
-    rr, cc = _geometry_pixels(polys, h, w)
-    if not rr.size:
+    if not polys:
+      report.unused.append((what, _not_area(geom)))
       continue
+    rr, cc, unused, repaired = _geometry_pixels(polys, h, w)
+    if unused:
+      report.unused.append((what, unused))
+      continue
+    if repaired:
+      report.repaired.append((what, repaired))
     label, state, score, source = _feature_meta(props, default_source)
     pixels.append((rr, cc))
     wanted.append(label)
     metas.append((state, score, source))
+    names.append(what)
   labels, ids = paint_instances(pixels, wanted, (h, w))
+  hidden = [(what, "hidden under smaller overlapping features")
+            for what, k in zip(names, ids) if k is None]
+  report.unused = sorted(report.unused + hidden, key=lambda u: int(u[0].split()[-1]))
+  report.emit(reports)
   nuclei = {k: Nucleus(k, *meta) for k, meta in zip(ids, metas) if k is not None}
   return labels, dict(sorted(nuclei.items()))

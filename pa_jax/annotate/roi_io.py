@@ -17,8 +17,11 @@ Read (any ImageJ area ROI, so a user may add nuclei with any tool): polygon, fre
 traced, ellipse and rotated-rectangle ROIs (their outline from `ImagejRoi.coordinates()`,
 through `spline_polygon` when `SPLINE_FIT` is set), rectangles (integer or sub-pixel
 bounds), ovals (pixels whose centre is inside the inscribed ellipse) and composite (shape)
-ROIs (even-odd rule over their sub-paths). Lines, points, angles and text are skipped, as
-are ROIs entirely outside the image (parts outside are clipped) or empty. State from the
+ROIs (even-odd rule over their sub-paths). A self-intersecting polygon/freehand outline is
+repaired (shapely `make_valid`, largest part kept, as for COCO and GeoJSON). Lines,
+points, angles and text are not used, nor are ROIs entirely outside the image (parts
+outside are clipped), empty or degenerate: each is named, with the repairs, in one warning
+line per file (`ShapeReport`). State from the
 `state` property, then a `"{state}-{label}"` name, else 'confirmed'; the label from the
 `label` property or the name when unique, else a fresh one. Overlaps: larger first.
 A single `.roi` file is read too.
@@ -39,7 +42,9 @@ from pa_jax.annotate import contours as C
 from pa_jax.annotate.geojson_io import NAME_PATTERN
 from pa_jax.annotate.nuclei import (STATE_COLORS, Nucleus, complete_table, paint_instances,
                                     parse_state)
+from pa_jax.data import coco
 from pa_jax.data.readers import validate_label_map
+from pa_jax.data.shape_report import ShapeReport
 from pa_jax.errors import InputError
 
 __all__ = ["nucleus_roi", "write_roi_zip", "read_roi_zip", "roi_pixels"]
@@ -127,14 +132,41 @@ def _oval_pixels(x0: float, y0: float, x1: float, y1: float, h: int, w: int
 
 def roi_pixels(roi: Any, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
   """(rows, cols) of an ImageJ area ROI clipped to h x w; None for non-area ROIs."""
+  got = _roi_area(roi, h, w)
+  return None if got is None else got[:2]
+
+
+def _roi_kind(roi: Any) -> str:
+  """The ROI's type as ImageJ names it ('LINE', 'POINT', ...), for reports."""
+  import roifile
+
+  if roi.subtype in (roifile.ROI_SUBTYPE.TEXT, roifile.ROI_SUBTYPE.ARROW,
+                     roifile.ROI_SUBTYPE.IMAGE):
+    return f"{roi.subtype.name.lower()} ROI"
+  try:
+    return f"{roifile.ROI_TYPE(roi.roitype).name.lower()} ROI"
+  except ValueError:
+    return f"ROI type {int(roi.roitype)}"
+
+
+def _roi_area(roi: Any, h: int, w: int
+              ) -> tuple[np.ndarray, np.ndarray, str, str] | None:
+  """(rows, cols, unused, repaired) of an ImageJ area ROI clipped to h x w; None for
+  non-area ROIs (lines, points, text). `unused`: why it gives no pixel ('' when it does);
+  `repaired`: what was repaired in a polygon ROI ('' when nothing), see
+  `coco.repair_polygon` (a self-intersecting outline keeps its largest part)."""
   import roifile
 
   T = roifile.ROI_TYPE
+  empty = np.zeros(0, np.intp)
   if roi.subtype in (roifile.ROI_SUBTYPE.TEXT, roifile.ROI_SUBTYPE.ARROW,
                      roifile.ROI_SUBTYPE.IMAGE):
     return None
   if roi.composite:
-    return _area_pixels([np.asarray(p, np.float64) for p in roi.coordinates(multi=True)], h, w)
+    # Composite (shape) ROIs are even-odd by definition: holes are meant, nothing to repair.
+    rr, cc = _area_pixels([np.asarray(p, np.float64) for p in roi.coordinates(multi=True)],
+                          h, w)
+    return rr, cc, _no_pixel(rr, h, w, roi), ""
   if roi.roitype in (T.RECT, T.OVAL):
     if roi.subpixelrect:
       x0, y0 = float(roi.xd), float(roi.yd)
@@ -142,14 +174,30 @@ def roi_pixels(roi: Any, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None
     else:
       x0, y0, x1, y1 = float(roi.left), float(roi.top), float(roi.right), float(roi.bottom)
     if roi.roitype == T.OVAL:
-      return _oval_pixels(x0, y0, x1, y1, h, w)
-    return C.polygon_pixels(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]), h, w)
+      rr, cc = _oval_pixels(x0, y0, x1, y1, h, w)
+    else:
+      rr, cc = C.polygon_pixels(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]), h, w)
+    if x1 <= x0 or y1 <= y0:
+      return empty, empty, "zero area", ""
+    return rr, cc, _no_pixel(rr, h, w, roi), ""
   if roi.roitype in (T.POLYGON, T.FREEHAND, T.TRACED):
     pts = np.asarray(roi.coordinates(), np.float64).reshape(-1, 2)
     if roi.options & roifile.ROI_OPTIONS.SPLINE_FIT:
       pts = C.spline_polygon(pts)
-    return C.polygon_pixels(pts, h, w)
+    rings, note = coco.repair_polygon(pts)
+    if not rings:
+      return empty, empty, note, ""
+    rr, cc = coco.rings_pixels(rings, h, w)
+    return rr, cc, _no_pixel(rr, h, w, roi), note if rr.size else ""
   return None  # line, polyline, freeline, angle, point, unknown
+
+
+def _no_pixel(rr: np.ndarray, h: int, w: int, roi: Any) -> str:
+  """'' when the ROI has pixels, else 'outside the image' or 'covers no pixel centre'."""
+  if rr.size:
+    return ""
+  outside = (roi.right <= 0 or roi.bottom <= 0 or roi.left >= w or roi.top >= h)
+  return "outside the image" if outside else "covers no pixel centre"
 
 
 def _read_rois(path: Path) -> list[tuple[str, Any]]:
@@ -207,27 +255,47 @@ def _roi_meta(roi: Any, entry: str, default_source: str
 
 
 def read_roi_zip(path: os.PathLike | str, shape: Sequence[int],
-                 default_source: str = "human") -> tuple[np.ndarray, dict[int, Nucleus]]:
+                 default_source: str = "human", *,
+                 reports: list[ShapeReport] | None = None
+                 ) -> tuple[np.ndarray, dict[int, Nucleus]]:
   """Reads an ImageJ ROI zip (or one .roi) → (int32 (H, W) label map, nuclei table).
 
   shape: the image's (H, W). A file that is not a zip of ImageJ ROIs raises a one-line
-  InputError naming it.
+  InputError naming it. ROIs that give no nucleus (lines, points, text, empty or
+  degenerate shapes, outside the image, hidden under smaller overlapping ROIs) and
+  repaired self-intersecting polygons are listed by entry name in a `ShapeReport`:
+  appended to `reports` when given, and logged as one warning line on
+  `shape_report.INPUT_LOG` unless every ROI was used as is.
   """
   path = Path(path)
   h, w = int(shape[0]), int(shape[1])
-  pixels, wanted, metas = [], [], []
-  for entry, roi in _read_rois(path):
+  pixels, wanted, metas, names = [], [], [], []
+  rois = _read_rois(path)
+  report = ShapeReport(str(path), total=len(rois), noun="ROIs")
+  for entry, roi in rois:
+    what = f"ROI {entry!r}"
     try:
-      px = roi_pixels(roi, h, w)
+      got = _roi_area(roi, h, w)
     except Exception as e:
       raise InputError(path, f"ROI {entry!r}: cannot rasterise "
                        f"({_one_line(e) or type(e).__name__})") from None
-    if px is None or not px[0].size:
+    if got is None:
+      report.unused.append((what, _roi_kind(roi)))
       continue
+    rr, cc, unused, repaired = got
+    if unused:
+      report.unused.append((what, unused))
+      continue
+    if repaired:
+      report.repaired.append((what, repaired))
     label, state, score, source = _roi_meta(roi, entry, default_source)
-    pixels.append(px)
+    pixels.append((rr, cc))
     wanted.append(label)
     metas.append((state, score, source))
+    names.append(what)
   labels, ids = paint_instances(pixels, wanted, (h, w))
+  report.unused += [(what, "hidden under smaller overlapping ROIs")
+                    for what, k in zip(names, ids) if k is None]
+  report.emit(reports)
   nuclei = {k: Nucleus(k, *meta) for k, meta in zip(ids, metas) if k is not None}
   return labels, dict(sorted(nuclei.items()))

@@ -28,7 +28,12 @@ Decisions:
 * `iscrowd: 1` annotations are skipped: a crowd region is a group of objects, not one
   nucleus, and turning it into a single instance would teach a giant false nucleus.
 * Annotations whose mask is empty (degenerate polygon) are skipped; a polygon with fewer
-  than three points is ignored; an image without annotations has zero nuclei.
+  than three points is ignored; an image without annotations has zero nuclei. Skipped
+  annotations (crowd ones included) are counted and named in a per-file report
+  (`shape_report.ShapeReport`), never dropped silently.
+* A self-intersecting polygon is repaired with shapely `make_valid` and its LARGEST part
+  (by area) kept: a bow-tie becomes its larger lobe, one connected nucleus rather than one
+  label in two pieces. Repairs are counted in the same report.
 * A segmentation may exceed the image by at most one pixel (rounding in other tools); it is
   clipped. Further out, or an RLE of another size, is an error naming the JSON file.
 """
@@ -44,12 +49,15 @@ import numpy as np
 
 from pa_jax import fileio
 from pa_jax.data.readers import IMAGE_SUFFIXES, Record, relabel_sequential
+from pa_jax.data.shape_report import ShapeReport
 from pa_jax.errors import InputError
 
 __all__ = [
     "rle_decode",
     "rle_encode",
     "polygons_to_mask",
+    "repair_polygon",
+    "segmentation_check",
     "annotations_to_label_map",
     "read_coco_dataset",
     "label_map_to_coco",
@@ -225,8 +233,9 @@ def _check_polygon(poly: Any) -> np.ndarray | None:
 def _checked_polygons(seg: Any, h: int, w: int) -> list[np.ndarray]:
   """The polygons of a polygon segmentation (a list of them or one flat list), validated.
 
-  Polygons with fewer than 3 points are dropped; coordinates more than
-  `_POLYGON_TOLERANCE` pixels outside the h x w image raise ValueError.
+  Polygons with fewer than 3 points are dropped (`segmentation_check` reports them);
+  coordinates more than `_POLYGON_TOLERANCE` pixels outside the h x w image raise
+  ValueError.
   """
   if not isinstance(seg, (list, tuple)):
     raise ValueError(f"segmentation must be polygons or RLE, got {type(seg).__name__}")
@@ -250,7 +259,8 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], h: int, w: int) -> np.
   """COCO polygons (each `[x0, y0, x1, y1, ...]`) → bool mask (H, W), union of all.
 
   A pixel is inside when its centre is (see the module docstring); parts outside the
-  image are clipped; polygons with fewer than 3 points are ignored.
+  image are clipped; polygons with fewer than 3 points are ignored; a self-intersecting
+  one is repaired (`repair_polygon`).
   """
   mask = np.zeros((h, w), dtype=bool)
   if len(polygons) and isinstance(polygons[0], (int, float, np.number)):
@@ -259,17 +269,82 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], h: int, w: int) -> np.
     arr = _check_polygon(poly)
     if arr is None:
       continue
-    rr, cc = polygon_pixels(arr, h, w)
-    mask[rr, cc] = True
+    rings, _ = repair_polygon(arr)
+    if rings:
+      rr, cc = rings_pixels(rings, h, w)
+      mask[rr, cc] = True
   return mask
 
 
 # ------------------------------------------------------------ annotations → label map
 
 
+def repair_polygon(xy: Any) -> tuple[list[np.ndarray], str]:
+  """A valid (simple) version of one polygon ring, ready to rasterise.
+
+  xy: (N, 2) float (x, y) vertices, or a flat COCO list; the closing vertex is optional.
+  Returns (rings, note): `rings` is [exterior, *holes], each (K, 2) float64, or [] when the
+  polygon cannot be a nucleus; `note` is '' for a valid polygon (then rings == [xy],
+  untouched, so valid files rasterise exactly as before), what was wrong for a repaired
+  one ('self-intersecting'), and why for an unusable one ('fewer than 3 distinct points',
+  'zero area').
+
+  Repair: shapely `make_valid`, then the LARGEST polygon part (by area) is kept, so a
+  bow-tie becomes its larger lobe. A nucleus is one connected region; the union of the
+  parts would be one label in several pieces, the error the repair exists to prevent.
+  """
+  import shapely
+  from shapely.geometry import Polygon
+
+  xy = np.asarray(xy, np.float64).reshape(-1, 2)
+  if len(np.unique(xy, axis=0)) < 3:
+    return [], "fewer than 3 distinct points"
+  poly = Polygon(xy)
+  if poly.is_valid:
+    return ([xy], "") if poly.area > 0 else ([], "zero area")
+  reason = shapely.is_valid_reason(poly).split("[")[0].strip().lower()
+  note = "self-intersecting" if "self-intersection" in reason else reason
+  fixed = shapely.make_valid(poly)
+  parts = [g for g in shapely.get_parts(fixed) if g.geom_type == "Polygon" and g.area > 0]
+  parts += [p for g in shapely.get_parts(fixed) if g.geom_type == "MultiPolygon"
+            for p in g.geoms if p.area > 0]
+  if not parts:
+    return [], "zero area"
+  big = max(parts, key=lambda g: g.area)
+  rings = [np.asarray(big.exterior.coords, np.float64)[:-1]]
+  rings += [np.asarray(r.coords, np.float64)[:-1] for r in big.interiors]
+  return rings, note
+
+
+def rings_pixels(rings: Sequence[np.ndarray], h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+  """(rows, cols) of the pixels inside `rings[0]` and outside every hole `rings[1:]`."""
+  rr, cc = polygon_pixels(rings[0], h, w)
+  if len(rings) == 1:
+    return rr, cc
+  flat = rr.astype(np.int64) * w + cc
+  for hole in rings[1:]:
+    hr, hc = polygon_pixels(hole, h, w)
+    flat = np.setdiff1d(flat, hr.astype(np.int64) * w + hc)
+  return flat // w, flat % w
+
+
 def segmentation_pixels(seg: Any, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
   """(rows, cols) of the pixels of one segmentation, computed in its bounding region only.
 
+  Self-intersecting polygons are repaired (`repair_polygon`). Raises ValueError when the
+  segmentation is malformed or outside the h x w image.
+  """
+  rr, cc, _, _ = segmentation_check(seg, h, w)
+  return rr, cc
+
+
+def segmentation_check(seg: Any, h: int, w: int
+                       ) -> tuple[np.ndarray, np.ndarray, str, str]:
+  """One segmentation → (rows, cols, unused, repaired).
+
+  unused: why it gives no nucleus ('' when it does): 'empty mask', 'no polygon',
+    'fewer than 3 distinct points', 'zero area', 'covers no pixel centre'.
+  repaired: what was repaired in its polygons ('' when nothing), e.g. 'self-intersecting'.
   Raises ValueError when the segmentation is malformed or outside the h x w image.
   """
   if isinstance(seg, Mapping):
@@ -277,18 +352,28 @@ def segmentation_pixels(seg: Any, h: int, w: int) -> tuple[np.ndarray, np.ndarra
     if (rh, rw) != (h, w):
       raise ValueError(f"RLE size {rh}x{rw} differs from the image size {h}x{w} (HxW)")
     pos = _counts_to_positions(counts)
-    return pos % h, pos // h
-  rows, cols = [], []
+    return pos % h, pos // h, "" if pos.size else "empty mask", ""
+  rows, cols, unused, repaired = [], [], [], []
   for arr in _checked_polygons(seg, h, w):
-    rr, cc = polygon_pixels(arr, h, w)
+    rings, note = repair_polygon(arr)
+    if not rings:
+      unused.append(note)
+      continue
+    if note:
+      repaired.append(note)
+    rr, cc = rings_pixels(rings, h, w)
     rows.append(rr)
     cols.append(cc)
+  repaired_note = ", ".join(dict.fromkeys(repaired))
   if not rows:
-    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    why = unused[0] if unused else "fewer than 3 distinct points" if seg else "no polygon"
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), why, ""
   if len(rows) == 1:
-    return rows[0], cols[0]
-  flat = np.unique(np.concatenate(rows).astype(np.int64) * w + np.concatenate(cols))
-  return flat // w, flat % w
+    rr, cc = rows[0], cols[0]
+  else:
+    flat = np.unique(np.concatenate(rows).astype(np.int64) * w + np.concatenate(cols))
+    rr, cc = flat // w, flat % w
+  return rr, cc, "" if rr.size else "covers no pixel centre", repaired_note
 
 
 def _is_crowd(ann: Mapping[str, Any]) -> bool:
@@ -303,7 +388,13 @@ def annotations_to_label_map(anns: Sequence[Mapping[str, Any]], h: int, w: int) 
   with an empty or fully hidden mask get no label). Raises ValueError for a malformed
   segmentation or one outside the image.
   """
-  pixels = []
+  return _paint_annotations(anns, h, w)[0]
+
+
+def _paint_annotations(anns: Sequence[Mapping[str, Any]], h: int, w: int
+                       ) -> tuple[np.ndarray, list[Any]]:
+  """`annotations_to_label_map` and the ids of the annotations entirely hidden by others."""
+  pixels, ids = [], []
   for ann in anns:
     if _is_crowd(ann):
       continue
@@ -312,12 +403,16 @@ def annotations_to_label_map(anns: Sequence[Mapping[str, Any]], h: int, w: int) 
     rr, cc = segmentation_pixels(ann["segmentation"], h, w)
     if rr.size:
       pixels.append((rr, cc))
+      ids.append(ann.get("id"))
   labels = np.zeros((h, w), dtype=np.int32)
   order = sorted(range(len(pixels)), key=lambda i: -pixels[i][0].size)  # stable
   for i in order:
     rr, cc = pixels[i]
     labels[rr, cc] = i + 1
-  return relabel_sequential(labels)
+  present = np.zeros(len(pixels) + 1, bool)
+  present[np.unique(labels)] = True
+  hidden = [ids[i] for i in range(len(pixels)) if not present[i + 1]]
+  return relabel_sequential(labels), hidden
 
 
 # ------------------------------------------------------------------------- reading
@@ -358,17 +453,25 @@ def _resolve_image(json_dir: Path, images_dir: Path | None, file_name: str) -> P
 
 
 def _coco_label_map(segmentations: tuple[tuple[Any, Any], ...], h: int, w: int,
-                    json_path: str) -> np.ndarray:
-  """Picklable loader behind `Record.load_labels` (no closure: works across processes)."""
+                    json_path: str, image: str = "") -> np.ndarray:
+  """Picklable loader behind `Record.load_labels` (no closure: works across processes).
+  Annotations hidden entirely under smaller ones are only known once painted: reported
+  here, for "json_path, image FILE"."""
   anns = [{"id": i, "segmentation": s} for i, s in segmentations]
   try:
-    return annotations_to_label_map(anns, h, w)
+    labels, hidden = _paint_annotations(anns, h, w)
   except ValueError as e:
     raise InputError(json_path, f"cannot rasterise an annotation: {e}") from None
+  if hidden:
+    ShapeReport(f"{json_path}, image {image}", total=len(anns), noun="annotations",
+                unused=[(f"annotation {i}", "hidden under smaller overlapping annotations")
+                        for i in hidden]).emit()
+  return labels
 
 
 def read_coco_dataset(json_path: os.PathLike | str,
-                      images_dir: os.PathLike | str | None = None) -> list[Record]:
+                      images_dir: os.PathLike | str | None = None, *,
+                      reports: list[ShapeReport] | None = None) -> list[Record]:
   """Lists a COCO instance JSON as Records whose `load_labels` rasterises the annotations.
 
   Image files are looked up at `images_dir / file_name` (then `images_dir / basename`) when
@@ -382,6 +485,12 @@ def read_coco_dataset(json_path: os.PathLike | str,
   and a missing image file. An image without annotations has zero nuclei.
   A height/width in the JSON that differs from the image file is reported when the example
   is loaded (`readers.load_example`).
+
+  Annotations that give no nucleus (crowd regions, empty masks, polygons with fewer than 3
+  distinct points, zero area or covering no pixel centre) and self-intersecting polygons
+  that were repaired (`repair_polygon`: largest part kept) are listed, by annotation id, in
+  one `ShapeReport` for the file: appended to `reports` when given, and logged as one
+  warning line on `shape_report.INPUT_LOG` unless every annotation was used as is.
   """
   json_path = Path(json_path)
   if not json_path.is_file():
@@ -416,6 +525,7 @@ def read_coco_dataset(json_path: os.PathLike | str,
     raise InputError(json_path, "no images listed")
 
   per_image: dict[Any, list[tuple[Any, Any]]] = {k: [] for k in images}
+  report = ShapeReport(where, noun="annotations")
   for n, ann in enumerate(data["annotations"]):
     if not isinstance(ann, dict):
       raise InputError(json_path, f"annotations[{n}] is not an object")
@@ -430,13 +540,20 @@ def read_coco_dataset(json_path: os.PathLike | str,
     if im is None:
       raise InputError(json_path, f"annotation {aid} refers to unknown image id "
                        f"{ann['image_id']!r}")
+    report.total += 1
     if _is_crowd(ann):
+      report.unused.append((f"annotation {aid}", "crowd region"))
       continue
     seg = ann["segmentation"]
     try:
-      _check_segmentation(seg, im["height"], im["width"])
+      rr, _, unused, repaired = segmentation_check(seg, im["height"], im["width"])
     except ValueError as e:
       raise InputError(json_path, f"annotation {aid} (image id {im['id']}): {e}") from None
+    if unused:
+      report.unused.append((f"annotation {aid}", unused))
+      continue
+    if repaired:
+      report.repaired.append((f"annotation {aid}", repaired))
     per_image[im["id"]].append((aid, seg))
 
   stems = [Path(im["file_name"]).stem for im in images.values()]
@@ -451,21 +568,12 @@ def read_coco_dataset(json_path: os.PathLike | str,
                        f"{'/'.join(IMAGE_SUFFIXES)} file")
     rid = stem if stems.count(stem) == 1 else f"{iid}_{stem}"
     loader = functools.partial(_coco_label_map, tuple(per_image[iid]), im["height"],
-                               im["width"], where)
+                               im["width"], where, im["file_name"])
     records.append(Record(id=rid, image_path=path, label_path=json_path,
                           split=str(im.get("split") or "train"), group=str(im.get("group") or ""),
                           modality=str(im.get("modality") or ""), load_labels=loader))
+  report.emit(reports)
   return records
-
-
-def _check_segmentation(seg: Any, h: int, w: int) -> None:
-  """Cheap structural/bounds check done when listing (no rasterisation)."""
-  if isinstance(seg, Mapping):
-    rh, rw, _ = _rle_size_counts(seg)
-    if (rh, rw) != (h, w):
-      raise ValueError(f"RLE size {rh}x{rw} differs from the image size {h}x{w} (HxW)")
-    return
-  _checked_polygons(seg, h, w)
 
 
 # ------------------------------------------------------------------------- writing

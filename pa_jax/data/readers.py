@@ -5,7 +5,8 @@ Three on-disk layouts are understood (see README "Data"):
 * **dataset folder** — `images/`, `labels/` and `index.csv` with columns
   `id, split, group, modality, height, width, channels, nuclei` (the layout of
   `../shared/datasets/*` and of what `run.py partial` writes);
-* **plain folder** — any folder of images (PNG, TIFF, JPEG; 8/16-bit; gray/RGB/RGBA),
+* **plain folder** — any folder of images (PNG, TIFF, JPEG; 8/16-bit, float, wider
+  integers; gray/RGB/RGBA; one plane or channel of a TIFF stack, see `read_image`),
   optionally with a `labels/` sub-folder or a separate label folder whose files share the
   image's stem (`a.png` ↔ `labels/a.png`, `a.tif`, `a_labels.png`, `a_mask.tif`);
 * **COCO instance JSON** (`pa_jax.data.coco`), polygons or RLE, rasterised to label maps.
@@ -13,6 +14,11 @@ Three on-disk layouts are understood (see README "Data"):
 Conventions (DESIGN.md): images come back as uint8/uint16 `(H, W)` or `(H, W, 3)` arrays
 (alpha dropped); label maps as int32 `(H, W)`, 0 = background, every other value one
 nucleus. Nothing here touches JAX: readers run on the host, inside input pipelines.
+
+A person's input is never reinterpreted silently: TIFF stacks and multi-channel images
+are recognised from their metadata and refused unless a plane / channel is picked
+(`pa_jax.data.images.read_image`); annotation shapes that are not used, or were repaired,
+are reported per file (`pa_jax.data.shape_report.ShapeReport`, one warning line each).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+# read_image is part of this module's API (readers.read_image); decoding lives in images.py.
+from pa_jax.data.images import read_array, read_image  # noqa: F401
 from pa_jax.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -76,77 +84,6 @@ class Example:
   record: Record
 
 
-# --------------------------------------------------------------------------- images
-
-
-def read_image(path: os.PathLike | str) -> np.ndarray:
-  """Reads an image as uint8/uint16 `(H, W)` or `(H, W, 3)`.
-
-  RGBA loses its alpha channel; 2-channel (gray + alpha) becomes gray; float or >16-bit
-  images, truncated and unreadable files raise `InputError` naming the file.
-  """
-  path = Path(path)
-  arr = _read_array(path)
-  if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # gray+alpha / RGBA: drop alpha
-    arr = arr[..., :-1]
-    if arr.shape[-1] == 1:
-      arr = arr[..., 0]
-  if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
-    arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
-  if arr.ndim == 3 and arr.shape[-1] == 1:
-    arr = arr[..., 0]
-  if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
-    raise InputError(path, f"expected a 2-D gray or RGB(A) image, got shape {arr.shape}")
-  if arr.dtype == np.bool_:
-    arr = arr.astype(np.uint8) * 255
-  if arr.dtype not in (np.uint8, np.uint16):
-    if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 65535:
-      arr = arr.astype(np.uint16)
-    else:
-      raise InputError(path, f"unsupported pixel type {arr.dtype} (use 8- or 16-bit)")
-  if arr.shape[0] == 0 or arr.shape[1] == 0:
-    raise InputError(path, f"image is empty (shape {arr.shape})")
-  return np.ascontiguousarray(arr)
-
-
-def _read_array(path: Path, palette_indices: bool = False) -> np.ndarray:
-  """Decodes PNG/JPEG (Pillow) or TIFF (tifffile) into a numpy array, strictly.
-
-  `palette_indices`: return a palette ('P') PNG's indices instead of its colours (label
-  maps are often stored that way; for images the colours are what is meant).
-  """
-  if not path.exists():
-    raise InputError(path, "file not found")
-  if not path.is_file():
-    raise InputError(path, "not a file")
-  suffix = path.suffix.lower()
-  try:
-    if suffix in (".tif", ".tiff"):
-      import tifffile
-
-      return np.asarray(tifffile.imread(path))
-    from PIL import Image, ImageFile
-
-    # Pillow silently pads truncated files when this flag is set; make sure it is not.
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with Image.open(path) as im:
-      im.load()
-      if im.mode == "P" and palette_indices:
-        return np.array(im)
-      if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-      elif im.mode in ("I;16B", "I;16L", "I;16N"):
-        im = im.convert("I;16")
-      arr = np.array(im)
-      if im.mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
-        arr = arr.astype(np.uint16)  # some 16-bit PNGs decode as int32 mode 'I'
-      return arr
-  except InputError:
-    raise
-  except Exception as e:  # PIL/tifffile raise many types; all mean "cannot read this file"
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise InputError(path, f"unreadable or truncated image ({msg})") from None
-
 
 # ------------------------------------------------------------------------ label maps
 
@@ -189,7 +126,7 @@ def read_label_map(path: os.PathLike | str,
                    image_shape: Sequence[int] | None = None) -> np.ndarray:
   """Reads and validates an instance label map file → int32 (H, W)."""
   path = Path(path)
-  return validate_label_map(_read_array(path, palette_indices=True), path, image_shape)
+  return validate_label_map(read_array(path, palette_indices=True), path, image_shape)
 
 
 # ------------------------------------------------------------------------- datasets
@@ -342,9 +279,12 @@ def open_dataset(path: os.PathLike | str, split: str | None = None, group: str |
   return read_image_folder(path, labels, require_labels=require_labels)
 
 
-def load_example(record: Record) -> Example:
-  """Reads the image and (if any) its label map, checking that their shapes agree."""
-  image = read_image(record.image_path)
+def load_example(record: Record, *, channel: int | None = None,
+                 plane: int | None = None) -> Example:
+  """Reads the image and (if any) its label map, checking that their shapes agree.
+  `channel` / `plane`: as in `read_image` (one channel / plane of a multi-channel image
+  or a stack)."""
+  image = read_image(record.image_path, channel=channel, plane=plane)
   labels = None
   if record.load_labels is not None:
     labels = validate_label_map(record.load_labels(), record.label_path or record.image_path,

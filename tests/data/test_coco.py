@@ -360,3 +360,28 @@ def test_label_map_to_coco_dense_is_fast():
   back = coco.annotations_to_label_map(anns, 1024, 1024)
   assert time.perf_counter() - t < 10
   assert _same_up_to_relabelling(back, lab)
+
+
+# ------------------------------------------------------------------ polygon repair
+
+
+def test_repair_polygon_rules():
+  square = np.array([[0, 0], [4, 0], [4, 4], [0, 4]], float)
+  rings, note = coco.repair_polygon(square)
+  assert note == "" and len(rings) == 1 and rings[0] is not None
+  np.testing.assert_array_equal(rings[0], square)  # valid: untouched
+  # bow-tie crossing at (17.5, 17.5): the larger lobe (area 337.5 vs 37.5) is kept
+  rings, note = coco.repair_polygon([[10, 10], [40, 40], [40, 10], [10, 20]])
+  assert note == "self-intersecting" and len(rings) == 1
+  from shapely.geometry import Polygon
+
+  assert Polygon(rings[0]).area == pytest.approx(0.5 * 22.5 * 30)
+  assert coco.repair_polygon([[0, 0], [5, 5], [10, 10]]) == ([], "zero area")
+  assert coco.repair_polygon([[1, 1], [2, 2], [1, 1]]) == ([], "fewer than 3 distinct points")
+
+
+def test_polygons_to_mask_repairs_bowtie():
+  m = coco.polygons_to_mask([[10, 10, 40, 40, 40, 10, 10, 20]], 50, 50)
+  from scipy import ndimage
+
+  assert ndimage.label(m)[1] == 1 and m[25, 35] and not m[15, 11]

@@ -149,11 +149,22 @@ def test_missing_file(tmp_path):
   _assert_one_line_error(e, "nope.png")
 
 
-def test_float_image_rejected(tmp_path):
-  tifffile.imwrite(tmp_path / "f.tif", np.zeros((4, 4), np.float32))
+def test_float_image_with_nan_rejected(tmp_path):
+  # A finite float image is read (stretched to uint16, tests/faults/test_inputs.py); one
+  # with NaN/Inf is refused, naming how many pixels are bad.
+  a = np.zeros((4, 4), np.float32)
+  a[0, :3] = np.nan
+  tifffile.imwrite(tmp_path / "f.tif", a)
   with pytest.raises(InputError) as e:
     readers.read_image(tmp_path / "f.tif")
   _assert_one_line_error(e, "f.tif")
+  assert "3 NaN/Inf pixels" in str(e.value)
+
+
+def test_constant_float_image_is_zeros(tmp_path):
+  tifffile.imwrite(tmp_path / "f.tif", np.full((4, 4), 7.5, np.float32))
+  out = readers.read_image(tmp_path / "f.tif")
+  assert out.dtype == np.uint16 and out.shape == (4, 4) and not out.any()
 
 
 # --------------------------------------------------------------- bad label maps
@@ -368,3 +379,23 @@ def test_relabel_sequential_and_count():
   np.testing.assert_array_equal(out, [[0, 2, 2], [1, 0, 3]])
   assert out.dtype == np.int32
   assert readers.count_instances(lab) == 3
+
+
+def test_cmyk_jpeg_read_as_rgb(tmp_path):
+  # Its 4th band is black ink, not alpha: converted, not cut off.
+  Image.new("CMYK", (12, 10), (0, 255, 255, 0)).save(tmp_path / "c.jpg", quality=95)
+  out = readers.read_image(tmp_path / "c.jpg")
+  assert out.shape == (10, 12, 3)
+  assert out[..., 0].mean() > 200 and out[..., 1:].mean() < 60  # red, as printed
+
+
+def test_load_example_passes_plane(tmp_path):
+  stack = np.stack([np.full((16, 20), 10 * k, np.uint16) for k in range(3)])
+  tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+  fileio.write_label_map(tmp_path / "z_labels.png", _labels())
+  (rec,) = readers.read_image_folder(tmp_path)
+  with pytest.raises(InputError) as e:
+    readers.load_example(rec)
+  _assert_one_line_error(e, "z.tif")
+  ex = readers.load_example(rec, plane=2)
+  assert ex.image.shape == (16, 20) and (ex.image == 20).all() and ex.labels.max() == 2
