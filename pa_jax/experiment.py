@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -184,12 +185,17 @@ def check_backbone_init(m) -> None:
 
 def train(cfg, workdir: os.PathLike | str) -> Any:
   """Trains (or resumes) the experiment of `cfg` in `workdir`; returns the final state."""
+  from pa_jax.train import checkpoint as ckpt
   from pa_jax.train import loop
   from pa_jax.train.distributed import maybe_initialize_distributed
 
   check_backbone_init(cfg.model)  # before reading any data: a config error is instant
   maybe_initialize_distributed()
   workdir = Path(workdir)
+  ckpt.check_workdir_writable(workdir)
+  # A resumed run must be the run that was trained; refused before any data is read, and
+  # before config.json / run.json could change (loop.train writes them once started).
+  ckpt.check_same_config(workdir, cfg)
   examples = training_examples(cfg, progress=jax.process_index() == 0)
   stats = dataset_statistics(examples)
   prior = fileio.read_json(workdir / "run.json")
@@ -207,7 +213,7 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
   spec = view_spec(cfg)
   metadata = {"dataset": stats, "view": {"name": spec.name, "kind": spec.kind,
                                          "fraction": spec.fraction, "seed": spec.seed},
-              "source": str(cfg.data.source), "group": cfg.data.group}
+              "source": _absolute(cfg.data.source), "group": cfg.data.group}
   if jax.process_index() == 0:
     print(f"training data: {stats['images']} images, {stats['annotated_nuclei']} annotated "
           f"nuclei ({spec.name}; {stats['full_nuclei']} in the full labels); centerness "
@@ -215,7 +221,23 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
   return loop.train(task, batches, cfg, workdir, run_metadata=metadata)
 
 
+def _absolute(source: str) -> str:
+  """`source` as an absolute path, so a later command run from any folder finds it
+  (config.json keeps the path as given: it is compared on resume)."""
+  return os.path.abspath(source) if source else source
+
+
 # ------------------------------------------------------------------- restoring a run
+
+
+def resolve_source(cfg, meta: dict) -> None:
+  """Points a loaded run's `data.source` at the data it was trained on when the stored
+  path is relative to the folder the run was launched from and not found from here."""
+  source = str(cfg.data.source or "")
+  recorded = str(meta.get("source") or "")
+  if (source and not os.path.isabs(source) and not os.path.exists(source)
+      and os.path.isabs(recorded) and os.path.exists(recorded)):
+    cfg.data.source = recorded
 
 
 def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
@@ -243,6 +265,7 @@ def load_run(workdir: os.PathLike | str, best: bool = False):
   workdir = Path(workdir)
   cfg = load_config(workdir)
   meta = fileio.read_json(workdir / "run.json") or {}
+  resolve_source(cfg, meta)
   try:
     model = build_model(cfg, meta.get("dataset"))
   except ValueError as e:
@@ -252,15 +275,18 @@ def load_run(workdir: os.PathLike | str, best: bool = False):
   example = pipeline.stack_batch([_empty_example(cfg.data.canvas_size, cfg.data.max_instances)])
   template = create_train_state(task, cfg, jax.random.PRNGKey(cfg.seed), example, mesh,
                                 abstract=True)
-  store = ckpt.CheckpointStore(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
-  try:
-    step = store.best_step() if best else store.latest_step()
-    if step is None:
-      raise InputError(workdir / ("checkpoints_best" if best else "checkpoints"),
-                       "no checkpoint: train this run first")
-    state = store.restore(step, template, best=best)
-  finally:
-    store.close()
+  with ckpt.quiet_library_logs():  # Orbax warns on every read-only open
+    store = ckpt.CheckpointStore(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
+    try:
+      # The newest checkpoint that restores; a damaged newer one is named in one line on
+      # stderr (read-only: it stays where it is; a resumed `train` moves it aside).
+      state, step, _ = store.restore_readable(
+          template, best=best, warn=lambda text: print(text, file=sys.stderr, flush=True))
+    finally:
+      store.close()
+  if step is None:
+    raise InputError(workdir / (ckpt.CHECKPOINTS_BEST if best else ckpt.CHECKPOINTS),
+                     "no checkpoint: train this run first")
   return cfg, model, {**state.variables, "params": state.params}, int(step)
 
 

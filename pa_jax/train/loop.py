@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 from pa_jax import fileio
 from pa_jax.data.pipeline import shard_batch
-from pa_jax.errors import InputError
+from pa_jax.errors import InputError, PaJaxError, TrainingError
 from pa_jax.train import checkpoint as ckpt
 from pa_jax.train.distributed import is_main_process, maybe_initialize_distributed
 from pa_jax.train.metrics_log import MetricsLogger, plot_curves
@@ -35,8 +36,9 @@ from pa_jax.train.step import check_batch_size, make_train_step
 from pa_jax.train.task import Task
 
 
-class NonFiniteLossError(InputError):
-  """A NaN/Inf loss, loss term or gradient; one line naming the step and the terms."""
+class NonFiniteLossError(TrainingError):
+  """A NaN/Inf loss, loss term or gradient; one line naming the step and the terms. A run
+  that diverged is not bad input: exit code 3, not a usage error's 2."""
 
   def __init__(self, step: int, terms: Mapping[str, float], checkpoint_note: str):
     self.step = step
@@ -179,6 +181,61 @@ def _run_metadata(workdir: Path, run_metadata: Mapping[str, Any] | None, config,
   return meta
 
 
+def _warn(text: str) -> None:
+  print(text, file=sys.stderr, flush=True)
+
+
+def _restore_or_init(store: ckpt.CheckpointStore, task: Task, config, rng, batches, mesh,
+                     tx, main: bool) -> TrainState:
+  """The newest readable checkpoint, or a fresh state when there is none. Unreadable newer
+  checkpoints are reported (one line each) and moved to checkpoints_unreadable/, so that
+  the run can save those steps again; they are never deleted."""
+  steps = store.latest.all_steps()
+  example = _first_batch(batches, max(steps) if steps else 0)
+  if not steps:
+    return create_train_state(task, config, rng, example, mesh, tx)
+  target = create_train_state(task, config, rng, example, mesh, tx, abstract=True)
+  state, step, unreadable = store.restore_readable(target, warn=_warn if main else None)
+  if unreadable and step is not None:
+    # The first batch was drawn for the newest step; a batch of the restored step has the
+    # same shapes, which is all `target` used.
+    if main:
+      for bad in unreadable:
+        store.set_aside(bad)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("pa_jax_set_aside")
+      store.latest.reload()
+  return state
+
+
+def _storage_error(e: BaseException, store: ckpt.CheckpointStore,
+                   workdir: Path) -> InputError | None:
+  """One line for a write the file system refused (full disk, read-only, permissions),
+  naming the path and the checkpoint still intact; None for any other error."""
+  found = ckpt.storage_problem(e)
+  if found is None:
+    return None
+  problem, filename = found
+  where = Path(filename) if filename else workdir
+  try:
+    last = store.latest_step()
+  except Exception:  # noqa: BLE001 - the note is a courtesy; the error must still come out
+    last = None
+  kept = (f"checkpoint {last} is intact" if last is not None else "no checkpoint was saved")
+  return InputError(where, f"{problem} while training; {kept}; free space (or fix the "
+                    "folder) and run the same command again to resume")
+
+
+def _quietly(fn, *args) -> None:
+  """Runs a clean-up step after an error without letting its own error hide the first."""
+  try:
+    fn(*args)
+  except Exception:  # noqa: BLE001
+    pass
+
+
 def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
           run_metadata: Mapping[str, Any] | None = None, *, best_metric: str = "map",
           best_mode: str = "max", mesh=None, progress: bool = True) -> TrainState:
@@ -190,8 +247,17 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
   run_metadata: JSON-able facts recorded in `workdir/run.json` (dataset statistics such
     as the median nucleus size, partial view name/seed, image counts, ...).
   best_metric/best_mode: the `task.evaluate` metric that picks `checkpoints_best`.
-  Returns the final TrainState. Raises NonFiniteLossError, TrainingInterrupted,
-  InputError (bad config, unwritable workdir).
+  Returns the final TrainState. Raises NonFiniteLossError (exit 3), TrainingInterrupted,
+  InputError (bad config, unwritable workdir, a full disk, no readable checkpoint).
+
+  Faults keep the last good state:
+  * config.json and run.json are written only once the run has started (a new run, or a
+    checkpoint restored): a refused resume leaves the run as it was.
+  * An unreadable newest checkpoint is reported in one line on stderr and moved to
+    `checkpoints_unreadable/`; the run resumes from the newest readable one.
+  * A write the file system refuses (full disk, read-only) stops the run in one line; the
+    partial checkpoint folder is removed, earlier checkpoints and the lines already in
+    metrics.jsonl stay as they were.
   """
   maybe_initialize_distributed()
   tc = config.train
@@ -201,28 +267,26 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
   _validate(tc, mesh.size)
   main = is_main_process()
   total = int(tc.steps)
-  ckpt.save_config(workdir, config)
 
   tx = make_optimizer(tc, task.trainable)
   lr_fn = learning_rate_fn(tc)
   rng = jax.random.PRNGKey(int(config.seed))
-  store = ckpt.CheckpointStore(workdir, keep=int(tc.keep_checkpoints),
-                               best_metric=best_metric, best_mode=best_mode)
+  quiet = ckpt.quiet_library_logs()
+  quiet.__enter__()  # until the very end: Orbax logs from its threads as it fails
+  store = None
   logger = None
   stop = _StopFlag()
   batch_iter: Iterator | None = None
   state: TrainState | None = None
   pending: list = []  # (step, device metrics) dispatched but not yet checked finite
+  failed = False
   try:
-    latest = store.latest_step()
-    example = _first_batch(batches, latest or 0)
-    if latest is None:
-      state = create_train_state(task, config, rng, example, mesh, tx)
-    else:
-      target = create_train_state(task, config, rng, example, mesh, tx, abstract=True)
-      state = store.restore_latest(target)
+    store = ckpt.CheckpointStore(workdir, keep=int(tc.keep_checkpoints),
+                                 best_metric=best_metric, best_mode=best_mode)
+    state = _restore_or_init(store, task, config, rng, batches, mesh, tx, main)
     start = int(jax.device_get(state.step))
-    if main:
+    if main:  # the run has started: only now may its records change
+      ckpt.save_config(workdir, config)
       ckpt.save_run_metadata(workdir, _run_metadata(workdir, run_metadata, config, mesh,
                                                     state, start))
     logger = MetricsLogger(workdir, total, start, enabled=main, progress=progress)
@@ -289,14 +353,16 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
           store.save(state)
           store.wait()
           raise TrainingInterrupted(signum, k, store.directory)
-    store.wait()
+    store.wait()  # an asynchronous save that failed raises here
     if main:
       plot_curves(workdir)
+    logger.close()  # its last flush may fail too (full disk)
     return state
   except KeyboardInterrupt:
+    failed = True
     # A second Ctrl-C (or one outside the main thread): save what is consistent, if any
     # (never a state whose latest steps were not checked finite).
-    if state is not None:
+    if state is not None and store is not None:
       try:
         _fetch_checked(pending, store)
         store.save(state)
@@ -304,16 +370,31 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
       except Exception:  # the state may have been donated to a step in flight
         pass
     raise
+  except (PaJaxError, TrainingInterrupted):
+    failed = True
+    raise
+  except Exception as e:
+    failed = True
+    err = _storage_error(e, store, workdir) if store is not None else None
+    if err is None:
+      raise
+    raise err from None
   finally:
     stop.uninstall()
     if batch_iter is not None and hasattr(batch_iter, "close"):
-      try:
-        batch_iter.close()
-      except Exception:
-        pass
+      _quietly(batch_iter.close)
     if logger is not None:
-      logger.close()
-    try:
-      store.wait()
-    finally:
-      store.close()
+      (_quietly if failed else lambda f: f())(logger.close)
+    if store is not None:
+      if failed:
+        # Saves in flight end (or fail) here; then their temporary folders go, so the
+        # workdir holds only complete checkpoints.
+        _quietly(store.wait)
+        _quietly(store.close)
+        _quietly(store.remove_partial)
+      else:
+        try:
+          store.wait()
+        finally:
+          store.close()
+    quiet.__exit__(None, None, None)

@@ -8,6 +8,10 @@ and flushed one by one; on resume `truncate_after(step)` atomically rewrites the
 without the lines past the restored checkpoint (and without a torn last line of a killed
 run), so the curves have no duplicate steps. The TensorBoard writer is opened with
 `purge_step` = restored step + 1, which makes TensorBoard drop the stale events too.
+
+A write that fails (full disk) raises a one-line InputError naming the file; a line that
+was only partly written is cut off again, so metrics.jsonl keeps exactly its complete
+lines.
 """
 
 from __future__ import annotations
@@ -83,15 +87,24 @@ class MetricsLogger:
     if not enabled:
       return
     truncate_after(self.workdir, start_step)
+    path = self.workdir / METRICS_JSONL
     try:
-      self._f = open(self.workdir / METRICS_JSONL, "a", encoding="utf-8")
+      # A raw descriptor: each line goes out in one write that can be undone (see _write).
+      self._f = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as e:
-      raise InputError(self.workdir / METRICS_JSONL, f"cannot write ({e.strerror or e})") from None
+      raise InputError(path, f"cannot write ({e.strerror or e})") from None
     if tensorboard:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(logdir=str(self.workdir / TENSORBOARD),
-                               purge_step=start_step + 1 if start_step > 0 else None)
+      try:
+        # flush_secs: (almost) never flush from tensorboardX's own thread, where a full
+        # disk becomes a traceback; `_tb_flush` flushes after each log in this thread.
+        # (Not larger: the thread waits on its queue that long, and 1e9 s overflows.)
+        self._tb = SummaryWriter(logdir=str(self.workdir / TENSORBOARD), flush_secs=3600,
+                                 purge_step=start_step + 1 if start_step > 0 else None)
+      except OSError as e:
+        raise InputError(self.workdir / TENSORBOARD, f"cannot write ({e.strerror or e})"
+                         ) from None
     if progress:
       from tqdm import tqdm
 
@@ -99,8 +112,32 @@ class MetricsLogger:
                        desc="train", mininterval=1.0, smoothing=0.1)
 
   def _write(self, rec: Mapping[str, Any]) -> None:
-    self._f.write(json.dumps(rec) + "\n")
-    self._f.flush()
+    data = (json.dumps(rec) + "\n").encode("utf-8")
+    size = os.fstat(self._f).st_size
+    try:
+      done = 0
+      while done < len(data):
+        done += os.write(self._f, data[done:])
+    except OSError as e:
+      try:
+        os.ftruncate(self._f, size)  # no torn line: shrinking needs no free space
+      except OSError:
+        pass
+      raise InputError(self.workdir / METRICS_JSONL, f"cannot write "
+                       f"({e.strerror or e})") from None
+
+  def _tb_flush(self) -> None:
+    """Writes the queued TensorBoard events now. A failure drops TensorBoard for the rest
+    of the run (metrics.jsonl holds the same numbers) and is raised as one line."""
+    if self._tb is None:
+      return
+    try:
+      self._tb.flush()
+    except OSError as e:
+      tb, self._tb = self._tb, None
+      _close_quietly(tb)
+      raise InputError(self.workdir / TENSORBOARD, f"cannot write ({e.strerror or e})"
+                       ) from None
 
   def log_train(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -115,6 +152,7 @@ class MetricsLogger:
       for k, v in metrics.items():
         if isinstance(v, (int, float)) and math.isfinite(float(v)):
           self._tb.add_scalar(f"train/{k}", float(v), int(step))
+      self._tb_flush()
     if self._bar is not None:
       post = {"loss": f"{float(metrics.get('loss', float('nan'))):.4g}"}
       if "learning_rate" in metrics:
@@ -135,6 +173,7 @@ class MetricsLogger:
           continue
         if math.isfinite(f):
           self._tb.add_scalar(f"eval/{k}", f, int(step))
+      self._tb_flush()
     if self._bar is not None:
       self._bar.write(f"step {step}: " + ", ".join(
           f"{k}={float(v):.4g}" for k, v in metrics.items() if _is_number(v)))
@@ -153,16 +192,25 @@ class MetricsLogger:
       print(text, flush=True)
 
   def close(self) -> None:
+    """Closes the files (idempotent); a failed last TensorBoard flush is one line."""
     if self._bar is not None:
       self._bar.close()
       self._bar = None
-    if self._tb is not None:
-      self._tb.flush()
-      self._tb.close()
-      self._tb = None
     if self._f is not None:
-      self._f.close()
+      os.close(self._f)
       self._f = None
+    if self._tb is not None:
+      self._tb_flush()
+      tb, self._tb = self._tb, None
+      _close_quietly(tb)
+
+
+def _close_quietly(tb) -> None:
+  """Stops tensorboardX's writer thread and file; its data was flushed or is lost."""
+  try:
+    tb.close()
+  except Exception:  # noqa: BLE001 - nothing left to save; the caller reports the error
+    pass
 
 
 def _is_number(v: Any) -> bool:

@@ -90,20 +90,11 @@ def pixel_case(rng, n, span=100, zero_frac=0.05, tie_frac=0.2, dup_frac=0.1):
 
 
 def rpn_like_case(rng, n, canvas=384, n_objects=150):
-  """Proposals as an RPN emits them: most are jittered copies of a few objects, scored by
-  closeness; the rest scattered background with low scores. Whole pixels (module docstring)."""
-  centres = rng.uniform(0, canvas, (n_objects, 2))
-  sizes = rng.uniform(8, 40, (n_objects, 1))
-  near = rng.uniform(size=n) < 0.7
-  obj = rng.integers(0, n_objects, n)
-  dc = rng.normal(0, 0.08, (n, 2))
-  cen = np.where(near[:, None], centres[obj] + dc * sizes[obj], rng.uniform(0, canvas, (n, 2)))
-  wh = np.where(near[:, None], sizes[obj] * np.exp(rng.normal(0, 0.1, (n, 2))),
-                np.exp(rng.uniform(np.log(8), np.log(96), (n, 2))))
-  boxes = np.clip(np.round(np.concatenate([cen - wh / 2, cen + wh / 2], 1)), 0, canvas)
-  scores = np.where(near, rng.normal(1.5, 1.0, n) - 3 * np.abs(dc).sum(1),
-                    rng.normal(-2, 1.5, n))
-  return boxes.astype(np.float32), scores.astype(np.float32)
+  """bench/nms_depth.py's RPN-like proposals, rounded to whole pixels (module docstring)."""
+  import nms_depth  # bench/ is on sys.path (tests/conftest.py)
+
+  boxes, scores = nms_depth.rpn_like_boxes(rng, n, canvas, n_objects)
+  return np.round(boxes), scores
 
 
 def check(result, ref, k):

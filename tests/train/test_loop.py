@@ -11,7 +11,7 @@ import pytest
 
 import _proc
 import train_toy as T
-from pa_jax.errors import InputError
+from pa_jax.errors import InputError, TrainingError
 from pa_jax.train import checkpoint as ckpt
 from pa_jax.train import metrics_log
 from pa_jax.train import loop
@@ -108,7 +108,7 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(tmp_pa
   with pytest.raises(NonFiniteLossError) as err:
     train(T.toy_task(), source, c, tmp_path, {}, progress=False)
   msg = str(err.value)
-  assert "\n" not in msg and isinstance(err.value, InputError)
+  assert "\n" not in msg and isinstance(err.value, TrainingError)
   assert msg.startswith("step 5: non-finite")
   assert "fg_loss=nan" in msg and "reg_loss" not in msg
   assert "latest checkpoint (step 4)" in msg

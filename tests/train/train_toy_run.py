@@ -3,8 +3,8 @@
   python train_toy_run.py --workdir W --steps 16 --checkpoint_every 2 [--delay 0.2]
       [--params_out P.npz]
 
-Exit codes like run.py: 0 done, 2 InputError/NonFiniteLossError (one line on stderr),
-128+signal after a graceful SIGINT/SIGTERM (checkpoint saved).
+Exit codes like run.py: 0 done, the PaJaxError's own code (2 InputError, 3 a
+NonFiniteLossError; one line on stderr), 128+signal after a graceful SIGINT/SIGTERM (checkpoint saved).
 """
 
 import argparse
@@ -26,7 +26,7 @@ def main() -> int:
   import numpy as np
 
   import train_toy as T
-  from pa_jax.errors import InputError
+  from pa_jax.errors import PaJaxError
   from pa_jax.train.loop import TrainingInterrupted, train
 
   source = T.toy_source(global_batch=4)
@@ -39,9 +39,9 @@ def main() -> int:
   except TrainingInterrupted as e:
     print(e, file=sys.stderr)
     return e.exit_code
-  except InputError as e:
+  except PaJaxError as e:
     print(e, file=sys.stderr)
-    return 2
+    return e.exit_code
   if a.params_out:
     np.savez(a.params_out, **T.flat_params(state.params))
   return 0
