@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -186,7 +185,7 @@ def check_backbone_init(m) -> None:
 def train(cfg, workdir: os.PathLike | str) -> Any:
   """Trains (or resumes) the experiment of `cfg` in `workdir`; returns the final state."""
   from pa_jax.train import checkpoint as ckpt
-  from pa_jax.train import loop
+  from pa_jax.train import loop, run_config
   from pa_jax.train.distributed import maybe_initialize_distributed
 
   check_backbone_init(cfg.model)  # before reading any data: a config error is instant
@@ -195,7 +194,7 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
   ckpt.check_workdir_writable(workdir)
   # A resumed run must be the run that was trained; refused before any data is read, and
   # before config.json / run.json could change (loop.train writes them once started).
-  ckpt.check_same_config(workdir, cfg)
+  run_config.check_same_config(workdir, cfg)
   examples = training_examples(cfg, progress=jax.process_index() == 0)
   stats = dataset_statistics(examples)
   prior = fileio.read_json(workdir / "run.json")
@@ -260,6 +259,7 @@ def _tuples(obj):
 def load_run(workdir: os.PathLike | str, best: bool = False):
   """(config, model, variables, step) of a trained run, from its workdir alone."""
   from pa_jax.train import checkpoint as ckpt
+  from pa_jax.train import faults
   from pa_jax.train.state import create_train_state, make_data_mesh
 
   workdir = Path(workdir)
@@ -275,7 +275,7 @@ def load_run(workdir: os.PathLike | str, best: bool = False):
   example = pipeline.stack_batch([_empty_example(cfg.data.canvas_size, cfg.data.max_instances)])
   template = create_train_state(task, cfg, jax.random.PRNGKey(cfg.seed), example, mesh,
                                 abstract=True)
-  with ckpt.quiet_library_logs():  # Orbax warns on every read-only open
+  with faults.quiet_library_logs():  # Orbax warns on every read-only open
     store = ckpt.CheckpointStore(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
     try:
       # The newest checkpoint that restores; a damaged newer one is named in one line on

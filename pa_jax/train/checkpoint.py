@@ -20,23 +20,19 @@ for multi-host runs the workdir must be on a filesystem all hosts share).
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import logging
 import os
-import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import orbax.checkpoint as ocp
 
 from pa_jax import fileio
 from pa_jax.errors import InputError
+from pa_jax.train.faults import ignore_late_read_callbacks, quiet_library_logs, unreadable_reason
 from pa_jax.train.state import TrainState, abstract_state
 
 CHECKPOINTS = "checkpoints"
@@ -90,76 +86,6 @@ def save_config(workdir: os.PathLike | str, config: Any) -> Path | None:
   return path
 
 
-# Fields a resumed run may change: how long it trains and how often it logs, saves and
-# evaluates, and how a finished run is evaluated or predicts. None of them changes what a
-# checkpoint holds or what the steps already done computed. Everything else (model, data,
-# view, optimiser, seed) would resume a run that is not the one that was trained.
-RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every",
-                    "train.eval_every", "train.keep_checkpoints", "data.prefetch", "eval.*",
-                    "predict.*")
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, dict) and tree:
-    out = {}
-    for k, v in tree.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-  return {prefix[:-1]: tree}
-
-
-def _resumable(field: str) -> bool:
-  return any(field == f or (f.endswith(".*") and field.startswith(f[:-1]))
-             for f in RESUMABLE_FIELDS)
-
-
-def _short(v: Any) -> str:
-  text = repr(v)
-  return text if len(text) <= 40 else text[:37] + "..."
-
-
-def config_changes(stored: Mapping[str, Any], config: Any) -> list[str]:
-  """'field: old -> new' for every field of `config` that differs from the `stored`
-  config.json (both compared as JSON, so tuples equal lists), resumable fields aside."""
-  old = _flatten(dict(stored))
-  new = _flatten(json.loads(config_json(config)))
-  # Only fields both configs have: a field added (or dropped) by a later version of
-  # pa_jax would otherwise make every older run impossible to resume; a real difference
-  # in what the checkpoint holds still fails the restore, in one line.
-  return [f"{k}: {_short(old[k])} -> {_short(new[k])}" for k in sorted(set(old) & set(new))
-          if old[k] != new[k] and not _resumable(k)]
-
-
-def has_checkpoint(workdir: os.PathLike | str) -> bool:
-  """Whether `workdir` holds a saved checkpoint (latest or best): a run that has started."""
-  for sub in (CHECKPOINTS, CHECKPOINTS_BEST):
-    d = Path(workdir) / sub
-    if d.is_dir() and any(p.name.isdigit() for p in d.iterdir()):
-      return True
-  return False
-
-
-def check_same_config(workdir: os.PathLike | str, config: Any) -> None:
-  """Refuses to resume a run under a config other than the one it was trained with.
-
-  A workdir without a checkpoint has nothing to be inconsistent with: its config may
-  change (e.g. a lower learning rate after a NaN at step 1). The stored config.json is
-  only read here; it is rewritten once the run has started (`loop.train`)."""
-  path = Path(workdir) / CONFIG_JSON
-  if not has_checkpoint(workdir):
-    return
-  stored = fileio.read_json(path)
-  if stored is None:
-    return  # a run of an older version without config.json: the restore checks shapes
-  changes = config_changes(stored, config)
-  if not changes:
-    return
-  shown = ", ".join(changes[:4]) + (f" (and {len(changes) - 4} more)" if len(changes) > 4
-                                    else "")
-  raise InputError(path, f"this run was trained with a different config: {shown}; use a "
-                   "new workdir or the original config")
-
-
 def save_run_metadata(workdir: os.PathLike | str, metadata: Mapping[str, Any]) -> Path | None:
   """Writes `workdir/run.json` (process 0 only, atomically). Returns its path."""
   if jax.process_index() != 0:
@@ -167,110 +93,6 @@ def save_run_metadata(workdir: os.PathLike | str, metadata: Mapping[str, Any]) -
   path = Path(workdir) / RUN_JSON
   fileio.write_json(path, dict(metadata))
   return path
-
-
-# ------------------------------------------------------------------------- faults
-
-
-@contextlib.contextmanager
-def quiet_library_logs() -> Iterator[None]:
-  """Silences the log records of Orbax (absl), asyncio and TensorStore meanwhile.
-
-  Orbax logs every failure it also raises, with a traceback, from each thread that saw it
-  (a full disk gave ~1,500 lines); the raised error reaches the user as one line, so the
-  records add only noise. Its warnings on a healthy read-only restore are noise too."""
-  loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio", "tensorstore")]
-  levels = [lg.level for lg in loggers]
-  for lg in loggers:
-    lg.setLevel(logging.CRITICAL + 1)
-  try:
-    yield
-  finally:
-    for lg, level in zip(loggers, levels):
-      lg.setLevel(level)
-
-
-def _is_closed_loop(exc: BaseException | None) -> bool:
-  return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-
-
-def ignore_late_read_callbacks() -> None:
-  """Drops the 'Event loop is closed' errors of reads still in flight when a restore
-  failed: TensorStore completes them after Orbax closed its event loop, at any later
-  moment (process exit included), and each printed a traceback. Installed once, for the
-  rest of the process; every other error still reaches the previous hooks."""
-  if getattr(sys.excepthook, "_pa_jax", False):
-    return
-  old_except, old_unraisable = sys.excepthook, sys.unraisablehook
-
-  def excepthook(kind, value, tb):
-    if not _is_closed_loop(value):
-      old_except(kind, value, tb)
-
-  def unraisablehook(unraisable):
-    if not _is_closed_loop(unraisable.exc_value):
-      old_unraisable(unraisable)
-
-  excepthook._pa_jax = True
-  sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
-
-
-def _chain(e: BaseException) -> Iterator[BaseException]:
-  """`e` and the exceptions behind it (__cause__, __context__), each once."""
-  seen, todo = set(), [e]
-  while todo:
-    x = todo.pop(0)
-    if x is None or id(x) in seen:
-      continue
-    seen.add(id(x))
-    yield x
-    todo += [x.__cause__, x.__context__]
-
-
-_STORAGE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
-                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                   errno.EPERM: "permission denied"}
-# TensorStore (Orbax's array writer) reports the OS error only as text.
-_STORAGE_TEXTS = {"No space left on device": "disk full",
-                  "Disk quota exceeded": "disk quota exceeded",
-                  "Read-only file system": "read-only file system",
-                  "Permission denied": "permission denied"}
-
-
-def storage_problem(e: BaseException) -> tuple[str, str | None] | None:
-  """('disk full', file or None) when `e`, or an error behind it, is the file system
-  refusing a write; None for any other error."""
-  for x in _chain(e):
-    if isinstance(x, OSError) and x.errno in _STORAGE_ERRNOS:
-      return _STORAGE_ERRNOS[x.errno], x.filename
-  for x in _chain(e):
-    text = str(x)
-    for needle, problem in _STORAGE_TEXTS.items():
-      if needle in text:
-        return problem, None
-  return None
-
-
-def unreadable_reason(e: BaseException) -> str:
-  """A few words on why a checkpoint did not restore (Orbax's own text is kilobytes of
-  tree metadata or TensorStore specs)."""
-  texts = [str(x) for x in _chain(e)]
-  for t in texts:
-    m = re.search(r"Requested shape: (\(.*?\)) is not compatible with the stored shape: "
-                  r"(\(.*?\))", t)
-    if m:
-      return f"an array has shape {m.group(2)}, this model wants {m.group(1)}"
-  for t in texts:
-    m = re.match(r"([A-Z][A-Z_]+): ", t)
-    if m:  # a TensorStore status: the array files are damaged or missing
-      return f"its array data cannot be read ({m.group(1)})"
-  for x in _chain(e):
-    if isinstance(x, FileNotFoundError):
-      return f"a file is missing ({Path(x.filename or '?').name})"
-  if any("pytree structure" in t or "tree structure" in t.lower() for t in texts):
-    return "its tree metadata is missing or damaged"
-  first = next((l for l in str(e).splitlines() if l.strip()), type(e).__name__)
-  return first if len(first) <= 100 else first[:97] + "..."
 
 
 class CheckpointStore:

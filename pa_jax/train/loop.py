@@ -28,6 +28,7 @@ from pa_jax import fileio
 from pa_jax.data.pipeline import shard_batch
 from pa_jax.errors import InputError, PaJaxError, TrainingError
 from pa_jax.train import checkpoint as ckpt
+from pa_jax.train import faults
 from pa_jax.train.distributed import is_main_process, maybe_initialize_distributed
 from pa_jax.train.metrics_log import MetricsLogger, plot_curves
 from pa_jax.train.optimizer import learning_rate_fn, make_optimizer
@@ -214,7 +215,7 @@ def _storage_error(e: BaseException, store: ckpt.CheckpointStore,
                    workdir: Path) -> InputError | None:
   """One line for a write the file system refused (full disk, read-only, permissions),
   naming the path and the checkpoint still intact; None for any other error."""
-  found = ckpt.storage_problem(e)
+  found = faults.storage_problem(e)
   if found is None:
     return None
   problem, filename = found
@@ -271,7 +272,7 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
   tx = make_optimizer(tc, task.trainable)
   lr_fn = learning_rate_fn(tc)
   rng = jax.random.PRNGKey(int(config.seed))
-  quiet = ckpt.quiet_library_logs()
+  quiet = faults.quiet_library_logs()
   quiet.__enter__()  # until the very end: Orbax logs from its threads as it fails
   store = None
   logger = None

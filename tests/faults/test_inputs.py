@@ -35,7 +35,7 @@ from scipy import ndimage
 from pa_jax.data import coco, readers
 from pa_jax.errors import InputError
 
-from .conftest import RUN_PY, error_line, run_cli
+from .conftest import error_line, run_cli
 
 
 def _stack(n=3, h=16, w=20, seed=0):

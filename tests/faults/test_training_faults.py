@@ -128,16 +128,17 @@ def test_changed_config_is_refused_in_one_line_and_leaves_the_run_as_it_was(run_
 def test_resumable_fields_may_change_and_others_are_named():
   from configs import demo
   from pa_jax.train import checkpoint as ckpt
+  from pa_jax.train import run_config
 
   c = demo.get_config()
   stored = json.loads(ckpt.config_json(c))
   c.train.steps = 5000  # extending a run
   c.train.log_every = 3
   c.eval.max_images = 2
-  assert ckpt.config_changes(stored, c) == []
+  assert run_config.config_changes(stored, c) == []
   c.model.partial.enabled = False
   c.data.view_fraction = 0.5
-  assert ckpt.config_changes(stored, c) == ["data.view_fraction: 0.25 -> 0.5",
+  assert run_config.config_changes(stored, c) == ["data.view_fraction: 0.25 -> 0.5",
                                             "model.partial.enabled: True -> False"]
 
 
