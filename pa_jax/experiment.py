@@ -303,12 +303,24 @@ def _empty_example(canvas: int, max_instances: int) -> dict:
 
 def evaluate_run(workdir: os.PathLike | str, split: str | None = None,
                  output_dir: os.PathLike | str | None = None, best: bool = False) -> dict:
+  """Scores the run's checkpoint on `split` against the full labels; writes the report to
+  `output_dir` (the caller's folder, written as is) or, by default, to the run's own
+  `eval_<split>_step<k>/`, which is replaced as a whole (pa_jax.outputs) so a report of
+  an earlier evaluation never mixes with this one."""
+  from pa_jax import outputs
+
   cfg, model, variables, step = load_run(workdir, best=best)
   split = split or cfg.eval.split
-  out = Path(output_dir) if output_dir else Path(workdir) / f"eval_{split}_step{step}"
+  title = f"{Path(workdir).name} step {step}, {split}"
   t0 = time.time()
-  summary = report_summary(evaluate_variables(cfg, model, variables, split, out,
-                                              title=f"{Path(workdir).name} step {step}, {split}"))
+  if output_dir:
+    out = Path(output_dir)
+    result = evaluate_variables(cfg, model, variables, split, out, title=title)
+  else:
+    out = Path(workdir) / f"eval_{split}_step{step}"
+    with outputs.staged_output(out, overwrite=True) as tmp:
+      result = evaluate_variables(cfg, model, variables, split, tmp, title=title)
+  summary = report_summary(result)
   summary["seconds"] = time.time() - t0
   summary["output"] = str(out)
   return summary
