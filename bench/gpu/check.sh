@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The GPU check of issue 12 (item 7): one script, one output folder, < 8 minutes on one H200.
+#
+#   bash bench/gpu/check.sh              # on the GPU machine (device tool: carry .whl)
+#   bash bench/gpu/check.sh --dry-run    # every step at toy size on this CPU machine
+#
+# Steps (each under its own time limit; a step that fails or runs out is recorded and the
+# script goes on):
+#   0 env        nvidia-smi, python/jax/torch versions, jax.devices()
+#   1 tests      the GPU-relevant tests (NMS, RoIAlign, model, weight import, this bench)
+#   2 compare    bench/frameworks.py at paper size: R50 and ResNeXt-101 64x4d, batch 8,
+#                canvas 384, float32 and bfloat16 (torch AMP), agreement on R50 fp32
+#   3 train      dh25_pa at full size (ResNeXt-101, batch 8, 384) for STEPS steps:
+#                images/s and peak memory
+# Output: $OUT (the device tool's folder) or bench/gpu/out-<UTC date>; summary.json lists
+# every step's status and seconds, *.log hold each step's output.
+#
+# The GPU image has jax (CUDA), flax, optax, orbax, torch, torchvision but no ml_collections
+# (configs use it) and no network: put its wheel in .whl/ first (bench/gpu/fetch_wheels.sh,
+# .whl/ is git-ignored) and carry it; this script installs .whl/*.whl with --no-index into
+# /tmp/site when the import is missing. tensorflow-datasets is not on this path.
+set -u
+cd "$(dirname "$0")/../.."
+
+DRY=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1 ;;
+    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+    *) echo "unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ] && [ "$DRY" = 1 ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+OUT=${OUT:-bench/gpu/out-$(date -u +%Y%m%dT%H%M%SZ)$([ "$DRY" = 1 ] && echo -dry)}
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.tsv"
+: > "$SUMMARY"
+T_START=$(date +%s)
+
+if [ "$DRY" = 1 ]; then
+  export JAX_PLATFORMS=cpu
+  # A shared 2-core CPU compiles the toy train step in 1-5 min: generous limits, and the
+  # workers run bfloat16 only (the float32 workers are what bench/results/frameworks_cpu_*
+  # ran; the agreement step runs float32).
+  T_ENV=300; T_TESTS=600; T_CMP=2400; T_TRAIN=1200
+  TESTS="tests/test_bench_frameworks.py"
+  CMP_PRESETS="toy"; CMP_ARGS="--steps 1 --warmup 1 --predict-images 1"; DTYPES="${DTYPES:-bfloat16}"
+  TORCH_DEVICE=cpu
+  TRAIN_ARGS="--config configs/dh25_pa.py:cpu --toy --steps 2 --warmup 1 --max-examples 4"
+else
+  # Limits (s): env 30 + tests 60 + compare 150 + 100 + train 120 = 460 < 8 min, whatever
+  # happens; a step cut short keeps what it wrote (compare writes after each run).
+  T_ENV=30; T_TESTS=60; T_CMP_R50=150; T_CMP_X101=100; T_TRAIN=120
+  TESTS="tests/ops/test_ops_nms.py tests/ops/test_ops_roi_align.py tests/models/test_models_weights.py tests/models/test_models_mask_rcnn.py tests/test_bench_frameworks.py"
+  CMP_ARGS="--steps 5 --warmup 1 --predict-images 5"; DTYPES="float32,bfloat16"
+  TORCH_DEVICE=cuda
+  TRAIN_ARGS="--config configs/dh25_pa.py --steps ${STEPS:-300} --warmup 2 --max-seconds 60"
+fi
+
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s) rc
+  echo "=== $name (limit ${limit}s): $*" | tee -a "$OUT/check.log"
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  local status=ok
+  [ $rc = 124 ] || [ $rc = 137 ] && status=timeout
+  [ $rc != 0 ] && [ $status = ok ] && status=failed
+  if grep -q '^SKIPPED:' "$OUT/$name.log" 2>/dev/null; then status=skipped; fi
+  printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$dt" >> "$SUMMARY"
+  tail -n 25 "$OUT/$name.log" | sed "s/^/[$name] /" | tee -a "$OUT/check.log"
+  echo "=== $name: $status (rc $rc, ${dt}s)" | tee -a "$OUT/check.log"
+}
+
+# -- 0: the environment (and the ml_collections wheel when the image lacks it)
+if ! "$PY" -c "import ml_collections" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+fi
+step env "$T_ENV" bash -c "
+  (nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>/dev/null || echo 'no nvidia-smi');
+  nproc; uptime;
+  '$PY' -c 'import sys, ml_collections, jax, flax, optax; print(sys.version.split()[0], \"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__); print(jax.devices())';
+  '$PY' -c 'import torch, torchvision; print(\"torch\", torch.__version__, \"torchvision\", torchvision.__version__, \"cuda\", torch.cuda.is_available())' 2>/dev/null || echo 'torch: not installed'"
+if ! "$PY" -c "import ml_collections" 2>/dev/null; then
+  echo "ml_collections is missing and no .whl/ wheel was found: run bench/gpu/fetch_wheels.sh here and carry .whl" | tee -a "$OUT/check.log"
+fi
+HAVE_TORCH=0
+"$PY" -c "import torch, torchvision" 2>/dev/null && HAVE_TORCH=1
+if [ "$DRY" = 0 ] && ! "$PY" -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
+  echo "warning: JAX sees no GPU; the figures below are not GPU figures" | tee -a "$OUT/check.log"
+fi
+
+# -- 1: tests
+step tests "$T_TESTS" "$PY" -m pytest -q -x -p no:cacheprovider $TESTS
+
+# -- 2: the framework comparison
+if [ "$HAVE_TORCH" = 0 ]; then
+  for p in ${CMP_PRESETS:-gpu_r50 gpu_x101}; do
+    step "compare_$p" 30 bash -c "echo 'SKIPPED: torch/torchvision not installed'; \
+      '$PY' bench/frameworks.py compare --preset $p --out '$OUT/frameworks_$p.json'"
+  done
+elif [ "$DRY" = 1 ]; then
+  step compare_toy "$T_CMP" "$PY" bench/frameworks.py compare --preset toy $CMP_ARGS \
+    --dtypes "$DTYPES" --device "$TORCH_DEVICE" --out "$OUT/frameworks_toy.json"
+else
+  step compare_gpu_r50 "$T_CMP_R50" "$PY" bench/frameworks.py compare --preset gpu_r50 $CMP_ARGS \
+    --dtypes "$DTYPES" --device cuda --out "$OUT/frameworks_gpu_r50.json"
+  step compare_gpu_x101 "$T_CMP_X101" "$PY" bench/frameworks.py compare --preset gpu_x101 $CMP_ARGS \
+    --no-agree --dtypes "$DTYPES" --device cuda --out "$OUT/frameworks_gpu_x101.json"
+fi
+
+# -- 3: dh25_pa training throughput
+step train_dh25_pa "$T_TRAIN" "$PY" bench/gpu/train_throughput.py $TRAIN_ARGS --out "$OUT/train_dh25_pa.json"
+
+# -- summary.json
+"$PY" - "$SUMMARY" "$OUT" "$DRY" "$T_START" <<'EOF'
+import json, os, sys, time, glob
+tsv, out, dry, t0 = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
+steps = [dict(zip(("step", "status", "rc", "seconds"), l.rstrip("\n").split("\t"))) for l in open(tsv) if l.strip()]
+res = {"dry_run": dry, "total_seconds": int(time.time()) - t0, "steps": steps, "results": {}}
+for f in sorted(glob.glob(os.path.join(out, "*.json"))):
+    if f.endswith("summary.json"):
+        continue
+    d = json.load(open(f))
+    key = os.path.basename(f)[:-5]
+    if "runs" in d:
+        res["results"][key] = {"ratios": d.get("ratios"), "runs": [
+            {k: r.get(k) for k in ("framework", "compute_dtype", "returncode", "train_step_median",
+                                    "train_images_per_second", "predict_seconds_per_image",
+                                    "peak_rss_mb", "device_peak_mb", "device_peak_mb_train")}
+            for r in d["runs"]], "skipped": d.get("skipped")}
+        if "agreement" in d:
+            a = d["agreement"]
+            res["results"][key]["agreement_max_rel"] = max(v.get("max_rel", 0) for v in a["tensors"].values())
+            res["results"][key]["boxes_matched_iou0.99_tv_aligned"] = a["detections_tv_aligned_True"]["ref_matched_iou0.99"]
+    else:
+        res["results"][key] = {k: d.get(k) for k in ("step_seconds_median", "images_per_second_median_step",
+                                                     "images_per_second_wall", "peak_rss_mb", "device_peak_mb_end",
+                                                     "compute_dtype", "weights")}
+json.dump(res, open(os.path.join(out, "summary.json"), "w"), indent=1)
+print(json.dumps(res, indent=1))
+bad = [s for s in steps if s["status"] not in ("ok", "skipped")]
+print(f"{len(steps) - len(bad)}/{len(steps)} steps ok or skipped; {res['total_seconds']} s; output in {out}")
+sys.exit(1 if bad else 0)
+EOF

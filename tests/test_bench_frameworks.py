@@ -1,0 +1,110 @@
+"""bench/frameworks.py: the pure pieces without torch; the torchvision model with torch.
+
+The timings themselves are never tested (docs/performance.md records them with commands).
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("bench_frameworks", ROOT / "bench" / "frameworks.py")
+  mod = importlib.util.module_from_spec(spec)
+  sys.modules["bench_frameworks"] = mod
+  spec.loader.exec_module(mod)
+  return mod
+
+
+fw = _load()
+
+
+def test_presets_and_overrides():
+  spec, ov = fw.preset("paper_r50", ["model.roi.max_detections=100"])
+  assert spec == "configs/dh100_baseline.py"
+  cfg = fw.load_config(spec, ov)
+  assert cfg.model.backbone == "resnet50"
+  assert cfg.train.batch_size == 2
+  assert cfg.model.roi.max_detections == 100
+  assert cfg.data.canvas_size == 384 and cfg.data.group == "dh360"
+  assert Path(cfg.data.source).is_absolute()
+  small = fw.load_config(*fw.preset("cpu_small"))
+  assert (small.model.backbone, small.model.backbone_width, small.model.norm) == ("resnet18", 32, "group_norm")
+  assert not small.model.partial.enabled
+  with pytest.raises(ValueError):
+    fw.preset("nope")
+
+
+def test_torchvision_settings_match_the_paper_config():
+  cfg = fw.load_config(*fw.preset("paper_r50"))
+  s = fw.torchvision_settings(cfg.model, cfg.data.canvas_size)
+  assert (s["rpn_pre_nms_top_n_train"], s["rpn_post_nms_top_n_train"]) == (4000, 2000)
+  assert (s["rpn_pre_nms_top_n_test"], s["rpn_post_nms_top_n_test"]) == (4000, 2000)
+  assert s["box_batch_size_per_image"] == 512
+  assert s["box_detections_per_img"] == 1000
+  assert s["box_score_thresh"] == 0.05 and s["box_nms_thresh"] == 0.5
+  assert s["bbox_reg_weights"] == (10.0, 10.0, 5.0, 5.0)
+  assert s["anchor_sizes"] == ((8.0,), (16.0,), (32.0,), (64.0,), (128.0,))
+  assert s["aspect_ratios"] == (0.5, 1.0, 2.0)
+  assert s["image_mean"] == [0.0] * 3 and s["image_std"] == [1.0] * 3
+  assert s["min_size"] == s["max_size"] == 384
+  assert s["trainable_layers"] == 3  # freeze_at=2: stem + layer1 frozen
+  assert s["box_fg_iou_thresh"] == s["box_bg_iou_thresh"] == 0.5
+
+
+@pytest.mark.parametrize("name", ["paper_r50", "cpu_small"])
+def test_torchvision_anchor_grid_equals_pa_jax_anchors(name):
+  from pa_jax.ops import anchors as anchor_ops
+
+  cfg = fw.load_config(*fw.preset(name))
+  m, canvas = cfg.model, cfg.data.canvas_size
+  shapes = anchor_ops.feature_shapes(canvas, canvas, m.anchor_strides)
+  ours = anchor_ops.generate_anchors(shapes, m.anchor_strides, m.anchor_sizes, m.anchor_ratios)
+  theirs = fw.tv_grid_anchors(fw.pa_jax_cell_anchors(m), shapes, m.anchor_strides)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_box_match_and_summary():
+  a = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+  m = fw.box_match(a, a[::-1] + np.float32(0.001))
+  assert m["ref_matched_iou0.99"] == 1.0 and m["other_matched_iou0.99"] == 1.0
+  assert m["top_k_same_order_iou0.99"] == 0.0  # same set, other order
+  m = fw.box_match(a, a[:1])
+  assert m["ref_matched_iou0.5"] == 0.5 and m["other_matched_iou0.5"] == 1.0
+  assert fw.box_match(a, np.zeros((0, 4)))["ref_matched_iou0.5"] == 0.0
+  s = fw.summarize_agreement({"x": (np.ones(3), np.ones(3) * 1.5), "y": (np.ones(2), np.ones(3))})
+  assert s["x"]["max_abs"] == 0.5 and abs(s["x"]["max_rel"] - 1 / 3) < 1e-12
+  assert s["y"]["error"] == "shape mismatch"
+
+
+def test_ratios():
+  runs = [{"framework": "pa_jax", "compute_dtype": "float32", "train_step_median": 4.0,
+           "predict_seconds_per_image": 1.0},
+          {"framework": "torchvision", "compute_dtype": "float32", "train_step_median": 2.0,
+           "predict_seconds_per_image": 0.5}]
+  assert fw.ratios(runs) == {"float32": {"train_step_median_ratio": 2.0,
+                                         "predict_seconds_per_image_ratio": 2.0}}
+
+
+@pytest.mark.parametrize("name", ["toy", "paper_r50"])
+def test_torchvision_state_dict_maps_completely_onto_pa_jax(name):
+  pytest.importorskip("torch")
+  pytest.importorskip("torchvision")
+  from pa_jax.models.weights import torchvision_to_flax_names
+
+  cfg = fw.load_config(*fw.preset(name))
+  model = fw.build_torchvision(cfg)
+  sd = model.state_dict()
+  names = torchvision_to_flax_names(sd)
+  assert set(names) == set(sd)  # every tensor has a counterpart (or is a known drop)
+  assert model.rpn._pre_nms_top_n["training"] == cfg.model.rpn.pre_nms_topk_train
+  assert model.roi_heads.detections_per_img == cfg.model.roi.max_detections
+  cell = fw.pa_jax_cell_anchors(cfg.model)
+  for a, b in zip(model.rpn.anchor_generator.cell_anchors, cell):
+    np.testing.assert_array_equal(a.numpy(), b)
