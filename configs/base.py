@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.roi.score_threshold = 0.05  # Inference: detections below are dropped.
   c.model.roi.nms_iou = 0.5  # Inference NMS.
   c.model.roi.max_detections = 1000  # Inference: nuclei kept per image (dense images need many).
+  c.model.roi.mask_batch = 256  # Inference: detections per mask-head call; an image with more valid detections runs further chunks (none are dropped), one with fewer pays for one chunk, not max_detections.
   c.model.roi.mask_threshold = 0.5  # Mask probability that counts as inside.
   c.model.roi.box_loss_weight = 1.0  # Weight of the box head losses.
   c.model.roi.mask_loss_weight = 1.0  # Weight of the mask loss.
@@ -130,6 +131,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.predict.tile_size = 512  # Images larger than this are tiled (pixels, multiple of 32).
   c.predict.tile_overlap = 96  # Overlap between tiles; must exceed the largest nucleus (or clump) side plus the network's context, see docs/tiling.md.
   c.predict.batch_size = 4  # Tiles/images per device call.
+  c.predict.canvas_octaves = 0  # 0: pad each side to a multiple of 32 (one compile per size). k > 0: pad to tile_size * 2**(-j/2), j = 0..2k (512, k=2: 128, 192, 256, 384, 512), a bounded number of compiled canvases for any mix of sizes. Off by default: GroupNorm and the attention still see the padding, so a bigger bucket changes predictions (bench/canvas_buckets.py) until they are masked.
   c.predict.score_threshold = 0.5  # Detections below this score are not drawn into label maps (the 0.05 of model.roi.score_threshold suits ranked AP, not a label map, where every low-score box is a false positive).
   return c
 

@@ -1,16 +1,19 @@
 """From images to instance label maps with a trained detector.
 
-`Predictor(model, variables)` pads each image to a canvas that is a multiple of 32,
-runs the jitted `MaskRCNN.predict` (one compile per model and canvas shape, shared by
-every Predictor of the process), renders the detections
-into one label map on device (`ops.masks.masks_to_label_map`: overlaps go to the higher
-score, no [K, H, W] mask stack), crops back to the image and applies the paper's
-post-process on the host: every nucleus dilated once with a 3x3 square.
+`Predictor(model, variables)` pads each image to a canvas bucket (each side rounded up to
+`tile_size` or one of the half-octaves below it, `bucket_sides`; larger images are tiled),
+runs the jitted `MaskRCNN.predict` (one compile per model and canvas shape, shared by every
+Predictor of the process: any mix of image sizes compiles a bounded number of programs,
+5 for square images), renders the detections into one label map on device
+(`ops.masks.masks_to_label_map`: overlaps go to the higher score, no [K, H, W] mask stack),
+crops back to the image and applies the paper's post-process on the host: every nucleus
+dilated once with a 3x3 square.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 import jax
@@ -40,12 +43,31 @@ def predictor_for(cfg, model, variables) -> "Predictor":
   p = cfg.predict
   return Predictor(model, variables, cfg.data.normalize, cfg.model.roi.mask_threshold,
                    cfg.eval.dilate, p.get("score_threshold", 0.5), p.tile_size,
-                   p.tile_overlap, p.batch_size)
+                   p.tile_overlap, p.batch_size, canvas_octaves=p.get("canvas_octaves", 0))
 
 
 def canvas_for(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
   """The smallest canvas (multiple of `multiple`) holding an image."""
   return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+
+
+def bucket_sides(tile_size: int, octaves: int = 2) -> tuple[int, ...]:
+  """Canvas side lengths, ascending: `tile_size * 2 ** (-j / 2)` for j = 0 .. 2 * octaves,
+  each rounded up to a multiple of 32. 512, 2 -> (128, 192, 256, 384, 512).
+
+  Half-octave steps keep the padding of a side under ~1.5x (a 360² image runs on a 384²
+  canvas, as without buckets); whole octaves (tile, half, quarter) would pad it to 512².
+  """
+  sides = {math.ceil(tile_size * 2.0 ** (-j / 2) / 32) * 32 for j in range(2 * octaves + 1)}
+  return tuple(sorted(sides))
+
+
+def bucket_canvas(height: int, width: int, sides: tuple[int, ...]) -> tuple[int, int]:
+  """The canvas of an image: each side rounded up to the next bucket side (to a multiple of
+  32 beyond the largest bucket, which only untiled callers reach)."""
+  def up(n):
+    return next((s for s in sides if s >= n), canvas_for(n, n)[0])
+  return up(height), up(width)
 
 
 @functools.lru_cache(maxsize=32)
@@ -89,12 +111,18 @@ class Predictor:
     tile_size, overlap: tiling of large images (multiple of 32; overlap must exceed the
       largest nucleus plus the network's context, see docs/tiling.md).
     batch_size: tiles per device call (the batch is padded to this size: one compile).
+    canvas_octaves: each side is padded to one of `bucket_sides(tile_size, canvas_octaves)`
+      (512, 2 -> 128, 192, 256, 384, 512), so at most `(2 * canvas_octaves + 1) ** 2`
+      canvases are compiled (5 for square images), however many image sizes are seen.
+      The padding is zeros, and GroupNorm statistics and the attention see it, so the
+      output can change with the bucket (bench/canvas_buckets.py measures it); 0 pads to a
+      multiple of 32 only (one compile per distinct size, the smallest canvas).
   """
 
   def __init__(self, model, variables, normalize: str = "percentile",
                mask_threshold: float = 0.5, dilate: bool = True, min_score: float = 0.5,
                tile_size: int = 512, overlap: int = 96, batch_size: int = 1,
-               progress: bool = False):
+               progress: bool = False, canvas_octaves: int = 0):
     self.model = model
     self.variables = variables
     self.normalize = normalize
@@ -105,6 +133,7 @@ class Predictor:
     self.overlap = overlap
     self.batch_size = max(1, int(batch_size))
     self.progress = progress
+    self.sides = bucket_sides(tile_size, canvas_octaves) if canvas_octaves > 0 else ()
 
   def _run_batch(self, images: list[np.ndarray], batch: int):
     """Normalised float32 [h, w, 3] images of one shape → raw label maps + detections.
@@ -113,7 +142,7 @@ class Predictor:
     Raw label v is the detection of score rank v-1 (NMS output is sorted by score).
     """
     h, w = images[0].shape[:2]
-    canvas = canvas_for(h, w)
+    canvas = bucket_canvas(h, w, self.sides) if self.sides else canvas_for(h, w)
     n = len(images)
     padded = np.zeros((max(batch, n),) + canvas + (3,), np.float32)
     for i, img in enumerate(images):

@@ -7,7 +7,8 @@
 
 The per-image stages (anchor targets, proposal generation, RoI sampling) are pure
 functions of ONE image written below and lifted over the batch with `jax.vmap` (scenic
-style); ops (IoU, NMS, RoIAlign, …) come from `pa_jax.ops`, losses from `pa_jax.losses`,
+style) inside `jax.shard_map` over "data" in training (`pa_jax.ops.per_device.per_image`:
+each device runs the loops of its own images, no collective inside a loop); ops (IoU, NMS, RoIAlign, …) come from `pa_jax.ops`, losses from `pa_jax.losses`,
 and everything specific to partial labels from `pa_jax.partial`, reached only when
 `spec.partial` is True. With the switch off, the module has exactly the baseline's
 parameters and computations (same parameter names, same random streams), which the
@@ -19,7 +20,7 @@ Boxes are float32 `(x0, y0, x1, y1)` absolute pixels of the canvas everywhere.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -40,6 +41,7 @@ from pa_jax.ops import masks as mask_ops
 from pa_jax.ops import nms as nms_ops
 from pa_jax.ops import roi_align as roi_ops
 from pa_jax.ops.matching import Assignment, match
+from pa_jax.ops.per_device import per_image
 from pa_jax.ops.sampling import sample_balanced
 from pa_jax.structures import Batch
 
@@ -107,6 +109,9 @@ class ModelSpec:
   centerness_loss_weight: float = 1.0
   centerbox_loss_weight: float = 1.0
   hard_negatives: bool = False
+  # Inference: detections per mask-head call (`config.model.roi.mask_batch`); more valid
+  # detections run in further chunks of this size, see `masks_in_chunks`.
+  mask_batch: int = 256
 
   @classmethod
   def from_config(cls, m, anchor_wh: Sequence[float] | None = None) -> "ModelSpec":
@@ -156,7 +161,9 @@ class ModelSpec:
         components_backend=p.components_backend, rpn_ignore_iou=p.rpn_ignore_iou,
         roi_ignore_iou=p.roi_ignore_iou, centerness_loss_weight=p.centerness_loss_weight,
         centerbox_loss_weight=p.centerbox_loss_weight,
-        hard_negatives=bool(p.get("hard_negatives", False)))
+        hard_negatives=bool(p.get("hard_negatives", False)),
+        # Runs saved before the field existed lack it; 256 is base.py's default.
+        mask_batch=int(m.roi.get("mask_batch", 256)))
 
   @property
   def dtype(self):
@@ -173,7 +180,8 @@ class Detections:
 
   boxes:     float32 [B, K, 4] (x0, y0, x1, y1) canvas pixels, clipped to the image.
   scores:    float32 [B, K] nucleus probability; sorted descending, padding last.
-  masks:     float32 [B, K, 28, 28] mask probabilities inside each box.
+  masks:     float32 [B, K, 28, 28] mask probabilities inside each box; exactly 0 where
+             `valid` is False (the mask head only runs on the valid detections).
   valid:     bool [B, K].
   pa_boxes:  float32 [B, P, 4] partial-annotation boxes (P = 0 without the module).
   pa_valid:  bool [B, P].
@@ -286,24 +294,46 @@ def sample_rois(rois: jax.Array, roi_valid: jax.Array, gt_boxes: jax.Array, gt_v
   return rois[idx], sampled, positive, matched[idx], ignored
 
 
-def _negatives_in_centerness(target: jax.Array, neg_boxes: jax.Array, neg_valid: jax.Array,
-                             stride: int) -> jax.Array:
-  """Centerness cells (int32 [h, w]) inside a rejected box become explicit negatives (0)."""
-  h, w = target.shape
-  cx = (jnp.arange(w, dtype=jnp.float32) + 0.5) * stride
-  cy = (jnp.arange(h, dtype=jnp.float32) + 0.5) * stride
-  inside = ((cx[None, None, :] >= neg_boxes[:, 0, None, None])
-            & (cx[None, None, :] < neg_boxes[:, 2, None, None])
-            & (cy[None, :, None] >= neg_boxes[:, 1, None, None])
-            & (cy[None, :, None] < neg_boxes[:, 3, None, None]) & neg_valid[:, None, None])
-  return jnp.where((target < 0) & jnp.any(inside, axis=0), 0, target)
+def masks_in_chunks(mask_fn: Callable[[jax.Array], jax.Array], boxes: jax.Array,
+                    valid: jax.Array, chunk: int) -> jax.Array:
+  """Runs `mask_fn` on the valid detections only, `chunk` slots at a time.
 
+  Args:
+    mask_fn: boxes float32 [B, M, 4] -> float [B, M, ...] (a pure function of arrays; M is
+      always ceil(K / ceil(K / chunk)) <= chunk, so it is traced once).
+    boxes: float32 [B, K, 4] (x0, y0, x1, y1) canvas pixels, score-sorted (NMS order).
+    valid: bool [B, K]; NMS puts the valid detections first.
+    chunk: static slots per call (`ModelSpec.mask_batch`).
+  Returns:
+    [B, K, ...] `mask_fn` outputs; 0 in every invalid slot.
 
-def _suppress_near(boxes: jax.Array, valid: jax.Array, neg_boxes: jax.Array,
-                   neg_valid: jax.Array, iou_threshold: float) -> jax.Array:
-  """valid & no rejected box with IoU >= threshold (one image)."""
-  iou = box_ops.pairwise_iou(boxes, neg_boxes)
-  return valid & ~jnp.any((iou >= iou_threshold) & neg_valid[None, :], axis=1)
+  Only ceil(n / M) calls run (a `lax.while_loop` with a traced trip count), n = the
+  last valid slot + 1 over the batch: dense images (2,000 nuclei) get every mask, while a
+  typical image (~5 % of 1,000 slots valid) pays for one chunk, not K slots. Counting up to
+  the last valid slot rather than summing `valid` keeps this exact even if the valid
+  slots were not a prefix. Shapes stay static; the result equals `mask_fn` on all K slots
+  wherever `valid` is True.
+  """
+  b, k = boxes.shape[:2]
+  # Equal chunks of at most `chunk` slots covering K with the least padding (K 300, chunk
+  # 256: 2 x 150, not 2 x 256), so a full image never computes more than K slots.
+  n_chunks = -(-k // max(1, int(chunk)))
+  m = -(-k // n_chunks)
+  boxes = jnp.pad(boxes, ((0, 0), (0, n_chunks * m - k), (0, 0)))
+  out = jax.eval_shape(mask_fn, jax.ShapeDtypeStruct((b, m, 4), boxes.dtype))
+  n_used = jnp.max(jnp.where(valid, jnp.arange(1, k + 1, dtype=jnp.int32), 0), initial=0)
+  todo = (n_used + m - 1) // m
+
+  def body(carry):
+    i, acc = carry
+    part = mask_fn(jax.lax.dynamic_slice_in_dim(boxes, i * m, m, axis=1))
+    acc = jax.lax.dynamic_update_slice_in_dim(acc, part.astype(acc.dtype), i * m, axis=1)
+    return i + 1, acc
+
+  acc = jnp.zeros((b, n_chunks * m) + out.shape[2:], out.dtype)
+  _, acc = jax.lax.while_loop(lambda c: c[0] < todo, body, (jnp.int32(0), acc))
+  keep = valid.reshape(valid.shape + (1,) * (acc.ndim - 2))
+  return jnp.where(keep, acc[:, :k], 0).astype(out.dtype)
 
 
 def _flatten_levels(per_level: dict, names: Sequence[str], trailing: int) -> list[jax.Array]:
@@ -393,55 +423,31 @@ class MaskRCNN(nn.Module):
     feats = self.features(batch.image.astype(jnp.float32))
     rpn_out, names, obj, dlt = self._rpn(feats)
     anchors_per_level, _ = level_anchors(s, canvas_hw)
-    anchors = jnp.asarray(np.concatenate(anchors_per_level))
     obj_all = jnp.concatenate(obj, axis=1)
     dlt_all = jnp.concatenate(dlt, axis=1)
 
     aux = {}
-    pa_boxes = pa_valid = None
+    pa_args = ()  # (pa_boxes, pa_valid) with the module: the ignore rules of DESIGN PA 6
     if s.partial:
-      from pa_jax.partial import targets as pa_targets
+      from pa_jax.partial import training as pa_training
 
       cen = self.centerness(rpn_out.hidden["p2"])
-      h2, w2 = cen.logits.shape[1:3]
-      target, box_target = jax.vmap(
-          lambda lab, bx, v: pa_targets.centerness_targets(lab, bx, v, (h2, w2),
-                                                           s.anchor_strides[0], s.center_scale)
-      )(batch.labels, batch.boxes, batch.valid)
-      if s.hard_negatives:
-        target = jax.vmap(_negatives_in_centerness, in_axes=(0, 0, 0, None))(
-            target, batch.negative_boxes, batch.negative_valid, s.anchor_strides[0])
-      sampled_px = pa_targets.sample_pixels(k_pix, target, s.pa_num_pixels, s.pa_positive_fraction)
-      l_cen, l_cbox, cen_stats = pa_targets.centerness_losses(
-          cen.logits, cen.deltas, target, box_target, sampled_px,
-          jnp.asarray(s.anchor_wh, jnp.float32), s.anchor_strides[0])
-      pa_boxes, _, pa_valid = self._pa_boxes(cen.logits, cen.deltas, batch.image_size)
-      if s.hard_negatives:  # never propose (or ignore anchors) where a person said "no"
-        pa_valid = jax.vmap(_suppress_near, in_axes=(0, 0, 0, 0, None))(
-            pa_boxes, pa_valid, batch.negative_boxes, batch.negative_valid, s.roi_ignore_iou)
-      aux["loss_centerness"] = s.centerness_loss_weight * l_cen
-      aux["loss_centerbox"] = s.centerbox_loss_weight * l_cbox
-      aux["pa_boxes_per_image"] = jnp.mean(jnp.sum(pa_valid, axis=1).astype(jnp.float32))
-      # How many unannotated nuclei (known only when the labels are a derived partial
-      # view) the PA boxes find: the module doing its job, visible in the log.
-      from pa_jax.partial.ignore import pa_coverage_device
+      pa_aux, pa_boxes, pa_valid = pa_training.partial_terms(s, cen.logits, cen.deltas, batch,
+                                                             k_pix)
+      aux.update(pa_aux)
+      pa_args = (pa_boxes, pa_valid)
 
-      covered, missing = jax.vmap(pa_coverage_device)(
-          pa_boxes, pa_valid, batch.unannotated_boxes, batch.unannotated_valid)
-      aux["pa_unannotated_per_image"] = jnp.mean(missing)
-      aux["pa_unannotated_covered"] = jnp.sum(covered) / jnp.maximum(jnp.sum(missing), 1.0)
-      aux.update({f"pa_{k}": v for k, v in cen_stats.items()})
-
+    # Per-image stages run through `per_image`: vmap over one device's images inside
+    # shard_map over "data" when the batch is sharded, so their loops (NMS, PA-ignore blocks)
+    # never wait on other devices. Their inputs carry no gradient.
     # ---- RPN losses
+    anchors_np = np.concatenate(anchors_per_level)
     keys = jax.random.split(k_rpn, b)
+    idx, sampled, positive, targets, rpn_ignored = per_image(
+        lambda k, gb, gv, *pa: rpn_targets(jnp.asarray(anchors_np), gb, gv, k, s, *pa),
+        keys, batch.boxes, batch.valid, *pa_args)
     if s.partial:
-      idx, sampled, positive, targets, rpn_ignored = jax.vmap(
-          lambda k, gb, gv, pb, pv: rpn_targets(anchors, gb, gv, k, s, pb, pv)
-      )(keys, batch.boxes, batch.valid, pa_boxes, pa_valid)
       aux["pa_ignored_anchors_per_image"] = jnp.mean(rpn_ignored.astype(jnp.float32))
-    else:
-      idx, sampled, positive, targets, _ = jax.vmap(
-          lambda k, gb, gv: rpn_targets(anchors, gb, gv, k, s))(keys, batch.boxes, batch.valid)
     obj_s = jnp.take_along_axis(obj_all, idx, axis=1)
     dlt_s = jnp.take_along_axis(dlt_all, idx[..., None], axis=1)
     n_rpn = jnp.sum(sampled)
@@ -452,32 +458,26 @@ class MaskRCNN(nn.Module):
     aux["rpn_positives_per_image"] = jnp.sum(positive) / b
 
     # ---- proposals (+ ground truth, + PA boxes) → sampled RoIs
-    anchors_np = anchors_per_level
-    props, _, props_valid = jax.vmap(
+    props, _, props_valid = per_image(
         lambda o, d, hw: generate_proposals(
-            [x for x in o], [x for x in d], anchors_np, hw, s.rpn_pre_nms_topk_train,
-            s.rpn_post_nms_topk_train, s.rpn_nms_iou)
-    )([x for x in obj], [x for x in dlt], batch.image_size)
+            o, d, anchors_per_level, hw, s.rpn_pre_nms_topk_train,
+            s.rpn_post_nms_topk_train, s.rpn_nms_iou),
+        [jax.lax.stop_gradient(x) for x in obj], [jax.lax.stop_gradient(x) for x in dlt],
+        batch.image_size)
     rois = [props, batch.boxes]
     rois_valid = [props_valid, batch.valid]
     if s.partial:
-      rois.append(pa_boxes)
-      rois_valid.append(pa_valid)
-    if s.partial and s.hard_negatives:  # rejected regions are always background RoIs
-      rois.append(batch.negative_boxes)
-      rois_valid.append(batch.negative_valid)
+      more, more_valid = pa_training.extra_rois(s, pa_boxes, pa_valid, batch)
+      rois += more
+      rois_valid += more_valid
     rois = jnp.concatenate(rois, axis=1)
     rois_valid = jnp.concatenate(rois_valid, axis=1)
     keys = jax.random.split(k_roi, b)
+    sboxes, ssampled, spos, smatched, roi_ignored = per_image(
+        lambda r, rv, gb, gv, k, *pa: sample_rois(r, rv, gb, gv, k, s, *pa),
+        rois, rois_valid, batch.boxes, batch.valid, keys, *pa_args)
     if s.partial:
-      sboxes, ssampled, spos, smatched, roi_ignored = jax.vmap(
-          lambda r, rv, gb, gv, k, pb, pv: sample_rois(r, rv, gb, gv, k, s, pb, pv)
-      )(rois, rois_valid, batch.boxes, batch.valid, keys, pa_boxes, pa_valid)
       aux["pa_ignored_rois_per_image"] = jnp.mean(roi_ignored.astype(jnp.float32))
-    else:
-      sboxes, ssampled, spos, smatched, _ = jax.vmap(
-          lambda r, rv, gb, gv, k: sample_rois(r, rv, gb, gv, k, s)
-      )(rois, rois_valid, batch.boxes, batch.valid, keys)
     sboxes = jax.lax.stop_gradient(sboxes)
 
     # ---- box head
@@ -546,9 +546,32 @@ class MaskRCNN(nn.Module):
     keep, keep_valid = nms_ops.batched_nms(boxes, probs, valid, s.nms_iou, k)
     det_boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1)
     det_scores = jnp.where(keep_valid, jnp.take_along_axis(probs, keep, axis=1), 0.0)
-    masks = self.mask_head(self._roi_features(feats, det_boxes, s.mask_pooler_size))
-    masks = jax.nn.sigmoid(masks[..., 0]).reshape(b, k, masks.shape[1], masks.shape[2])
+    masks = masks_in_chunks(self._mask_probabilities(feats), det_boxes, keep_valid,
+                            s.mask_batch)
     return Detections(det_boxes, det_scores, masks, keep_valid, pa, pa_valid)
+
+  def _mask_probabilities(self, feats) -> Callable[[jax.Array], jax.Array]:
+    """Pure function: boxes float32 [B, M, 4] (x0, y0, x1, y1) -> float32 [B, M, 28, 28]
+    mask probabilities, from the pyramid `feats` and the mask head's bound weights.
+
+    A plain function of arrays (the head applied to its own variables), not a module call,
+    so that `masks_in_chunks` can run it inside a `lax.while_loop`.
+    """
+    s = self.spec
+    if self.is_initializing():  # `init` through `predict`: create the weights read below
+      c = feats["p2"].shape[-1]
+      self.mask_head(jnp.zeros((1, s.mask_pooler_size, s.mask_pooler_size, c), s.dtype))
+    head, head_vars = self.mask_head.clone(parent=None), self.mask_head.variables
+    levels = [feats[f"p{k}"] for k in ROI_LEVELS]
+
+    def probs(boxes):
+      b, m = boxes.shape[:2]
+      pooled = roi_ops.batched_multilevel_roi_align(levels, boxes, s.mask_pooler_size,
+                                                     ROI_LEVELS, s.sampling_ratio)
+      logits = head.apply(head_vars, pooled.reshape((b * m,) + pooled.shape[2:]))
+      return jax.nn.sigmoid(logits[..., 0]).reshape((b, m) + logits.shape[1:3])
+
+    return probs
 
   def attention_maps(self, image: jax.Array) -> dict:
     """Runs the features and returns nothing; call with mutable=['intermediates'] to

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from pa_jax.ops.nms import score_order
-from pa_jax.ops.roi_align import roi_align_taps
+from pa_jax.ops.roi_align import stacked_taps
 
 
 def mask_targets(label_map: jnp.ndarray, instance_ids: jnp.ndarray, boxes: jnp.ndarray,
@@ -48,10 +48,10 @@ def mask_targets(label_map: jnp.ndarray, instance_ids: jnp.ndarray, boxes: jnp.n
   h, w = label_map.shape
   flat = label_map.reshape(-1)
   ids = instance_ids.astype(flat.dtype)
-  taps = roi_align_taps(boxes, size, 1.0, h, w, sampling_ratio, aligned=True)
-  acc = jnp.zeros(taps[0][0].shape, jnp.float32)
-  for index, weight in taps:
-    acc = acc + weight * (flat[index] == ids[:, None, None]).astype(jnp.float32)
+  # One gather of all taps [R, size, size, K] (RoIAlign's own sampling), then the sum.
+  index, weight = stacked_taps(boxes, size, 1.0, h, w, sampling_ratio, aligned=True)
+  inside = (flat[index] == ids[:, None, None, None]).astype(jnp.float32)
+  acc = jnp.sum(weight * inside, axis=-1)
   acc = jnp.where((instance_ids > 0)[:, None, None], acc, 0.0)
   if binarize:
     return (acc >= 0.5).astype(jnp.float32)

@@ -13,17 +13,31 @@ Only a fixed (static) `sampling_ratio > 0` is supported; torchvision's adaptive 
 (`sampling_ratio=0`, `ceil(roi_size / out_size)` points) has data-dependent shapes.
 
 Implementation: the interpolation is separable, so each axis gives for every bin and sample
-point two integer taps with weights; the output is a sum over `(2 * sampling_ratio)**2`
-gathers of `[R, out_h, out_w, C]` (16 for the default ratio 2), with no Python loop over RoIs
-and peak memory O(R * out_h * out_w * C), never O(R * H * W). Multi-level pooling flattens all
-levels into one `[sum H_l * W_l, C]` table and gives each RoI its level's offset, size and
-scale, so every RoI is pooled once (not once per level).
+point two integer taps with weights; their products are `K = (2 * sampling_ratio)**2` taps
+per output cell (16 for the default ratio 2), computed once as stacked `[R, out_h, out_w, K]`
+indices and weights (`stacked_taps`).
+- Forward: the weighted sum of the K gathers of `[R, out_h, out_w, C]` from the flattened map,
+  written tap by tap so that XLA fuses all K gathers and the sum into one loop: peak memory
+  O(R * out_h * out_w * C), never O(R * H * W). (One gather of the stacked `[..., K, C]`
+  block was measured 20-30x slower on XLA:CPU: it is not fused and materialises K times the
+  output; bench/roi_align_speed.py.)
+- Backward (custom VJP): no scatter-add at all. The pooled value is `Wy[r] @ F @ Wx[r]^T`
+  with per-axis interpolation matrices `Wy [R, out_h, H]`, `Wx [R, out_w, W]` (2S non-zeros
+  per row), so the map's gradient is `sum_r Wy[r]^T G[r] Wx[r]`: two dense contractions,
+  the second one GEMM over (R, out_w). K scatter-adds of R * out_h * out_w rows run as a
+  serial loop on CPU and as atomics on GPU (non-deterministic order); the GEMM is
+  deterministic and fast on both. No gradient flows to the boxes (as in torchvision's
+  `roi_align`, and pa_jax stops it before the heads anyway).
+Multi-level pooling flattens all levels into one `[sum H_l * W_l, C]` table and gives each RoI
+its level's offset, size and scale, so every RoI is pooled once (not once per level); its
+backward runs the two contractions per level with the RoIs of other levels weighted 0.
 
 Boxes are float32 `(x0, y0, x1, y1)` in absolute image pixels; features are `[H, W, C]`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence, Union
 
 import jax
@@ -74,6 +88,56 @@ def _axis_taps(start: jnp.ndarray, bin_size: jnp.ndarray, extent: jnp.ndarray, p
   return index, weight
 
 
+def _roi_axes(boxes: jnp.ndarray, output_size: Size, spatial_scale, heights, widths,
+              sampling_ratio: int, aligned: bool):
+  """Per-axis taps of every RoI, arguments as `roi_align_taps`.
+
+  Returns `(yi [R, out_h, 2S] int32, yw [R, out_h, 2S] float32, xi [R, out_w, 2S],
+  xw [R, out_w, 2S], heights [R], widths [R])`: for each bin its S sample points x (low,
+  high) neighbour row / column and weight, without the `1 / S**2` average.
+  """
+  if sampling_ratio <= 0:
+    raise ValueError(f"sampling_ratio must be > 0 (static), got {sampling_ratio}")
+  out_h, out_w = _pair(output_size)
+  r = boxes.shape[0]
+  boxes = boxes.astype(jnp.float32)
+  scale = jnp.broadcast_to(jnp.asarray(spatial_scale, jnp.float32), (r,))
+  shift = 0.5 if aligned else 0.0
+  x0 = boxes[:, 0] * scale - shift
+  y0 = boxes[:, 1] * scale - shift
+  roi_w = boxes[:, 2] * scale - shift - x0
+  roi_h = boxes[:, 3] * scale - shift - y0
+  if not aligned:  # legacy: RoIs are at least one cell
+    roi_w = jnp.maximum(roi_w, 1.0)
+    roi_h = jnp.maximum(roi_h, 1.0)
+  widths = jnp.broadcast_to(jnp.asarray(widths, jnp.int32), (r,))
+  heights = jnp.broadcast_to(jnp.asarray(heights, jnp.int32), (r,))
+  yi, yw = _axis_taps(y0, roi_h / out_h, heights, out_h, sampling_ratio)  # [R, out_h*S, 2]
+  xi, xw = _axis_taps(x0, roi_w / out_w, widths, out_w, sampling_ratio)  # [R, out_w*S, 2]
+  s2 = 2 * sampling_ratio
+  return (yi.reshape(r, out_h, s2), yw.reshape(r, out_h, s2), xi.reshape(r, out_w, s2),
+          xw.reshape(r, out_w, s2), heights, widths)
+
+
+def stacked_taps(boxes: jnp.ndarray, output_size: Size, spatial_scale, heights, widths,
+                 sampling_ratio: int = 2, aligned: bool = True, base_offsets=0):
+  """`roi_align_taps` stacked on a last axis: `(index [R, out_h, out_w, K] int32,
+  weight [R, out_h, out_w, K] float32)`, K = `(2 * sampling_ratio) ** 2`, tap `k` of
+  `roi_align_taps` at `[..., k]`. Arguments as `roi_align_taps`."""
+  yi, yw, xi, xw, _, widths = _roi_axes(boxes, output_size, spatial_scale, heights, widths,
+                                        sampling_ratio, aligned)
+  r, out_h, s2 = yi.shape
+  out_w = xi.shape[1]
+  base = jnp.broadcast_to(jnp.asarray(base_offsets, jnp.int32), (r,))
+  # (y tap a, x tap b) -> k = a * 2S + b, the order of `roi_align_taps`.
+  row_start = base[:, None, None] + yi * widths[:, None, None]
+  index = row_start[:, :, None, :, None] + xi[:, None, :, None, :]
+  norm = 1.0 / (sampling_ratio * sampling_ratio)
+  weight = (yw[:, :, None, :, None] * xw[:, None, :, None, :]) * norm
+  return (index.reshape(r, out_h, out_w, s2 * s2),
+          weight.reshape(r, out_h, out_w, s2 * s2))
+
+
 def roi_align_taps(boxes: jnp.ndarray, output_size: Size, spatial_scale, heights, widths,
                    sampling_ratio: int = 2, aligned: bool = True, base_offsets=0):
   """Flat gather indices and weights whose weighted sum is RoIAlign.
@@ -96,48 +160,83 @@ def roi_align_taps(boxes: jnp.ndarray, output_size: Size, spatial_scale, heights
     list of `(index [R, out_h, out_w] int32, weight [R, out_h, out_w] float32)`, of length
     `(2 * sampling_ratio) ** 2`. Weights already include the `1 / sampling_ratio**2` average.
   """
-  if sampling_ratio <= 0:
-    raise ValueError(f"sampling_ratio must be > 0 (static), got {sampling_ratio}")
-  out_h, out_w = _pair(output_size)
-  r = boxes.shape[0]
-  boxes = boxes.astype(jnp.float32)
-  scale = jnp.broadcast_to(jnp.asarray(spatial_scale, jnp.float32), (r,))
-  shift = 0.5 if aligned else 0.0
-  x0 = boxes[:, 0] * scale - shift
-  y0 = boxes[:, 1] * scale - shift
-  roi_w = boxes[:, 2] * scale - shift - x0
-  roi_h = boxes[:, 3] * scale - shift - y0
-  if not aligned:  # legacy: RoIs are at least one cell
-    roi_w = jnp.maximum(roi_w, 1.0)
-    roi_h = jnp.maximum(roi_h, 1.0)
-  widths = jnp.broadcast_to(jnp.asarray(widths, jnp.int32), (r,))
-  heights = jnp.broadcast_to(jnp.asarray(heights, jnp.int32), (r,))
-  base = jnp.broadcast_to(jnp.asarray(base_offsets, jnp.int32), (r,))
-  yi, yw = _axis_taps(y0, roi_h / out_h, heights, out_h, sampling_ratio)  # [R, out_h*S, 2]
-  xi, xw = _axis_taps(x0, roi_w / out_w, widths, out_w, sampling_ratio)  # [R, out_w*S, 2]
-  s = sampling_ratio
-  yi = yi.reshape(r, out_h, s * 2)
-  yw = yw.reshape(r, out_h, s * 2)
-  xi = xi.reshape(r, out_w, s * 2)
-  xw = xw.reshape(r, out_w, s * 2)
-  row_start = base[:, None, None] + yi * widths[:, None, None]  # [R, out_h, 2S]
-  norm = 1.0 / (s * s)
-  taps = []
-  for a in range(2 * s):
-    for b in range(2 * s):
-      index = row_start[:, :, None, a] + xi[:, None, :, b]
-      weight = (yw[:, :, None, a] * xw[:, None, :, b]) * norm
-      taps.append((index, weight))
-  return taps
+  index, weight = stacked_taps(boxes, output_size, spatial_scale, heights, widths,
+                               sampling_ratio, aligned, base_offsets)
+  return [(index[..., k], weight[..., k]) for k in range(index.shape[-1])]
 
 
-def _pool(flat: jnp.ndarray, taps) -> jnp.ndarray:
-  """Weighted sum of gathers from `flat [T, C]`; accumulates in float32."""
+def _pool(flat: jnp.ndarray, index: jnp.ndarray, weight: jnp.ndarray) -> jnp.ndarray:
+  """`sum_k weight[..., k] * flat[index[..., k]]` from `flat [T, C]`, in float32.
+
+  Tap by tap on purpose: K gathers of `[..., C]` feeding one sum fuse into a single loop
+  (see the module docstring for the measured alternative).
+  """
   acc = None
-  for index, weight in taps:
-    term = flat[index].astype(jnp.float32) * weight[..., None]
+  for k in range(index.shape[-1]):
+    term = flat[index[..., k]].astype(jnp.float32) * weight[..., k, None]
     acc = term if acc is None else acc + term
   return acc
+
+
+def _level_table(maps):
+  """Flattened `[sum H_l * W_l, C]` table of the maps, their sizes and row offsets."""
+  c, dtype = maps[0].shape[-1], maps[0].dtype
+  sizes = [tuple(int(d) for d in f.shape[:2]) for f in maps]
+  offsets = [0]
+  for h, w in sizes[:-1]:
+    offsets.append(offsets[-1] + h * w)
+  flat = jnp.concatenate([f.reshape(-1, c).astype(dtype) for f in maps], axis=0)
+  return flat, sizes, offsets
+
+
+def _per_roi(level_index, sizes, offsets, scales):
+  """Per-RoI map height, width, table offset and scale of its level."""
+  pick = lambda v, dt: jnp.asarray(v, dt)[level_index]  # noqa: E731
+  return (pick([h for h, _ in sizes], jnp.int32), pick([w for _, w in sizes], jnp.int32),
+          pick(offsets, jnp.int32), pick(scales, jnp.float32))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _pyramid_align(maps, boxes, level_index, static):
+  """RoIAlign of one image from `maps` (list of `[H_l, W_l, C]`), RoI r on map
+  `level_index[r]`; `static = (out_h, out_w, scales per map, sampling_ratio, aligned)`.
+  Returns float32 `[R, out_h, out_w, C]`."""
+  out_h, out_w, scales, ratio, aligned = static
+  flat, sizes, offsets = _level_table(maps)
+  heights, widths, base, scale = _per_roi(level_index, sizes, offsets, scales)
+  index, weight = stacked_taps(boxes, (out_h, out_w), scale, heights, widths, ratio, aligned,
+                               base_offsets=base)
+  return _pool(flat, index, weight)
+
+
+def _pyramid_align_fwd(maps, boxes, level_index, static):
+  return _pyramid_align(maps, boxes, level_index, static), (maps, boxes, level_index)
+
+
+def _pyramid_align_bwd(static, res, g):
+  """d/dF_l of `sum_r <G[r], Wy[r] F_l Wx[r]^T>` = `sum_r Wy[r]^T G[r] Wx[r]`, RoIs of
+  other levels weighted 0; two dense contractions per level, no scatter."""
+  out_h, out_w, scales, ratio, aligned = static
+  maps, boxes, level_index = res
+  sizes = [tuple(int(d) for d in f.shape[:2]) for f in maps]
+  heights, widths, _, scale = _per_roi(level_index, sizes, [0] * len(sizes), scales)
+  yi, yw, xi, xw, _, _ = _roi_axes(boxes, (out_h, out_w), scale, heights, widths, ratio,
+                                   aligned)
+  g = g.astype(jnp.float32)
+  hi = jax.lax.Precision.HIGHEST  # TPU's default bf16 passes would round the gradient
+  grads = []
+  for lvl, ((h, w), f) in enumerate(zip(sizes, maps)):
+    # Interpolation matrices of this level: [R, out, extent], the 1/S**2 average in wy.
+    sel = (level_index == lvl).astype(jnp.float32) / (ratio * ratio)
+    wy = jnp.sum(yw[..., None] * jax.nn.one_hot(yi, h, dtype=jnp.float32), axis=2)
+    wx = jnp.sum(xw[..., None] * jax.nn.one_hot(xi, w, dtype=jnp.float32), axis=2)
+    wy = wy * sel[:, None, None]
+    rows = jnp.einsum("rph,rpqc->rhqc", wy, g, precision=hi)  # [R, H, out_w, C]
+    grads.append(jnp.einsum("rhqc,rqw->hwc", rows, wx, precision=hi).astype(f.dtype))
+  return grads, jnp.zeros_like(boxes), None
+
+
+_pyramid_align.defvjp(_pyramid_align_fwd, _pyramid_align_bwd)
 
 
 def roi_align(features: jnp.ndarray, boxes: jnp.ndarray, output_size: Size,
@@ -150,16 +249,16 @@ def roi_align(features: jnp.ndarray, boxes: jnp.ndarray, output_size: Size,
     boxes: float32 `[R, 4]` `(x0, y0, x1, y1)` absolute image pixels. Padding boxes are fine
       (they pool something finite); mask them downstream.
     output_size: `out` or `(out_h, out_w)`, static (7 box head, 14 mask head).
-    spatial_scale: 1 / stride of `features`.
+    spatial_scale: 1 / stride of `features`, a Python float (static).
     sampling_ratio: static sample points per bin and axis (> 0); 2 in the paper's setting.
     aligned: True for the half-pixel-correct version (detectron2 ROIAlignV2).
 
   Returns:
     `[R, out_h, out_w, C]` in `features.dtype` (accumulated in float32).
   """
-  h, w, c = features.shape
-  taps = roi_align_taps(boxes, output_size, spatial_scale, h, w, sampling_ratio, aligned)
-  return _pool(features.reshape(h * w, c), taps).astype(features.dtype)
+  static = _pair(output_size) + ((float(spatial_scale),), int(sampling_ratio), bool(aligned))
+  level_index = jnp.zeros(boxes.shape[:1], jnp.int32)
+  return _pyramid_align([features], boxes, level_index, static).astype(features.dtype)
 
 
 def batched_roi_align(features: jnp.ndarray, boxes: jnp.ndarray, output_size: Size,
@@ -218,24 +317,13 @@ def multilevel_roi_align(features_per_level: Sequence[jnp.ndarray], boxes: jnp.n
     raise ValueError(f"{len(features_per_level)} feature maps for levels {levels}")
   if list(levels) != list(range(levels[0], levels[0] + len(levels))):
     raise ValueError(f"levels must be consecutive and increasing, got {levels}")
-  c = features_per_level[0].shape[-1]
   dtype = features_per_level[0].dtype
-  sizes = [tuple(f.shape[:2]) for f in features_per_level]
-  offsets, total = [], 0
-  for h, w in sizes:
-    offsets.append(total)
-    total += h * w
-  flat = jnp.concatenate([f.reshape(-1, c).astype(dtype) for f in features_per_level], axis=0)
   level_index = assign_levels(boxes, levels[0], levels[-1], canonical_box_size,
                               canonical_level) - levels[0]
-  # Per-level constants looked up per RoI.
-  heights = jnp.asarray([h for h, _ in sizes], jnp.int32)[level_index]
-  widths = jnp.asarray([w for _, w in sizes], jnp.int32)[level_index]
-  base = jnp.asarray(offsets, jnp.int32)[level_index]
-  scales = jnp.asarray([2.0 ** -k for k in levels], jnp.float32)[level_index]
-  taps = roi_align_taps(boxes, output_size, scales, heights, widths, sampling_ratio, aligned,
-                        base_offsets=base)
-  return _pool(flat, taps).astype(dtype)
+  static = _pair(output_size) + (tuple(2.0 ** -k for k in levels), int(sampling_ratio),
+                                 bool(aligned))
+  maps = [f.astype(dtype) for f in features_per_level]
+  return _pyramid_align(maps, boxes, level_index, static).astype(dtype)
 
 
 def batched_multilevel_roi_align(features_per_level: Sequence[jnp.ndarray], boxes: jnp.ndarray,

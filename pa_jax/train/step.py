@@ -8,6 +8,13 @@ average of the per-device gradients: no explicit `pmean` is needed and every dev
 with the same replicated update. Across hosts the same program runs on every process
 (multi-controller); the all-reduce spans the processes.
 
+No collective inside a loop. The step is traced with the mesh as context
+(`jax.sharding.use_abstract_mesh`): a model's per-image stages that loop (NMS, connected
+components, ...) read it through `pa_jax.ops.per_device.per_image` and run under
+`jax.shard_map` over 'data', each device on its own images. Everything else (the network,
+the losses' global sums and normalisers, the gradient all-reduce) stays GSPMD, outside any
+loop; `tests/train/test_no_collectives_in_loops.py` reads the compiled HLO to keep it so.
+
 Gradient accumulation (`grad_accum = k`): the global batch is split into k micro-batches
 (micro-batch j = rows j, j+k, j+2k, ... so each stays spread over every device), a
 `lax.scan` sums their gradients, and the optimiser is applied once to the mean. With a
@@ -78,6 +85,10 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh: M
     return loss, aux, grads, new_vars
 
   def _step(state: TrainState, batch: Any):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return _step_in_mesh(state, batch)
+
+  def _step_in_mesh(state: TrainState, batch: Any):
     rng = jax.random.fold_in(state.rng, state.step)
     if k == 1:
       loss, aux, grads, new_vars = grads_of(state.params, state.variables, batch, rng)

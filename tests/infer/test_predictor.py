@@ -78,3 +78,34 @@ def test_dilate_labels_hand_case():
   lab = np.array([[2, 0, 5]], np.int32)
   np.testing.assert_array_equal(P.dilate_labels(lab), [[2, 5, 5]])
   assert not P.dilate_labels(np.zeros((3, 3), np.int32)).any()
+
+
+def test_bucket_sides_and_canvas():
+  assert P.bucket_sides(512) == (128, 192, 256, 384, 512)
+  assert P.bucket_sides(512, 0) == (512,)
+  assert P.bucket_sides(500, 1) == (256, 384, 512)  # rounded up to multiples of 32
+  sides = P.bucket_sides(512)
+  assert P.bucket_canvas(360, 360, sides) == (384, 384)  # dh360: the canvas as before
+  assert P.bucket_canvas(1, 129, sides) == (128, 192)
+  assert P.bucket_canvas(512, 600, sides) == (512, 608)  # beyond the largest: multiple of 32
+
+
+def test_many_image_sizes_compile_once_per_canvas_bucket():
+  model, v, _ = _model_and_variables(0)
+  sizes = [(40, 50), (20, 20), (60, 70), (100, 100), (130, 140), (170, 190), (200, 210),
+           (230, 250), (66, 66), (180, 100)]
+  # Ten distinct multiple-of-32 canvases: without buckets, ten programs.
+  assert len({P.canvas_for(h, w) for h, w in sizes}) == 10
+  p = P.Predictor(model, v, min_score=0.0, dilate=False, tile_size=256, canvas_octaves=2)
+  sides = P.bucket_sides(256)
+  buckets = {P.bucket_canvas(h, w, sides) for h, w in sizes}
+  assert len(buckets) == 7 and len(buckets) <= len(sides) ** 2
+  P._jitted_predict.cache_clear()
+  rng = np.random.default_rng(0)
+  for h, w in sizes:
+    labels = p(rng.integers(0, 255, (h, w), np.uint8))
+    assert labels.shape == (h, w)
+  # One jitted program per bucket canvas, each traced and compiled exactly once.
+  assert P._jitted_predict.cache_info().misses == len(buckets)
+  for canvas in buckets:
+    assert P._jitted_predict(model, canvas, 0.5, 0.0)._cache_size() == 1

@@ -62,3 +62,23 @@ def test_two_processes_train_together(tmp_path):
   lines = (work / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(l)["step"] for l in lines] == [1, 2, 3]
   assert sorted(os.listdir(work / "checkpoints")) == ["2", "3"]
+
+
+@pytest.mark.skipif(not os.environ.get("PA_JAX_SLOW_TESTS"),
+                    reason="~4 CPU-minutes; run with PA_JAX_SLOW_TESTS=1")
+def test_mask_rcnn_with_pa_module_8_devices_match_1_device():
+  """The real model (per-image stages under shard_map, hard negatives on): one step on 8
+  devices equals one on 1 device. Every image is sampled alone with its own key, so the
+  discrete counts are equal exactly; losses and parameters up to reduction order."""
+  code, out, err = _proc.run("model_parallel_check.py", devices=8, timeout=1200)
+  assert code == 0, err[-3000:]
+  r = json.loads(out.strip().splitlines()[-1])
+  m8, m1 = r["metrics_8"], r["metrics_1"]
+  assert r["n_devices"] == 8 and m8.keys() == m1.keys()
+  assert m8["pa_boxes_per_image"] > 0  # the PA boxes really take part
+  for k in ("rpn_positives_per_image", "roi_positives_per_image", "pa_boxes_per_image",
+            "pa_ignored_anchors_per_image", "pa_ignored_rois_per_image", "pa_num_sampled"):
+    assert m8[k] == m1[k], k
+  for k in m8:
+    assert m8[k] == pytest.approx(m1[k], rel=1e-5, abs=1e-6), k
+  assert r["max_abs_diff_params"] < 1e-5
