@@ -20,7 +20,7 @@ Boxes are float32 `(x0, y0, x1, y1)` absolute pixels of the canvas everywhere.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax

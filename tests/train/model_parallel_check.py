@@ -3,7 +3,6 @@ Mask R-CNN with the partial-annotation module (the real model code, `per_image` 
 shard_map) on an 8-device mesh and on a 1-device mesh, same global batch of 8. Prints one
 JSON line: loss and every aux value of both, and the largest parameter difference."""
 
-import dataclasses
 import json
 import sys
 
