@@ -191,11 +191,11 @@ def _select(dec: _Decoded, path: Path, *, channel: int | None,
 
 def _pick(data: np.ndarray, axes: str, axis: str, index: int | None, name: str,
           path: Path, what: str) -> tuple[np.ndarray, str]:
-  """(data, axes) at `index` along `axis`; InputError "{what}; pick one with name=0..n-1"
+  """(data, axes) at `index` along `axis`; InputError "{what}; pick one with `name` 0..n-1"
   (`what` formatted with n) when `index` is None."""
   n = data.shape[axes.index(axis)]
   if index is None:
-    raise InputError(path, f"{what.format(n=n)}; pick one with {name}=0..{n - 1}")
+    raise InputError(path, f"{what.format(n=n)}; pick one with `{name}` 0..{n - 1}")
   return _take(data, axes, axis, index, name, path, n), axes.replace(axis, "")
 
 
@@ -207,7 +207,7 @@ def _pick_unknown(data: np.ndarray, axes: str, axis: str, path: Path, described:
   if plane is None and channel is None:
     raise InputError(path, f"{n} images of {_shape_text(_yx(data, axes))} pixels "
                      f"({described}) and no metadata saying whether they are planes or "
-                     f"colour channels; pick one with channel=0..{n - 1} (or plane=), or "
+                     f"colour channels; pick one with `channel` 0..{n - 1} (or `plane`), or "
                      "save the file as an RGB, OME or ImageJ TIFF")
   if plane is not None and channel is not None:
     raise InputError(path, f"{n} images ({described}): pass plane or channel, not both")
@@ -225,7 +225,7 @@ def _check_index(index: int, n: int, name: str, path: Path) -> int:
     raise InputError(path, f"{name} must be an integer, got {index!r}")
   if not 0 <= index < n:
     what = f"{n} {name}s (0..{n - 1})" if n > 1 else f"a single {name} (0)"
-    raise InputError(path, f"{name}={index} is out of range: the image has {what}")
+    raise InputError(path, f"`{name}` {index} is out of range: the image has {what}")
   return int(index)
 
 
