@@ -176,6 +176,29 @@ def cpu_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def toy_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to the smallest model that still runs every code path (all heads,
+  sampling, NMS, the partial module): for tests of the training system and dry runs,
+  never for results. 64-pixel canvases, two steps."""
+  c.model.backbone_width = 8
+  c.model.fpn_channels = 16
+  c.model.roi.fc_dim = 32
+  c.model.roi.mask_dim = 16
+  c.model.rpn.pre_nms_topk_train = c.model.rpn.pre_nms_topk_test = 200
+  c.model.rpn.post_nms_topk_train = c.model.rpn.post_nms_topk_test = 100
+  c.model.rpn.batch_per_image = 64
+  c.model.roi.batch_per_image = 64
+  c.model.roi.max_detections = 50
+  c.model.partial.max_pa_boxes = 32
+  c.model.partial.key_channels = c.model.partial.value_channels = 8
+  c.data.canvas_size = 64
+  c.data.max_instances = 32
+  c.train.steps = 2
+  c.train.warmup_steps = 1
+  c.train.log_every = 1
+  return c
+
+
 def variant(c: ml_collections.ConfigDict, arg: str | None, name: str) -> ml_collections.ConfigDict:
   """Applies the config argument of `configs/<name>.py[:arg]`: '' = as is, 'cpu' = CPU-sized."""
   if arg == "cpu":

@@ -379,25 +379,9 @@ def test_a_crash_before_the_commit_leaves_state_and_current_intact(tmp_path, fak
 
 
 def tiny_config():
-  from configs import annotate
+  from configs import annotate, base
 
-  c = annotate.get_config()
-  c.model.backbone_width = 8
-  c.model.fpn_channels = 16
-  c.model.roi.fc_dim = 32
-  c.model.roi.mask_dim = 16
-  c.model.rpn.pre_nms_topk_train = c.model.rpn.pre_nms_topk_test = 200
-  c.model.rpn.post_nms_topk_train = c.model.rpn.post_nms_topk_test = 100
-  c.model.rpn.batch_per_image = 64
-  c.model.roi.batch_per_image = 64
-  c.model.roi.max_detections = 50
-  c.model.partial.max_pa_boxes = 32
-  c.model.partial.key_channels = c.model.partial.value_channels = 8
-  c.data.canvas_size = 64
-  c.data.max_instances = 32
-  c.train.steps = 2
-  c.train.warmup_steps = 1
-  c.train.log_every = 1
+  c = base.toy_sized(annotate.get_config())
   c.annotate.finetune_steps = 1
   c.predict.score_threshold = 0.0  # an untrained net: draw whatever it finds
   return c

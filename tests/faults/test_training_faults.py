@@ -28,27 +28,13 @@ QUIET = {"TQDM_DISABLE": "1"}  # progress bars also go to stderr; these tests co
 TINY_CONFIG = f'''"""A toy run for the fault tests: tiny model, 64 px canvas, 2 steps."""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
-from configs import demo
+from configs import base, demo
 
 
 def get_config(arg=None):
-  c = demo.get_config()
-  c.model.backbone_width = 8
-  c.model.fpn_channels = 16
-  c.model.roi.fc_dim = 32
-  c.model.roi.mask_dim = 16
-  c.model.rpn.pre_nms_topk_train = c.model.rpn.pre_nms_topk_test = 200
-  c.model.rpn.post_nms_topk_train = c.model.rpn.post_nms_topk_test = 100
-  c.model.rpn.batch_per_image = 64
-  c.model.roi.batch_per_image = 64
-  c.model.roi.max_detections = 50
+  c = base.toy_sized(demo.get_config())
   c.model.partial.enabled = False  # a smaller program to compile
   c.data.source = "data/sample"  # relative, as a user types it
-  c.data.canvas_size = 64
-  c.data.max_instances = 32
-  c.train.steps = 2
-  c.train.warmup_steps = 1
-  c.train.log_every = 1
   c.train.checkpoint_every = 1
   c.predict.tile_size = 128
   return c
