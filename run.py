@@ -334,6 +334,12 @@ def _run() -> None:
       raise
     print(cli_errors.error_line(e), file=sys.stderr)
     code = e.exit_code
+    # The error is said; leave now, before interpreter teardown lets callbacks that
+    # libraries (Orbax, TensorStore, asyncio) left in flight print their own tracebacks.
+    # Every file of ours is written atomically and already closed on this path.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
   except KeyboardInterrupt:
     if FLAGS.debug:
       raise

@@ -275,6 +275,7 @@ def load_run(workdir: os.PathLike | str, best: bool = False):
   example = pipeline.stack_batch([_empty_example(cfg.data.canvas_size, cfg.data.max_instances)])
   template = create_train_state(task, cfg, jax.random.PRNGKey(cfg.seed), example, mesh,
                                 abstract=True)
+  faults.ignore_late_read_callbacks()
   with faults.quiet_library_logs():  # Orbax warns on every read-only open
     store = ckpt.CheckpointStore(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
     try:

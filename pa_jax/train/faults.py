@@ -12,6 +12,7 @@ import errno
 import logging
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -39,13 +40,17 @@ def _is_closed_loop(exc: BaseException | None) -> bool:
 
 
 def ignore_late_read_callbacks() -> None:
-  """Drops the 'Event loop is closed' errors of reads still in flight when a restore
-  failed: TensorStore completes them after Orbax closed its event loop, at any later
-  moment (process exit included), and each printed a traceback. Installed once, for the
-  rest of the process; every other error still reaches the previous hooks."""
+  """Drops the 'Event loop is closed' errors of reads and writes still in flight when a
+  restore or a save failed: TensorStore completes them after Orbax closed its event loop,
+  at any later moment (process exit included), from any thread, and each printed a
+  traceback; asyncio also logs the never-retrieved task errors of the failed call when
+  they are collected. Installed once, for the rest of the process (loop.train and
+  experiment.load_run install it before Orbax starts); every other error still reaches
+  the previous hooks."""
   if getattr(sys.excepthook, "_pa_jax", False):
     return
   old_except, old_unraisable = sys.excepthook, sys.unraisablehook
+  old_thread = threading.excepthook
 
   def excepthook(kind, value, tb):
     if not _is_closed_loop(value):
@@ -55,8 +60,16 @@ def ignore_late_read_callbacks() -> None:
     if not _is_closed_loop(unraisable.exc_value):
       old_unraisable(unraisable)
 
+  def thread_excepthook(args):
+    if not _is_closed_loop(args.exc_value):
+      old_thread(args)
+
   excepthook._pa_jax = True
   sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+  threading.excepthook = thread_excepthook
+  # The one-line error has told the user what failed; asyncio's "Task exception was
+  # never retrieved" records of Orbax's own tasks would repeat it as a traceback.
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
 
 
 def _chain(e: BaseException) -> Iterator[BaseException]:

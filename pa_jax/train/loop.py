@@ -272,6 +272,7 @@ def train(task: Task, batches: Any, config, workdir: os.PathLike | str,
   tx = make_optimizer(tc, task.trainable)
   lr_fn = learning_rate_fn(tc)
   rng = jax.random.PRNGKey(int(config.seed))
+  faults.ignore_late_read_callbacks()
   quiet = faults.quiet_library_logs()
   quiet.__enter__()  # until the very end: Orbax logs from its threads as it fails
   store = None
