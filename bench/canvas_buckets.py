@@ -29,6 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench_config import load_config, write_result  # noqa: E402
 from pa_jax import experiment  # noqa: E402
 from pa_jax.data import readers  # noqa: E402
 from pa_jax.evaluation.metrics import image_metrics  # noqa: E402
@@ -48,13 +49,7 @@ def main(argv=None):
   if args.workdir:
     cfg, model, variables, _ = experiment.load_run(args.workdir)
   else:
-    path, _, arg = args.config.partition(":")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cfg", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config(arg or None)
+    cfg = load_config(args.config)
     model = experiment.build_model(cfg, None)
     x = jnp.zeros((1, 64, 64, 3), jnp.float32)
     hw = jnp.full((1, 2), 64, jnp.int32)
@@ -101,9 +96,7 @@ def main(argv=None):
   result = {"command": "python bench/canvas_buckets.py " + " ".join(argv or sys.argv[1:]),
             "weights": args.workdir or "random init (seed cfg.seed)", "config": args.config,
             "summary": summary, "rows": rows, "jax": jax.__version__}
-  os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(result, f, indent=2, default=str)
+  write_result(args.output, result)
   print(json.dumps(summary, indent=2))
 
 

@@ -38,13 +38,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # as when run as a script
+
+from bench_config import load_config  # noqa: E402
 
 # --------------------------------------------------------------------------- presets
 
@@ -77,45 +80,6 @@ def preset(name: str, extra: Sequence[str] = ()) -> tuple[str, list[str]]:
     raise ValueError(f"unknown preset {name!r}; one of {sorted(PRESETS)}")
   spec, ov = PRESETS[name]
   return spec, list(ov) + list(extra)
-
-
-def _parse_value(text: str, old: Any) -> Any:
-  import ast
-
-  if isinstance(old, bool):
-    return text.lower() in ("1", "true", "yes")
-  if isinstance(old, str):
-    return text
-  try:
-    val = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-  if isinstance(old, float) and isinstance(val, int):
-    return float(val)
-  return val
-
-
-def load_config(spec: str, overrides: Sequence[str] = ()):
-  """`configs/x.py[:arg]` + `a.b=c` overrides -> ConfigDict (as `run.py --config.a.b=c`)."""
-  path, _, arg = spec.partition(":")
-  p = Path(path)
-  if not p.is_absolute():
-    p = ROOT / p
-  modspec = importlib.util.spec_from_file_location(f"_bench_cfg_{p.stem}", p)
-  mod = importlib.util.module_from_spec(modspec)
-  modspec.loader.exec_module(mod)
-  cfg = mod.get_config(arg or None)
-  for item in overrides:
-    key, _, text = item.partition("=")
-    node = cfg
-    parts = key.split(".")
-    for part in parts[:-1]:
-      node = node[part]
-    node[parts[-1]] = _parse_value(text, node[parts[-1]])
-  # The shared datasets sit beside the checkout; configs name them relative to it.
-  if not os.path.isabs(cfg.data.source):
-    cfg.data.source = str((ROOT / cfg.data.source).resolve())
-  return cfg
 
 
 # ------------------------------------------------------------------- torchvision settings
@@ -520,6 +484,14 @@ def machine() -> dict:
   return info
 
 
+def _step_timings(times: list[float], cpu: list[float], warmup: int, batch: int) -> dict:
+  """Wall and CPU seconds of the timed train steps (after `warmup`), images/s, first step."""
+  wall = _median(times[warmup:])
+  return {"train_step_cpu_seconds": cpu[warmup:], "train_step_cpu_median": _median(cpu[warmup:]),
+          "first_step_seconds": times[0], "train_step_seconds": times[warmup:],
+          "train_step_median": wall, "train_images_per_second": batch / wall}
+
+
 def _median(xs):
   return float(np.median(xs)) if xs else None
 
@@ -577,12 +549,7 @@ def time_pa_jax(cfg, npz: str, steps: int, warmup: int, n_predict: int, dtype: s
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
     cpu.append(time.process_time() - c0)
-  res["train_step_cpu_seconds"] = cpu[warmup:]
-  res["train_step_cpu_median"] = _median(cpu[warmup:])
-  res["first_step_seconds"] = times[0]
-  res["train_step_seconds"] = times[warmup:]
-  res["train_step_median"] = _median(times[warmup:])
-  res["train_images_per_second"] = cfg.train.batch_size / res["train_step_median"]
+  res.update(_step_timings(times, cpu, warmup, cfg.train.batch_size))
   res["last_loss"] = float(metrics["loss"])
   res["peak_rss_after_train_mb"] = _peak_rss_mb()
   res.update(_jax_mem("train"))
@@ -664,12 +631,7 @@ def time_torchvision(cfg, npz: str | None, steps: int, warmup: int, n_predict: i
     sync()
     times.append(time.perf_counter() - t0)
     cpu.append(time.process_time() - c0)
-  res["train_step_cpu_seconds"] = cpu[warmup:]
-  res["train_step_cpu_median"] = _median(cpu[warmup:])
-  res["first_step_seconds"] = times[0]
-  res["train_step_seconds"] = times[warmup:]
-  res["train_step_median"] = _median(times[warmup:])
-  res["train_images_per_second"] = cfg.train.batch_size / res["train_step_median"]
+  res.update(_step_timings(times, cpu, warmup, cfg.train.batch_size))
   res["last_loss"] = float(loss.detach())
   res["peak_rss_after_train_mb"] = _peak_rss_mb()
   if dev_type == "cuda":
@@ -796,7 +758,6 @@ def _profile_jax_convs(reps: int, layouts: bool) -> dict:
 
 def profile_torch(size: int, reps: int, conv_only: bool = False) -> dict:
   import torch
-  import torch.nn.functional as F
   from torchvision.models import resnet50
   from torchvision.models._utils import IntermediateLayerGetter
   from torchvision.ops import FrozenBatchNorm2d

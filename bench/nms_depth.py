@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_config import write_result  # noqa: E402
 from pa_jax.ops import nms as nms_ops  # noqa: E402
 from pa_jax.ops.boxes import box_area  # noqa: E402
 
@@ -161,9 +161,7 @@ def main(argv=None):
       machine=platform.machine(), cpu_count=os.cpu_count(),
       date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
       seconds=round(time.perf_counter() - t0, 1), rows=rows)
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  write_result(args.out, result)
   print(table)
   print(f"\nwrote {args.out} ({result['seconds']} s)")
 

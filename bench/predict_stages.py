@@ -18,8 +18,6 @@ Medians of `repeats` calls after a warm-up call, `block_until_ready`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
 import platform
 import sys
@@ -31,6 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench_config import load_config, write_result  # noqa: E402
 from pa_jax import experiment  # noqa: E402
 from pa_jax.infer.predictor import canvas_for  # noqa: E402
 from pa_jax.models import mask_rcnn as M  # noqa: E402
@@ -91,18 +90,7 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--output", default="bench/results/predict_stages.json")
   args, overrides = ap.parse_known_args(argv)
-  path, _, arg = args.config.partition(":")
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config(arg or None)
-  for o in overrides:  # --config.model.roi.max_detections=100
-    key, _, value = o.removeprefix("--config.").partition("=")
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = type(node[leaf])(json.loads(value)) if not isinstance(node[leaf], str) else value
+  cfg = load_config(args.config, [o.removeprefix("--config.") for o in overrides])
   model = experiment.build_model(cfg, None)
   canvas = canvas_for(args.size, args.size)
   rng = np.random.default_rng(0)
@@ -136,10 +124,7 @@ def main(argv=None):
       result["valid_detections"] = int(np.asarray(out[3]).sum())
     print(f"{name:10s} cumulative {t:.3f} s  stage {result['stage_s'][name]:+.3f} s  "
           f"(first call {compile_s:.1f} s)", flush=True)
-  os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(result, f, indent=2)
-  print("written to", args.output)
+  write_result(args.output, result)
 
 
 if __name__ == "__main__":

@@ -22,18 +22,19 @@ Timings: median of `repeats` jitted calls after one warm-up call, `block_until_r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench_config import write_result  # noqa: E402
 from pa_jax.ops import roi_align as RA  # noqa: E402
 
 LEVELS = (2, 3, 4, 5)
@@ -126,10 +127,7 @@ def main(argv=None):
     result["seconds"][name] = {"before": float(np.median(ta)), "after": float(np.median(tb)),
                                "speedup": float(np.median(ta) / np.median(tb))}
     print(name, result["seconds"][name], flush=True)
-  os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(result, f, indent=2)
-  print("written to", args.output)
+  write_result(args.output, result)
 
 
 if __name__ == "__main__":

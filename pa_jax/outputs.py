@@ -61,7 +61,7 @@ def _inside(child: Path, parent: Path) -> bool:
   return child != parent and child.is_relative_to(parent)
 
 
-def _file_above(path: Path) -> Path | None:
+def file_above(path: Path) -> Path | None:
   """The path itself or its nearest existing ancestor when that is not a folder."""
   for p in (path, *path.parents):
     if p.exists() or p.is_symlink():
@@ -117,7 +117,7 @@ def check_output(output: os.PathLike | str, inputs: Iterable[os.PathLike | str] 
     InputError naming the output (and the input it collides with).
   """
   out = _resolve(output)
-  blocker = _file_above(out)
+  blocker = file_above(out)
   if blocker == out:
     raise InputError(output, "is an existing file, not a folder; choose a folder for the "
                      "results")

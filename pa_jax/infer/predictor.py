@@ -1,10 +1,10 @@
 """From images to instance label maps with a trained detector.
 
-`Predictor(model, variables)` pads each image to a canvas bucket (each side rounded up to
-`tile_size` or one of the half-octaves below it, `bucket_sides`; larger images are tiled),
-runs the jitted `MaskRCNN.predict` (one compile per model and canvas shape, shared by every
-Predictor of the process: any mix of image sizes compiles a bounded number of programs,
-5 for square images), renders the detections into one label map on device
+`Predictor(model, variables)` pads each image to a canvas (by default each side rounded up
+to a multiple of 32: one compile per distinct size; with `canvas_octaves > 0`, to one of the
+half-octave buckets below `tile_size`, `bucket_sides`, a bounded number of programs, 5 for
+square images; larger images are tiled), runs the jitted `MaskRCNN.predict` (one compile
+per model and canvas shape, shared by every Predictor of the process), renders the detections into one label map on device
 (`ops.masks.masks_to_label_map`: overlaps go to the higher score, no [K, H, W] mask stack),
 crops back to the image and applies the paper's post-process on the host: every nucleus
 dilated once with a 3x3 square.

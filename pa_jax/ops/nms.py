@@ -32,8 +32,8 @@ Cost: O(N log N) for the sort plus O(N * (K + B)) IoU work. Memory per image: th
 and `[B, B]` IoU blocks (XLA:CPU materialises them as bool; B = 256, K = 2000: 0.6 M pairs)
 and the `[4, K]` buffer; vmap multiplies by the batch. No `[N, N]` matrix is built. Every
 block is compared against all K buffer slots, filled or not, so with K = N the work is N^2
-like the old loop's (on 2 CPU cores still 1.3-2x faster at N = K = 10k; with K = 2000,
-4-7x: bench/results/nms_depth.json).
+like the old loop's (on 2 CPU cores 1.2-1.3x faster at N = K = 10k; with K = 2000, 4.0x at
+the default B = 256: `python bench/nms_depth.py` -> bench/results/nms_depth.json).
 Under vmap the images run in lock-step: each loop turns as often as its slowest image needs.
 
 Boxes are float32 `(x0, y0, x1, y1)` absolute pixels.
@@ -50,7 +50,7 @@ from pa_jax.ops.boxes import box_area
 
 # The smallest tile that keeps 10k RPN-like proposals within N / 128 sequential turns (59 with
 # K = N, 50 with K = 2000; B = 128 takes 101 and 84). On 2 CPU cores B = 128 and 256 time
-# about the same, B = 512 up to 2x slower at N = 10k (likely its `[B, K]` block outgrowing the
+# about the same, B = 512 up to 1.4x slower at N = 10k (likely its `[B, K]` block outgrowing the
 # cache); bench/nms_depth.py.
 DEFAULT_BLOCK_SIZE = 256
 

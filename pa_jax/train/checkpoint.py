@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 
 from pa_jax import fileio
 from pa_jax.errors import InputError
+from pa_jax.outputs import file_above
 from pa_jax.train.faults import ignore_late_read_callbacks, quiet_library_logs, unreadable_reason
 from pa_jax.train.state import TrainState, abstract_state
 
@@ -43,18 +44,10 @@ RUN_JSON = "run.json"
 TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's name for a step folder still being written
 
 
-def _file_ancestor(path: Path) -> Path | None:
-  """The nearest existing ancestor of `path` (itself included) when it is not a folder."""
-  for p in (path, *path.parents):
-    if p.exists():
-      return None if p.is_dir() else p
-  return None
-
-
 def check_workdir_writable(workdir: os.PathLike | str) -> Path:
   """Creates `workdir` and proves a file can be written there; else a one-line InputError."""
   workdir = Path(workdir)
-  blocker = _file_ancestor(workdir)
+  blocker = file_above(workdir)
   if blocker is not None:  # mkdir would say "File exists" / "Not a directory": unhelpful
     raise InputError(workdir, f"workdir cannot be written: cannot create a folder under "
                      f"{blocker}, which is a file")
