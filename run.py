@@ -127,19 +127,10 @@ def cmd_evaluate() -> int:
     _print_summary(summary, out)
     return 0
   _require(workdir=FLAGS.workdir)
-  from pa_jax import experiment, outputs
+  from pa_jax import experiment
 
-  if FLAGS.output:
-    # An explicit report folder follows the output policy (not the run itself, staged,
-    # replaced as a whole); the default eval_<split>_step<k> folder is the run's own and
-    # experiment.evaluate_run refreshes it in place.
-    with outputs.staged_output(FLAGS.output, [FLAGS.workdir], overwrite=FLAGS.overwrite,
-                               nest_ok=[FLAGS.workdir]) as tmp:
-      summary = experiment.evaluate_run(FLAGS.workdir, FLAGS.split, tmp, best=FLAGS.best)
-    _print_summary(summary, FLAGS.output)
-    return 0
-
-  summary = experiment.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.output, best=FLAGS.best)
+  summary = experiment.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.output, best=FLAGS.best,
+                                    overwrite=FLAGS.overwrite)
   _print_summary(summary, summary["output"])
   return 0
 

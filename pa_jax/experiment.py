@@ -303,24 +303,29 @@ def _empty_example(canvas: int, max_instances: int) -> dict:
 
 
 def evaluate_run(workdir: os.PathLike | str, split: str | None = None,
-                 output_dir: os.PathLike | str | None = None, best: bool = False) -> dict:
-  """Scores the run's checkpoint on `split` against the full labels; writes the report to
-  `output_dir` (the caller's folder, written as is) or, by default, to the run's own
-  `eval_<split>_step<k>/`, which is replaced as a whole (pa_jax.outputs) so a report of
-  an earlier evaluation never mixes with this one."""
+                 output_dir: os.PathLike | str | None = None, best: bool = False,
+                 overwrite: bool = False) -> dict:
+  """Scores the run's checkpoint on `split` against the full labels.
+
+  The report goes to `output_dir`, which follows pa_jax.outputs (never the run's data or
+  the run itself, nor a folder holding them; it may lie inside the run; a non-empty folder
+  only with `overwrite`), or by default to the run's own `eval_<split>_step<k>/`, which
+  is replaced as a whole. Either way it is staged, so an earlier report never mixes with
+  this one and a failure leaves it as it was."""
   from pa_jax import outputs
 
+  if output_dir:  # a refused folder costs nothing: checked before the run is loaded
+    outputs.check_output(output_dir, [workdir], overwrite=overwrite, nest_ok=[workdir])
   cfg, model, variables, step = load_run(workdir, best=best)
   split = split or cfg.eval.split
   title = f"{Path(workdir).name} step {step}, {split}"
   t0 = time.time()
-  if output_dir:
-    out = Path(output_dir)
-    result = evaluate_variables(cfg, model, variables, split, out, title=title)
-  else:
-    out = Path(workdir) / f"eval_{split}_step{step}"
-    with outputs.staged_output(out, overwrite=True) as tmp:
-      result = evaluate_variables(cfg, model, variables, split, tmp, title=title)
+  out = Path(output_dir) if output_dir else Path(workdir) / f"eval_{split}_step{step}"
+  # The ground truth is read from the run's data: an output that is or holds it would be
+  # swapped away with the old report.
+  with outputs.staged_output(out, [workdir, cfg.data.source], nest_ok=[workdir],
+                             overwrite=overwrite or not output_dir) as tmp:
+    result = evaluate_variables(cfg, model, variables, split, tmp, title=title)
   summary = report_summary(result)
   summary["seconds"] = time.time() - t0
   summary["output"] = str(out)

@@ -307,7 +307,7 @@ def staged_output(output: os.PathLike | str, inputs: Iterable[os.PathLike | str]
     shutil.rmtree(tmp, ignore_errors=True)
     _remove_empty(new_parents)
     if e.errno in _WRITE_ERRNOS:
-      raise write_error(e, out) from None
+      raise _outside_tmp(write_error(e, out), tmp, out) from None
     raise
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

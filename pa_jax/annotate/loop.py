@@ -35,6 +35,7 @@ Pure functions (`apply_edits`, `merge_predictions`, `split_holdout`, `holdout_sc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -709,10 +710,24 @@ def annotate_main(images, annotations, output, rounds: int = 1,
                           target_recall=target_recall, formats=formats, contours=contours,
                           config=config, holdout_fraction=holdout_fraction, seed=seed,
                           steps=steps, accept_proposals=accept_proposals, progress=progress)
-  if project or not out.is_dir() or not any(out.iterdir()):
+  if project:
     return run()
-  with outputs.replaced_in_place(out):  # `overwrite` of a folder that is no project
-    return run()
+  # A first round, into a new or empty folder (or one `overwrite` replaces): staged in place,
+  # so a crash or Ctrl-C before its state.json leaves the folder as it was, not half a
+  # project that the next run would refuse as "not empty".
+  created = [p for p in (out, *out.parents) if not p.exists()]
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise outputs.write_error(e, out) from None
+  try:
+    with outputs.replaced_in_place(out):
+      return run()
+  except BaseException:
+    for p in created:  # innermost first; a failed first run leaves no folder behind
+      with contextlib.suppress(OSError):
+        p.rmdir()
+    raise
 
 
 def _annotation_files(annotations: Path) -> list[Path]:

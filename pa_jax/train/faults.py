@@ -68,8 +68,10 @@ def ignore_late_read_callbacks() -> None:
   sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
   threading.excepthook = thread_excepthook
   # The one-line error has told the user what failed; asyncio's "Task exception was
-  # never retrieved" records of Orbax's own tasks would repeat it as a traceback.
-  logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+  # never retrieved" records of Orbax's own tasks would repeat it as a traceback. Only
+  # those records are dropped; every other asyncio record still goes out.
+  logging.getLogger("asyncio").addFilter(
+      lambda r: not str(r.msg).startswith("Task exception was never retrieved"))
 
 
 def _chain(e: BaseException) -> Iterator[BaseException]:

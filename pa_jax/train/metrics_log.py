@@ -9,8 +9,8 @@ without the lines past the restored checkpoint (and without a torn last line of 
 run), so the curves have no duplicate steps. The TensorBoard writer is opened with
 `purge_step` = restored step + 1, which makes TensorBoard drop the stale events too.
 
-A write that fails (full disk) raises a one-line InputError naming the file; a line that
-was only partly written is cut off again, so metrics.jsonl keeps exactly its complete
+A write that fails (full disk) re-raises its OSError, which `loop.train` turns into its one
+line for every refused write of the run; a line that was only partly written is cut off again, so metrics.jsonl keeps exactly its complete
 lines.
 """
 
@@ -118,26 +118,24 @@ class MetricsLogger:
       done = 0
       while done < len(data):
         done += os.write(self._f, data[done:])
-    except OSError as e:
+    except OSError:
       try:
         os.ftruncate(self._f, size)  # no torn line: shrinking needs no free space
       except OSError:
         pass
-      raise InputError(self.workdir / METRICS_JSONL, f"cannot write "
-                       f"({e.strerror or e})") from None
+      raise  # loop.train words a refused write once, for every file of the run
 
   def _tb_flush(self) -> None:
     """Writes the queued TensorBoard events now. A failure drops TensorBoard for the rest
-    of the run (metrics.jsonl holds the same numbers) and is raised as one line."""
+    of the run (metrics.jsonl holds the same numbers); the OSError goes to loop.train."""
     if self._tb is None:
       return
     try:
       self._tb.flush()
-    except OSError as e:
+    except OSError:
       tb, self._tb = self._tb, None
       _close_quietly(tb)
-      raise InputError(self.workdir / TENSORBOARD, f"cannot write ({e.strerror or e})"
-                       ) from None
+      raise  # loop.train words a refused write once, for every file of the run
 
   def log_train(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
