@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.flip_vertical = True  # Random up-down flips.
   c.data.normalize = "percentile"  # Intensity scaling to [0, 1]: 'percentile' (0.5/99.5 % per image, robust for 16-bit) or 'dtype' (divide by 255/65535).
   c.data.prefetch = 2  # Batches prepared ahead on a host thread (0 = on demand).
+  c.data.workers = 4  # Threads that read, decode, crop and flip the rows of a batch (0 = on the prefetch thread); batches are the same for any count.
+  c.data.reader = "folder"  # Training split from 'folder' (data.source, decoded into memory) or 'tfds' (an array_record build read row by row: pods, large sets).
+  c.data.tfds_dir = ""  # tfds data dir of the build (data.reader='tfds'), e.g. '~/tensorflow_datasets'.
+  c.data.tfds_name = ""  # Build 'dataset/config[/version]' under data.tfds_dir, e.g. 'dsb2018/dh25_seed0'; its view and group must be the config's.
 
   # ---------------------------------------------------------------------------- model
   c.model = ml_collections.ConfigDict()

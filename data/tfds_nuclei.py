@@ -10,6 +10,12 @@ and reading therefore need tensorflow-datasets and array_record but **not Tensor
 `builder.as_data_source()` gives random access to decoded numpy examples, which is what a
 step-indexed, resumable input pipeline wants (see pa_jax/data/pipeline.py).
 
+Examples keep index.csv order (record i of a split is row i of the folder's split, after
+the group filter), and `metadata.json` beside the build records its view, group and, per
+split, the dataset statistics a training run needs (nuclei counts, median nucleus size),
+so `run.py train --config.data.reader=tfds` reads only the rows of its batches
+(pa_jax/data/tfds_source.py).
+
 Every example: `image` uint16 (H, W, C) with C = 1 or 3 (8-bit images are stored
 losslessly as uint16 values 0..255 plus `bit_depth`), `labels` int32 (H, W) partial label
 map of the view, `full_labels` int32 (H, W) the complete map (for diagnostics and
@@ -34,9 +40,15 @@ import tensorflow_datasets as tfds
 if __package__ in (None, ""):  # run as a script: make `pa_jax` importable
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pa_jax.data import partial_views, readers  # noqa: E402
+from pa_jax.data import partial_views, readers, tfds_source  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+# 1.1.0: index.csv order kept and metadata.json (view, group, statistics) written, which
+# the training reader needs; 1.0.0 builds are refused there with "rebuild it".
+VERSION = tfds.core.Version("1.1.0")
+RELEASE_NOTES = {"1.1.0": "index.csv order; metadata.json with view, group, statistics",
+                 "1.0.0": "first release"}
 
 
 class ViewConfig(tfds.core.BuilderConfig):
@@ -44,7 +56,8 @@ class ViewConfig(tfds.core.BuilderConfig):
 
   def __init__(self, *, name: str, view: str = "full", fraction: float = 1.0, seed: int = 0,
                group: str = "", description: str = ""):
-    super().__init__(name=name, version=tfds.core.Version("1.0.0"), description=description)
+    super().__init__(name=name, version=VERSION, release_notes=RELEASE_NOTES,
+                     description=description)
     self.view = partial_views.ViewSpec(view, fraction, seed)
     self.group = group
 
@@ -65,7 +78,8 @@ def standard_views(seeds=(0, 1, 2), group: str = "", prefix: str = "") -> list[V
 class NucleusFolderBuilder(tfds.core.GeneratorBasedBuilder):
   """Builds any dataset folder into array_record; set `source_dir` before building."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = VERSION
+  RELEASE_NOTES = RELEASE_NOTES
   BUILDER_CONFIGS = standard_views()
   source_dir: Path | None = None
 
@@ -79,6 +93,7 @@ class NucleusFolderBuilder(tfds.core.GeneratorBasedBuilder):
     # DatasetInfo is built directly (not dataset_info_from_configs) because these builders
     # live in one module rather than the tfds per-dataset package layout.
     zlib = tfds.features.Encoding.ZLIB
+    view = self.builder_config.view
     return tfds.core.DatasetInfo(
         builder=self,
         description=f"Nucleus instance label maps, view {self.builder_config.name}.",
@@ -92,6 +107,13 @@ class NucleusFolderBuilder(tfds.core.GeneratorBasedBuilder):
             "bit_depth": tfds.features.Scalar(dtype=np.int32),
         }),
         supervised_keys=None,
+        # Generation order (index.csv) instead of tfds' key-hash shuffle: record i of a
+        # build is example i of the folder reader, so both give the same batches.
+        disable_shuffling=True,
+        # Filled while writing (`_generate_examples`), saved as metadata.json.
+        metadata=tfds.core.MetadataDict(
+            view={"kind": view.kind, "fraction": view.fraction, "seed": view.seed},
+            group=self.builder_config.group, splits={}),
     )
 
   def _split_generators(self, dl_manager):
@@ -106,15 +128,20 @@ class NucleusFolderBuilder(tfds.core.GeneratorBasedBuilder):
     # Partial views apply to the training split only; other splits keep every annotation
     # (evaluation is always against full labels).
     spec = self.builder_config.view if split == "train" else partial_views.ViewSpec()
-    for rec in records:
+    parts = []
+    for i, rec in enumerate(records):
       ex = readers.load_example(rec)
       image, labels, full = partial_views.apply_view(ex.image, ex.labels, rec.id, spec)
+      parts.append(tfds_source.example_statistics(labels, full))
       img = image if image.ndim == 3 else image[..., None]
-      yield rec.id, {
+      # Integer keys in index.csv order: with disable_shuffling tfds writes by key.
+      yield i, {
           "image": img.astype(np.uint16), "labels": labels.astype(np.int32),
           "full_labels": full.astype(np.int32), "id": rec.id, "group": rec.group,
           "modality": rec.modality, "bit_depth": 8 if image.dtype == np.uint8 else 16,
       }
+    # Runs once tfds has consumed every example, before it writes metadata.json.
+    self.info.metadata["splits"][split] = tfds_source.split_statistics(parts)
 
 
 class Dsb2018(NucleusFolderBuilder):
@@ -154,17 +181,7 @@ def build(dataset: str, config: str, data_dir: os.PathLike | str,
 def read_split(builder: tfds.core.DatasetBuilder, split: str) -> list[dict]:
   """All examples of a split as numpy dicts, through the TF-free array_record source."""
   source = builder.as_data_source()[split]
-  out = []
-  for i in range(len(source)):
-    ex = dict(source[i])
-    for k in ("id", "group", "modality"):
-      if isinstance(ex[k], bytes):
-        ex[k] = ex[k].decode()
-    img = ex["image"]
-    img = img[..., 0] if img.shape[-1] == 1 else img
-    ex["image"] = img.astype(np.uint8) if int(ex["bit_depth"]) == 8 else img
-    out.append(ex)
-  return out
+  return [tfds_source.decode_record(source[i]) for i in range(len(source))]
 
 
 def main(argv=None) -> int:

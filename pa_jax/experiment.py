@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from pa_jax import fileio
-from pa_jax.data import partial_views, pipeline, readers
+from pa_jax.data import partial_views, pipeline, readers, tfds_source
 from pa_jax.errors import InputError
 from pa_jax.models.mask_rcnn import MaskRCNN, ModelSpec
 
@@ -124,11 +124,30 @@ def training_task(cfg, model: MaskRCNN, evaluate=None, start_variables=None):
 
 
 def batch_source(cfg, examples, process_index: int = 0, process_count: int = 1):
+  # .get: configs stored by runs older than data.workers still load (fine-tuning).
   return pipeline.BatchSource(
       examples, global_batch=cfg.train.batch_size, canvas=cfg.data.canvas_size,
       max_instances=cfg.data.max_instances, seed=cfg.seed, flip_h=cfg.data.flip_horizontal,
       flip_v=cfg.data.flip_vertical, process_index=process_index, process_count=process_count,
-      prefetch=int(cfg.data.prefetch))
+      prefetch=int(cfg.data.prefetch), workers=int(cfg.data.get("workers", 0)))
+
+
+def training_data(cfg, process_index: int = 0, process_count: int = 1,
+                  progress: bool = True) -> tuple[pipeline.BatchSource, dict]:
+  """(this process's batch source, dataset statistics) from `config.data.reader`.
+
+  'folder' decodes the whole training split into memory; 'tfds' opens an array_record
+  build and reads only this process's rows of each batch (same batches for the same seed).
+  """
+  reader = cfg.data.get("reader", "folder")
+  if reader == "folder":
+    examples = training_examples(cfg, progress=progress)
+    stats = dataset_statistics(examples)
+  elif reader == "tfds":
+    examples, stats = tfds_source.open_training_split(cfg)
+  else:
+    raise InputError("data.reader", f"{reader!r} is not 'folder' or 'tfds'")
+  return batch_source(cfg, examples, process_index, process_count), stats
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -195,8 +214,8 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
   # A resumed run must be the run that was trained; refused before any data is read, and
   # before config.json / run.json could change (loop.train writes them once started).
   run_config.check_same_config(workdir, cfg)
-  examples = training_examples(cfg, progress=jax.process_index() == 0)
-  stats = dataset_statistics(examples)
+  batches, stats = training_data(cfg, jax.process_index(), jax.process_count(),
+                                 progress=jax.process_index() == 0)
   prior = fileio.read_json(workdir / "run.json")
   if prior and "dataset" in prior:  # resume: reuse the recorded anchor, never recompute
     stats = prior["dataset"]
@@ -208,7 +227,6 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
                               max_images=cfg.eval.max_images, progress=False)
 
   task = training_task(cfg, model, periodic_eval if cfg.train.eval_every else None)
-  batches = batch_source(cfg, examples, jax.process_index(), jax.process_count())
   spec = view_spec(cfg)
   metadata = {"dataset": stats, "view": {"name": spec.name, "kind": spec.kind,
                                          "fraction": spec.fraction, "seed": spec.seed},

@@ -15,12 +15,17 @@ Why it looks like this:
   iterator state to checkpoint.
 * **Per-host sharding.** With P processes, process p builds only the rows
   `[p·B/P, (p+1)·B/P)` of each global batch (B = global batch size); together the hosts
-  cover the global batch once. Each host reads only what it needs.
+  cover the global batch once. Each host reads only what it needs: with `examples` a lazy
+  sequence over a tfds build (pa_jax/data/tfds_source.py) that is all it ever reads.
+* **Worker threads.** `workers > 0` builds the rows of a batch (read, decode, crop, flip)
+  in a thread pool; rows keep their slots, so the batch is the same with any count.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -238,33 +243,43 @@ class BatchSource:
   process_index: int = 0
   process_count: int = 1
   prefetch: int = 2  # batches `iterate` prepares ahead on a host thread (config data.prefetch)
+  workers: int = 0  # threads building the rows of a batch (config data.workers); 0 = in line
 
   def __post_init__(self):
     if self.canvas % 32:
       raise InputError("data.canvas_size", f"{self.canvas} is not a multiple of 32")
     self._rows = host_slice(self.global_batch, self.process_index, self.process_count)
+    # Idle pool threads cost nothing; they end with the process.
+    self._pool = (concurrent.futures.ThreadPoolExecutor(self.workers, "pa_jax-rows")
+                  if self.workers > 0 else None)
+
+  def _row(self, step: int, idx: np.ndarray, slot: int) -> dict:
+    # Seeded by (step, slot) alone: the same row whichever thread builds it, and when.
+    rng = np.random.default_rng([self.seed, 1, step, slot])
+    return canvas_example(self.examples[idx[slot]], self.canvas, self.max_instances, rng,
+                          self.flip_h, self.flip_v)
 
   def batch(self, step: int) -> Batch:
     idx = global_indices(step, self.global_batch, len(self.examples), self.seed)
-    items = []
-    for slot in range(self._rows.start, self._rows.stop):
-      rng = np.random.default_rng([self.seed, 1, step, slot])
-      items.append(canvas_example(self.examples[idx[slot]], self.canvas, self.max_instances,
-                                  rng, self.flip_h, self.flip_v))
+    slots = range(self._rows.start, self._rows.stop)
+    row = functools.partial(self._row, step, idx)
+    # map keeps slot order and re-raises a row's exception (e.g. an unreadable record) here.
+    items = list(self._pool.map(row, slots)) if self._pool else [row(s) for s in slots]
     return stack_batch(items)
 
   def iterate(self, start_step: int = 0, prefetch: int | None = None) -> Iterator[Batch]:
-    """Batches from `start_step` on, prepared `prefetch` (default: the source's) ahead on a
-    background thread; 0 = on demand."""
+    """Batches from `start_step` on, prepared `prefetch` (default: the source's) ahead on
+    background threads, in step order; 0 = on demand."""
     prefetch = self.prefetch if prefetch is None else prefetch
     if prefetch <= 0:
       step = start_step
       while True:
         yield self.batch(step)
         step += 1
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    # With row workers the prefetched batches are built at once (their threads only wait on
+    # the row pool, which bounds the CPU used): a small per-host batch still fills the pool.
+    threads = prefetch if self._pool else 1
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
       futures = [pool.submit(self.batch, start_step + i) for i in range(prefetch)]
       step = start_step + prefetch
       while True:

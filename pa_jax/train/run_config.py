@@ -22,8 +22,8 @@ from pa_jax.train.checkpoint import CHECKPOINTS, CHECKPOINTS_BEST, CONFIG_JSON, 
 # checkpoint holds or what the steps already done computed. Everything else (model, data,
 # view, optimiser, seed) would resume a run that is not the one that was trained.
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every",
-                    "train.eval_every", "train.keep_checkpoints", "data.prefetch", "eval.*",
-                    "predict.*")
+                    "train.eval_every", "train.keep_checkpoints", "data.prefetch",
+                    "data.workers", "eval.*", "predict.*")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
