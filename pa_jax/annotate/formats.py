@@ -29,7 +29,8 @@ import numpy as np
 from pa_jax import fileio
 from pa_jax.annotate import contours as C
 from pa_jax.annotate.coco_io import COCO_FILENAME, CocoCollector, read_coco_annotations
-from pa_jax.annotate.geojson_io import read_geojson, write_geojson
+from pa_jax.annotate.geojson_io import write_geojson
+from pa_jax.annotate.geojson_read import read_geojson
 from pa_jax.annotate.label_io import read_label_map_annotations, write_label_map
 from pa_jax.annotate.measurements import write_measurements_csv
 from pa_jax.annotate.nuclei import Nucleus
@@ -75,13 +76,16 @@ def output_paths(output_dir: os.PathLike | str, image_id: str) -> dict[str, Path
 def export_all(output_dir: os.PathLike | str, image_id: str, labels: np.ndarray,
                nuclei: Mapping[int, Nucleus] | None, formats: Sequence[str],
                contours: str = "polygon", coco: CocoCollector | None = None,
-               file_name: str | None = None) -> list[Path]:
+               file_name: str | None = None, image: np.ndarray | None = None,
+               pixel_size_um: float | Sequence[float] | None = None) -> list[Path]:
   """Writes `image_id`'s nuclei in every format of `formats`; returns the files written.
 
   labels: int (H, W) label map; nuclei: its table (labels without an entry are
   'confirmed'); contours: 'polygon' | 'spline' (GeoJSON and ROI only). 'coco' needs a
   `coco` collector (the image is added to it, written by its `.write()`); `file_name` is
-  the image's file name recorded in COCO. Every file is written atomically.
+  the image's file name recorded in COCO. `image` ([H, W(, C)] pixels) and
+  `pixel_size_um` add mean intensities and µm² areas to the GeoJSON measurements and the
+  CSV. Every file is written atomically.
   """
   formats = parse_formats(formats)
   C.check_contour_mode(contours)
@@ -100,12 +104,14 @@ def export_all(output_dir: os.PathLike | str, image_id: str, labels: np.ndarray,
     coco.add(image_id, labels, nuclei, file_name=file_name)
   if "geojson" in formats:
     written.append(write_geojson(paths["geojson"], labels, nuclei, contours=contours,
-                                 image_id=image_id, outlines=outlines))
+                                 image_id=image_id, outlines=outlines, image=image,
+                                 pixel_size_um=pixel_size_um))
   if "roi" in formats:
     written.append(write_roi_zip(paths["roi"], labels, nuclei, contours=contours,
                                  image_id=image_id, outlines=outlines))
   if "csv" in formats:
-    written.append(write_measurements_csv(paths["csv"], labels, nuclei, image_id=image_id))
+    written.append(write_measurements_csv(paths["csv"], labels, nuclei, image_id=image_id,
+                                          image=image, pixel_size_um=pixel_size_um))
   return written
 
 

@@ -1,50 +1,55 @@
 """QuPath-compatible GeoJSON: one Feature per nucleus, with state, score and provenance.
 
-Written (RFC 7946 FeatureCollection, pixel coordinates, y down, pixel (r, c) covering
-[c, c+1) x [r, r+1) — QuPath's image coordinates):
+Written (RFC 7946 FeatureCollection; coordinates in pixels of the FULL-RESOLUTION image,
+origin at its top-left corner, y down, pixel (r, c) covering [c, c+1) x [r, r+1) —
+QuPath's image coordinates, whatever pyramid level was segmented):
 
 ```
 {"type": "Feature", "id": "<uuid>",
  "geometry": {"type": "Polygon", "coordinates": [[[x, y], ..., [x0, y0]]]},
  "properties": {
-   "objectType": "annotation", "name": "proposed-00012",
+   "objectType": "detection", "name": "proposed-00012",
    "classification": {"name": "proposed", "color": [255, 200, 0]},
    "isLocked": false,
-   "measurements": {"score": 0.93},
-   "metadata": {"source": "pa_jax round 2", "pa_jax_label": "12"},
+   "measurements": {"score": 0.93, "area_px": 118, "area_um2": 7.55,
+                    "mean_intensity_c0": 41.2},
+   "metadata": {"source": "pa_jax round 2", "pa_jax_label": "12",
+                "pa_jax_object_type": "detection"},
    "pa_jax": {"label": 12, "state": "proposed", "score": 0.93, "source": "pa_jax round 2",
-              "contour": "spline", "control_points": [[x, y], ...]}}}
+              "contour": "spline", "control_points": [[x, y], ...],
+              "object_type": "detection"}}}
 ```
 
-* The state is the QuPath classification, so a user re-classifies a nucleus in QuPath
-  (e.g. `proposed` → `confirmed` or `rejected`) and the importer picks that up; the
-  classification wins over `pa_jax.state` when both are present.
+QuPath conventions (its `PathObjectTypeAdapters`, docs "Exporting annotations"):
+
+* `objectType` follows the review state (`OBJECT_TYPES`): a machine proposal is a
+  `detection` (QuPath's type for the many objects an algorithm makes: light, not
+  editable, fast by the hundred thousand); a nucleus a person confirmed, drew or rejected
+  is an `annotation` (few, hand-made, editable).
+* `id` is a UUID, `uuid5(namespace, "{image id}/{label}")` (`feature_id`): the same result
+  exported twice gives the same ids (diffable files, reproducible tests), no state is
+  needed to stream a slide, and the ids differ between images. QuPath keeps it on import.
+* The state is the QuPath classification (`{name, color}`, color `[r, g, b]` ints).
+* `measurements` is a flat `{name: number}` map (QuPath's own format since v0.4):
+  `score` (when known), `area_px` (the mask's pixel count in full-resolution pixels),
+  `area_um2` (when the pixel size is known) and `mean_intensity_c{i}` per image channel
+  (when the image is given) — the names of the measurements CSV columns.
+* QuPath drops unknown properties (`pa_jax`) on import but keeps `id`, `objectType`,
+  `name`, `classification`, `measurements` and (annotations) `metadata`: what the reader
+  needs after a QuPath round trip lives there.
 * `contour='polygon'`: the geometry is the exact pixel outline (`mask_contour`).
   `contour='spline'`: QuPath has no spline shapes, so the geometry is the spline sampled
   `SPLINE_SAMPLES` times per segment (what QuPath shows is what the mask is) and the
   control points ride along in `properties.pa_jax.control_points`.
-* Feature ids are UUIDs derived from (image id, label), so re-exports are reproducible.
-* Rings are closed and counter-clockwise in (x, y) (RFC 7946 right-hand rule).
+* Rings are closed, simple (repaired when the spline crosses itself) and counter-clockwise
+  in (x, y) (RFC 7946 right-hand rule). `pa_jax.annotate.qupath_check` checks all of this.
 
-Read: a FeatureCollection, a single Feature, a bare array of Features (QuPath's other
-export style) or a bare Polygon/MultiPolygon geometry. Polygon and MultiPolygon
-geometries become nuclei (holes removed; the parts of a MultiPolygon are one nucleus);
-for a QuPath *cell* the `nucleusGeometry` property is used when present. A
-self-intersecting ring is repaired (shapely `make_valid`, LARGEST part kept: a bow-tie
-becomes its larger lobe). Points, lines, null and degenerate geometries (fewer than 3
-distinct points, zero area), shapes entirely outside the image or covering no pixel
-centre, and shapes entirely hidden under smaller overlapping ones are not used; parts
-outside the image are clipped. Nothing is dropped silently: every feature not used, and
-every repair, is listed by feature index in one warning line per file (`ShapeReport`).
-State: classification name, then `pa_jax.state`, then a `"{state}-{label}"` name, else
-'confirmed'. The label is kept from `pa_jax.label` (or the name / metadata) when unique,
-otherwise a fresh one is given. Overlaps: larger nuclei are painted first, as for COCO.
+Reading these files (and QuPath's exports) back: `pa_jax.annotate.geojson_read`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import uuid
@@ -55,19 +60,31 @@ import numpy as np
 
 from pa_jax import fileio
 from pa_jax.annotate import contours as C
-from pa_jax.annotate.nuclei import (STATE_COLORS, STATES, Nucleus, complete_table,
-                                    paint_instances, parse_state)
+from pa_jax.annotate.measurements import (check_pixel_size, label_areas, label_mean_intensity,
+                                          nucleus_measurements)
+from pa_jax.annotate.nuclei import (STATE_COLORS, STATES, Nucleus, complete_table)
 from pa_jax.data import coco
 from pa_jax.data.readers import validate_label_map
-from pa_jax.data.shape_report import ShapeReport
-from pa_jax.errors import InputError
 
-__all__ = ["write_geojson", "geojson_features", "read_geojson", "NAME_PATTERN"]
+__all__ = ["write_geojson", "geojson_features", "nucleus_feature",
+           "feature_id", "object_type", "OBJECT_TYPES", "NAME_PATTERN"]
 
 # ROI / feature names written by pa_jax: "{state}-{label:05d}".
 NAME_PATTERN = re.compile(r"^\s*(%s)[-_ ]0*(\d+)\s*$" % "|".join(STATES), re.IGNORECASE)
+# QuPath object type per review state: only unreviewed machine output is a detection.
+OBJECT_TYPES = {"proposed": "detection", "confirmed": "annotation", "rejected": "annotation"}
 _UUID_NAMESPACE = uuid.UUID("5d0b8f7e-3c1a-4f5e-9a47-6a1f0b2c9d11")
 _DECIMALS = 4
+
+
+def object_type(state: str) -> str:
+  """QuPath `objectType` of a nucleus in review state `state`."""
+  return OBJECT_TYPES[state]
+
+
+def feature_id(image_id: str, label: int) -> str:
+  """The Feature's UUID: uuid5 of "{image_id}/{label}" (reproducible, see the module doc)."""
+  return str(uuid.uuid5(_UUID_NAMESPACE, f"{image_id}/{int(label)}"))
 
 
 def _ring(points: np.ndarray) -> list[list[float]]:
@@ -86,274 +103,112 @@ def _valid_ring(points: np.ndarray) -> np.ndarray:
   return rings[0] if rings else points
 
 
+def nucleus_feature(outline: np.ndarray, nucleus: Nucleus, *, contours: str = "polygon",
+                    image_id: str = "", measurements: Mapping[str, float] | None = None,
+                    image_size: Sequence[int] | None = None) -> dict[str, Any] | None:
+  """One nucleus as a GeoJSON Feature (module docstring); None when it has no outline.
+
+  The one feature builder of pa_jax: `geojson_features` (a label map in memory) and
+  `stream_export.GeoJSONStreamWriter` (a slide, nucleus by nucleus) both call it.
+
+  outline: float64 [N, 2] (x, y) in full-resolution pixel-edge coordinates, implicitly
+    closed: the polygon (`contours='polygon'`) or the spline's control points ('spline').
+  nucleus: its label, state, score and source.
+  measurements: `measurements.nucleus_measurements(...)`; {score} when None.
+  image_size: full-resolution (height, width); when given the geometry is clipped to the
+    image (a spline through border pixels overshoots it by a fraction of a pixel, and
+    QuPath's coordinates are those of the image).
+  """
+  pts = np.asarray(outline, np.float64).reshape(-1, 2)
+  if len(pts) < 3:
+    return None
+  k, state = int(nucleus.id), nucleus.state
+  geom_pts = C.spline_polygon(pts) if contours == "spline" else pts
+  if image_size is not None:
+    geom_pts = np.clip(geom_pts, 0.0, [float(image_size[1]), float(image_size[0])])
+  geom_pts = _valid_ring(geom_pts)
+  otype = object_type(state)
+  info: dict[str, Any] = {"label": k, "state": state, "score": nucleus.score,
+                          "source": nucleus.source, "contour": contours}
+  if contours == "spline":
+    info["control_points"] = np.round(pts, _DECIMALS).tolist()
+  info["object_type"] = otype
+  if measurements is None:
+    measurements = nucleus_measurements(score=nucleus.score)
+  props: dict[str, Any] = {
+      "objectType": otype,
+      "name": f"{state}-{k:05d}",
+      "classification": {"name": state, "color": [int(c) for c in STATE_COLORS[state]]},
+      "isLocked": False,
+      "measurements": dict(measurements),
+      "metadata": {"source": nucleus.source, "pa_jax_label": str(k),
+                   "pa_jax_object_type": otype},
+      "pa_jax": info,
+  }
+  return {"type": "Feature", "id": feature_id(image_id, k),
+          "geometry": {"type": "Polygon", "coordinates": [_ring(geom_pts)]},
+          "properties": props}
+
+
 def geojson_features(labels: np.ndarray, nuclei: Mapping[int, Nucleus] | None = None, *,
                      contours: str = "polygon", image_id: str | None = None,
-                     outlines: Mapping[int, np.ndarray] | None = None
+                     outlines: Mapping[int, np.ndarray] | None = None,
+                     image: np.ndarray | None = None,
+                     pixel_size_um: float | Sequence[float] | None = None
                      ) -> list[dict[str, Any]]:
   """The Features of one image (see the module docstring), in label order.
 
-  `outlines`: precomputed `label_map_contours(labels, contours)` (to share the spline fit
-  between exporters); computed when None.
+  labels: int [H, W] label map (full resolution). `outlines`: precomputed
+  `label_map_contours(labels, contours)` (to share the spline fit between exporters);
+  computed when None. image: [H, W] or [H, W, C] pixels, for `mean_intensity_c{i}`.
+  pixel_size_um: µm per pixel (one number, or (y, x)), for `area_um2`.
   """
   C.check_contour_mode(contours)
   labels = validate_label_map(labels, "labels")
   table = complete_table(labels, nuclei)
   if outlines is None:
     outlines = C.label_map_contours(labels, contours)
+  areas = label_areas(labels)
+  means = label_mean_intensity(labels, image) if image is not None else {}
   features = []
   for k, n in table.items():
-    pts = np.asarray(outlines.get(k, np.zeros((0, 2))), np.float64)
-    if len(pts) < 3:
-      continue
-    geom_pts = C.spline_polygon(pts) if contours == "spline" else pts
-    geom_pts = _valid_ring(geom_pts)
-    info: dict[str, Any] = {"label": k, "state": n.state, "score": n.score,
-                            "source": n.source, "contour": contours}
-    if contours == "spline":
-      info["control_points"] = np.round(pts, _DECIMALS).tolist()
-    props: dict[str, Any] = {
-        "objectType": "annotation",
-        "name": f"{n.state}-{k:05d}",
-        "classification": {"name": n.state, "color": list(STATE_COLORS[n.state])},
-        "isLocked": False,
-        "measurements": {} if n.score is None else {"score": n.score},
-        "metadata": {"source": n.source, "pa_jax_label": str(k)},
-        "pa_jax": info,
-    }
-    fid = str(uuid.uuid5(_UUID_NAMESPACE, f"{image_id or ''}/{k}"))
-    features.append({"type": "Feature", "id": fid,
-                     "geometry": {"type": "Polygon", "coordinates": [_ring(geom_pts)]},
-                     "properties": props})
+    meas = nucleus_measurements(score=n.score, area_px=areas.get(k),
+                                mean_intensity=means.get(k), pixel_size_um=pixel_size_um)
+    f = nucleus_feature(outlines.get(k, np.zeros((0, 2))), n, contours=contours,
+                        image_id=image_id or "", measurements=meas, image_size=labels.shape)
+    if f is not None:
+      features.append(f)
   return features
+
+
+def collection_header(image_id: str, **extra: Any) -> dict[str, Any]:
+  """The FeatureCollection's foreign member `pa_jax` (ignored by other readers)."""
+  return {"image": image_id, **{k: v for k, v in extra.items() if v is not None}}
 
 
 def write_geojson(path: os.PathLike | str, labels: np.ndarray,
                   nuclei: Mapping[int, Nucleus] | None = None, *, contours: str = "polygon",
                   image_id: str | None = None,
-                  outlines: Mapping[int, np.ndarray] | None = None) -> Path:
+                  outlines: Mapping[int, np.ndarray] | None = None,
+                  image: np.ndarray | None = None,
+                  pixel_size_um: float | Sequence[float] | None = None) -> Path:
   """Writes one image's nuclei as a GeoJSON FeatureCollection (atomically).
 
   labels: int (H, W) label map; nuclei: table (missing labels → confirmed); contours:
-  'polygon' | 'spline'. The collection carries a foreign member `pa_jax` with the image
-  id and size (ignored by other readers).
+  'polygon' | 'spline'; image / pixel_size_um: as in `geojson_features`. The collection
+  carries a foreign member `pa_jax` with the image id, size and pixel size. The image id
+  (default: the file's stem) also seeds the feature UUIDs.
   """
   labels = validate_label_map(labels, "labels")
-  feats = geojson_features(labels, nuclei, contours=contours, image_id=image_id,
-                           outlines=outlines)
   path = Path(path)
+  image_id = image_id if image_id is not None else path.stem
+  ps = check_pixel_size(pixel_size_um)
+  feats = geojson_features(labels, nuclei, contours=contours, image_id=image_id,
+                           outlines=outlines, image=image, pixel_size_um=ps)
   data = {"type": "FeatureCollection",
-          "pa_jax": {"image": image_id if image_id is not None else path.stem,
-                     "height": int(labels.shape[0]), "width": int(labels.shape[1])},
+          "pa_jax": collection_header(image_id, height=int(labels.shape[0]),
+                                      width=int(labels.shape[1]),
+                                      pixel_size_um=None if ps is None else list(ps)),
           "features": feats}
   fileio.write_text(path, json.dumps(data, separators=(",", ":")) + "\n")
   return path
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _rings(coords: Any, what: str) -> list[np.ndarray]:
-  """Validated rings of a Polygon's `coordinates` → list of (N, 2) arrays."""
-  if not isinstance(coords, list):
-    raise ValueError(f"{what}: Polygon coordinates must be a list of rings")
-  rings = []
-  for ring in coords:
-    if not isinstance(ring, list) or not all(
-        isinstance(p, list) and len(p) >= 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p[:2])
-        for p in ring):
-      raise ValueError(f"{what}: a ring must be a list of [x, y] number pairs")
-    arr = np.asarray([p[:2] for p in ring], np.float64).reshape(-1, 2)
-    if not np.all(np.isfinite(arr)):
-      raise ValueError(f"{what}: non-finite coordinates")
-    rings.append(arr)
-  return rings
-
-
-def _polygons(geom: Any, what: str) -> list[list[np.ndarray]]:
-  """[[exterior, hole, ...], ...] of a geometry; [] for non-area geometries."""
-  if geom is None:
-    return []
-  if not isinstance(geom, Mapping) or "type" not in geom:
-    raise ValueError(f"{what}: 'geometry' must be an object with a 'type'")
-  t = geom["type"]
-  if t == "Polygon":
-    return [_rings(geom.get("coordinates"), what)]
-  if t == "MultiPolygon":
-    polys = geom.get("coordinates")
-    if not isinstance(polys, list):
-      raise ValueError(f"{what}: MultiPolygon coordinates must be a list of polygons")
-    return [_rings(p, what) for p in polys]
-  if t == "GeometryCollection":
-    geoms = geom.get("geometries")
-    if not isinstance(geoms, list):
-      raise ValueError(f"{what}: GeometryCollection needs a 'geometries' list")
-    return [p for g in geoms for p in _polygons(g, what)]
-  return []  # Point, LineString, ...: not a nucleus outline
-
-
-def _geometry_pixels(polys: list[list[np.ndarray]], h: int, w: int
-                     ) -> tuple[np.ndarray, np.ndarray, str, str]:
-  """Pixels of a geometry's polygons (union; holes removed) → (rows, cols, unused, repaired).
-
-  Each exterior ring is repaired when self-intersecting (`coco.repair_polygon`, largest
-  part kept); `repaired` says what was wrong ('' when nothing). `unused` says why the
-  geometry gives no pixel ('' when it does): 'empty polygon', 'fewer than 3 distinct
-  points', 'zero area', 'outside the image', 'covers no pixel centre'.
-  """
-  flat = np.zeros(0, np.int64)
-  unusable, repaired, used = [], [], []
-  for rings in polys:
-    if not rings:
-      unusable.append("empty polygon")
-      continue
-    fixed, note = coco.repair_polygon(rings[0])
-    if not fixed:
-      unusable.append(note)
-      continue
-    if note:
-      repaired.append(note)
-    rr, cc = coco.rings_pixels(list(fixed) + list(rings[1:]), h, w)
-    used.append(fixed[0])
-    flat = np.union1d(flat, rr.astype(np.int64) * w + cc)
-  repaired_note = ", ".join(dict.fromkeys(repaired))
-  if not used:
-    return flat, flat, (unusable[0] if unusable else "empty polygon"), ""
-  if not flat.size:
-    pts = np.concatenate(used)
-    outside = (pts[:, 0].max() <= 0 or pts[:, 1].max() <= 0 or pts[:, 0].min() >= w
-               or pts[:, 1].min() >= h)
-    return flat, flat, "outside the image" if outside else "covers no pixel centre", ""
-  return flat // w, flat % w, "", repaired_note
-
-
-def _not_area(geom: Any) -> str:
-  """Why a geometry with no polygon is not a nucleus: its type ('Point', 'LineString',
-  ...), 'no geometry' for null."""
-  if geom is None:
-    return "no geometry"
-  t = str(geom.get("type"))
-  return f"{t} without polygons" if t == "GeometryCollection" else t
-
-
-def _score(props: Mapping[str, Any], info: Mapping[str, Any]) -> float | None:
-  meas = props.get("measurements")
-  val = None
-  if isinstance(meas, Mapping):
-    val = meas.get("score")
-  elif isinstance(meas, list):  # older QuPath: [{"name": ..., "value": ...}]
-    for m in meas:
-      if isinstance(m, Mapping) and str(m.get("name", "")).lower() == "score":
-        val = m.get("value")
-  if val is None:
-    val = info.get("score")
-  try:
-    val = None if val is None else float(val)
-  except (TypeError, ValueError):
-    return None
-  return val if val is not None and math.isfinite(val) else None
-
-
-def _feature_meta(props: Mapping[str, Any], default_source: str
-                  ) -> tuple[int | None, str, float | None, str]:
-  info = props.get("pa_jax")
-  info = info if isinstance(info, Mapping) else {}
-  meta = props.get("metadata")
-  meta = meta if isinstance(meta, Mapping) else {}
-  name = props.get("name")
-  m = NAME_PATTERN.match(name) if isinstance(name, str) else None
-  cls = props.get("classification")
-  cls_name = cls.get("name") if isinstance(cls, Mapping) else cls
-  state = parse_state(cls_name, default="")
-  if not state:
-    state = parse_state(info.get("state"), default="")
-  if not state and m:
-    state = m.group(1).lower()
-  state = state or "confirmed"
-  label = info.get("label")
-  if not (isinstance(label, int) and not isinstance(label, bool)):
-    label = None
-    if m:
-      label = int(m.group(2))
-    elif isinstance(meta.get("pa_jax_label"), str) and meta["pa_jax_label"].isdigit():
-      label = int(meta["pa_jax_label"])
-  source = info.get("source", meta.get("source"))
-  source = default_source if source is None else str(source)
-  return label, state, _score(props, info), source
-
-
-def _feature_list(data: Any) -> list[Any]:
-  if isinstance(data, list):
-    return data
-  if isinstance(data, Mapping):
-    t = data.get("type")
-    if t == "FeatureCollection":
-      feats = data.get("features")
-      if not isinstance(feats, list):
-        raise ValueError("FeatureCollection 'features' must be a list")
-      return feats
-    if t == "Feature":
-      return [data]
-    if t in ("Polygon", "MultiPolygon", "GeometryCollection"):
-      return [{"type": "Feature", "geometry": data, "properties": {}}]
-  raise ValueError("expected a GeoJSON FeatureCollection, Feature or array of Features")
-
-
-def read_geojson(path: os.PathLike | str, shape: Sequence[int],
-                 default_source: str = "human", *,
-                 reports: list[ShapeReport] | None = None
-                 ) -> tuple[np.ndarray, dict[int, Nucleus]]:
-  """Reads a GeoJSON file → (int32 (H, W) label map, nuclei table keyed by label).
-
-  shape: the image's (H, W). Malformed content raises a one-line InputError naming the
-  file (and the feature index). Features that give no nucleus (points, lines, null or
-  degenerate geometries, shapes outside the image or hidden under smaller overlapping
-  ones) and repaired self-intersecting polygons are listed by feature index (0-based) in
-  a `ShapeReport`: appended to `reports` when given, and logged as one warning line on
-  `shape_report.INPUT_LOG` unless every feature was used as is.
-  """
-  path = Path(path)
-  h, w = int(shape[0]), int(shape[1])
-  data = fileio.read_json(path, missing_ok=False, expected="GeoJSON")
-  try:
-    feats = _feature_list(data)
-  except ValueError as e:
-    raise InputError(path, str(e)) from None
-  pixels, wanted, metas, names = [], [], [], []
-  report = ShapeReport(str(path), total=len(feats), noun="features")
-  for i, f in enumerate(feats):
-    what = f"feature {i}"
-    if not isinstance(f, Mapping):
-      raise InputError(path, f"{what} is not an object")
-    props = f.get("properties")
-    props = props if isinstance(props, Mapping) else {}
-    if "geometry" not in f:
-      raise InputError(path, f"{what} has no 'geometry'")
-    geom = f["geometry"]
-    if isinstance(props.get("nucleusGeometry"), Mapping):  # QuPath cell: use its nucleus
-      geom = props["nucleusGeometry"]
-    try:
-      polys = _polygons(geom, what)
-    except ValueError as e:
-      raise InputError(path, str(e)) from None
-    if not polys:
-      report.unused.append((what, _not_area(geom)))
-      continue
-    rr, cc, unused, repaired = _geometry_pixels(polys, h, w)
-    if unused:
-      report.unused.append((what, unused))
-      continue
-    if repaired:
-      report.repaired.append((what, repaired))
-    label, state, score, source = _feature_meta(props, default_source)
-    pixels.append((rr, cc))
-    wanted.append(label)
-    metas.append((state, score, source))
-    names.append(what)
-  labels, ids = paint_instances(pixels, wanted, (h, w))
-  hidden = [(what, "hidden under smaller overlapping features")
-            for what, k in zip(names, ids) if k is None]
-  report.unused = sorted(report.unused + hidden, key=lambda u: int(u[0].split()[-1]))
-  report.emit(reports)
-  nuclei = {k: Nucleus(k, *meta) for k, meta in zip(ids, metas) if k is not None}
-  return labels, dict(sorted(nuclei.items()))

@@ -14,7 +14,8 @@ import shapely.geometry
 
 from pa_jax.annotate import formats as F
 from pa_jax.annotate.coco_io import read_coco_annotations
-from pa_jax.annotate.geojson_io import read_geojson, write_geojson
+from pa_jax.annotate.geojson_io import write_geojson
+from pa_jax.annotate.geojson_read import read_geojson
 from pa_jax.annotate.label_io import read_label_map_annotations
 from pa_jax.annotate.measurements import read_measurements_csv, write_measurements_csv
 from pa_jax.annotate.nuclei import Nucleus, make_table
@@ -103,7 +104,9 @@ def test_geojson_is_valid_and_qupath_shaped(tmp_path, example):
       assert shapely.geometry.shape(f["geometry"]).is_valid
       p = f["properties"]
       state = nuclei[p["pa_jax"]["label"]].state
-      assert p["objectType"] == "annotation" and p["isLocked"] is False
+      # QuPath convention: machine proposals are detections, reviewed nuclei annotations.
+      want = "detection" if state == "proposed" else "annotation"
+      assert p["objectType"] == want and p["isLocked"] is False
       assert p["classification"]["name"] == state and len(p["classification"]["color"]) == 3
       assert (p["pa_jax"].get("control_points") is not None) == (contours == "spline")
 

@@ -264,7 +264,7 @@ def _warning_lines(err: str) -> list[str]:
 
 
 def test_geojson_bowtie_becomes_larger_lobe_counted_repaired(tmp_path, capsys):
-  from pa_jax.annotate.geojson_io import read_geojson
+  from pa_jax.annotate.geojson_read import read_geojson
 
   path = tmp_path / "bow.geojson"
   ring = BOWTIE + BOWTIE[:1]
@@ -320,7 +320,7 @@ def test_roi_bowtie_becomes_larger_lobe(tmp_path, capsys):
 
 
 def test_geojson_unusable_features_counted_by_feature(tmp_path, capsys):
-  from pa_jax.annotate.geojson_io import read_geojson
+  from pa_jax.annotate.geojson_read import read_geojson
 
   feats = [
       _feature({"type": "Polygon", "coordinates": [_square(5, 5, 15, 15)]}),     # 0 used
@@ -351,7 +351,7 @@ def test_geojson_unusable_features_counted_by_feature(tmp_path, capsys):
 
 
 def test_geojson_feature_hidden_by_overlap_counted(tmp_path, capsys):
-  from pa_jax.annotate.geojson_io import read_geojson
+  from pa_jax.annotate.geojson_read import read_geojson
 
   feats = [_feature({"type": "Polygon", "coordinates": [_square(5, 5, 15, 15)]}),
            _feature({"type": "Polygon", "coordinates": [_square(5, 5, 15, 15)]})]
@@ -364,7 +364,7 @@ def test_geojson_feature_hidden_by_overlap_counted(tmp_path, capsys):
 
 
 def test_clean_geojson_prints_nothing(tmp_path, capsys):
-  from pa_jax.annotate.geojson_io import read_geojson
+  from pa_jax.annotate.geojson_read import read_geojson
 
   path = tmp_path / "ok.geojson"
   path.write_text(json.dumps([_feature({"type": "Polygon",
