@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pa_jax import fileio  # noqa: E402
-from pa_jax.annotate import loop, simulate  # noqa: E402
+from pa_jax.annotate import loop, project, review, simulate  # noqa: E402
+from pa_jax.annotate.session import Session  # noqa: E402
 from pa_jax.data import partial_views, readers  # noqa: E402
 from pa_jax.evaluation import metrics  # noqa: E402
 
@@ -65,14 +66,14 @@ def _matched(a: np.ndarray, b: np.ndarray) -> int:
 def measure(output: Path, truths: dict[str, np.ndarray], states=None) -> dict:
   """Metrics of the annotation state vs the full labels (after a round or after edits)."""
   if states is None:
-    data = loop.load_state(output)
-    states = loop._load_image_states(output, data)
+    data = project.load_state(output)
+    states = project.load_image_states(output, data)
   n_true = conf_true = prop_ok = n_prop = 0
   merged_rows, conf_rows = [], []
   counts = {k: 0 for k in ("confirmed", "proposed", "rejected")}
   for i, truth in truths.items():
     st = states[i]
-    c = loop.image_counts(st)
+    c = review.image_counts(st)
     for k in counts:
       counts[k] += c[k]
     conf = st.confirmed_map()
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
                              seed=args.seed, steps=args.steps)
     after_round = measure(output, truths)
     review = simulate.review_current(output, truths, add_per_round=args.add, seed=args.seed)
-    session = loop.open_session(work / "images", None, output)
+    session = Session.open(work / "images", output)
     after_edit = measure(output, truths, session.states)
     row = {"round": rep["round"], "seconds": round(time.time() - t0, 1),
            "train_seconds": rep["training"]["seconds"], "steps": rep["training"]["steps"],

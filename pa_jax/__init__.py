@@ -1,1 +1,58 @@
-"""pa_jax: nucleus instance segmentation from partially annotated images (JAX/Flax)."""
+"""pa_jax: nucleus instance segmentation from partially annotated images (JAX/Flax).
+
+The library's front door, shared by run.py and the napari plugin::
+
+  import pa_jax
+
+  predictor = pa_jax.load_predictor("runs/dh25_pa_cpu")      # a trained run
+  labels, scores = predictor.predict_scored(image)            # int32 [H, W], {id: score}
+  labels = pa_jax.segment_classical(image)                    # the classical floor
+  cfg, model, variables, step = pa_jax.load_run("runs/dh25_pa_cpu")
+  session = pa_jax.Session.open("images/", "project/", annotations="partial/")
+
+Bad input raises `pa_jax.InputError` (one line: where, then the problem). Everything but
+InputError is imported on first use, so `import pa_jax` stays light (no JAX).
+"""
+
+from __future__ import annotations
+
+from pa_jax.errors import InputError
+
+__all__ = ["InputError", "Predictor", "Session", "load_predictor", "load_run",
+           "segment_classical"]
+
+
+def load_predictor(workdir, best: bool = False):
+  """The `Predictor` of a trained run, with its config's thresholds and tiling.
+
+  workdir: the run's folder (config.json, run.json, checkpoints/); best: restore the
+  best checkpoint instead of the newest readable one.
+  """
+  # Not `Predictor.from_workdir`: experiment builds Predictors for its periodic
+  # evaluation, so predictor.py importing experiment would close an import cycle.
+  from pa_jax import experiment
+  from pa_jax.infer.predictor import predictor_for
+
+  cfg, model, variables, _ = experiment.load_run(workdir, best=best)
+  return predictor_for(cfg, model, variables)
+
+
+def __getattr__(name: str):
+  # Lazy: these pull in JAX, Flax or scikit-image; `import pa_jax` should not.
+  if name == "Predictor":
+    from pa_jax.infer.predictor import Predictor
+    return Predictor
+  if name == "load_run":
+    from pa_jax.experiment import load_run
+    return load_run
+  if name == "segment_classical":
+    from pa_jax.infer.classical import segment_classical
+    return segment_classical
+  if name == "Session":
+    from pa_jax.annotate.session import Session
+    return Session
+  raise AttributeError(f"module 'pa_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))

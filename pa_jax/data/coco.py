@@ -48,7 +48,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pa_jax import fileio
-from pa_jax.data.readers import IMAGE_SUFFIXES, Record, relabel_sequential
+from pa_jax.data.records import IMAGE_SUFFIXES, Record, relabel_sequential
 from pa_jax.data.shape_report import ShapeReport
 from pa_jax.errors import InputError
 

@@ -27,47 +27,20 @@ import csv
 import dataclasses
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from pa_jax.data import coco
 # read_image is part of this module's API (readers.read_image); decoding lives in images.py.
 from pa_jax.data.images import read_array, read_image  # noqa: F401
+# Record, IMAGE_SUFFIXES and relabel_sequential are part of this module's API too.
+from pa_jax.data.records import IMAGE_SUFFIXES, Record, relabel_sequential  # noqa: F401
 from pa_jax.errors import InputError
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-# Stem suffixes that mark a label map sitting beside its image in one folder.
 # Stem endings that mark a label map next to its image ("_cp_masks": Cellpose output).
 LABEL_STEM_SUFFIXES = ("_labels", "_label", "_mask", "_masks", "_instances", "_cp_masks")
 INDEX_COLUMNS = ("id", "split", "group", "modality", "height", "width", "channels", "nuclei")
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-  """One image of a dataset and where its annotation lives (nothing loaded yet).
-
-  Attributes:
-    id: unique name inside the dataset (file stem for plain folders).
-    image_path: the image file.
-    label_path: instance label map file, or None when the image has no annotation file.
-    split: 'train' / 'test' / any name from index.csv ('train' for plain folders).
-    group, modality: free-form columns of index.csv ('' when unknown).
-    load_labels: optional callable returning the int32 label map, used by formats whose
-      annotations are not a label-map file (COCO, GeoJSON, ROI zip).
-  """
-
-  id: str
-  image_path: Path
-  label_path: Path | None = None
-  split: str = "train"
-  group: str = ""
-  modality: str = ""
-  load_labels: Callable[[], np.ndarray] | None = dataclasses.field(
-      default=None, compare=False, repr=False)
-
-  @property
-  def has_labels(self) -> bool:
-    return self.label_path is not None or self.load_labels is not None
 
 
 @dataclasses.dataclass
@@ -266,8 +239,6 @@ def open_dataset(path: os.PathLike | str, split: str | None = None, group: str |
   if path.is_dir() and (path / "index.csv").is_file():
     return read_dataset_folder(path, split=split, group=group)
   if path.suffix.lower() == ".json":
-    from pa_jax.data import coco
-
     return coco.read_coco_dataset(path)
   if not path.exists():
     raise InputError(path, "not found")
@@ -292,16 +263,6 @@ def load_example(record: Record, *, channel: int | None = None,
   elif record.label_path is not None:
     labels = read_label_map(record.label_path, image.shape)
   return Example(id=record.id, image=image, labels=labels, record=record)
-
-
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-  """Maps the label values present to 1..N in increasing order (0 stays 0). int32."""
-  labels = np.asarray(labels)
-  ids = np.unique(labels)
-  ids = ids[ids != 0]
-  lut_keys = np.concatenate([[0], ids])
-  out = np.searchsorted(lut_keys, labels).astype(np.int32)
-  return out
 
 
 def count_instances(labels: np.ndarray) -> int:

@@ -12,8 +12,11 @@ import pytest
 from pa_jax import fileio
 from pa_jax.annotate import formats as F
 from pa_jax.annotate import loop
+from pa_jax.annotate import project
+from pa_jax.annotate import review
 from pa_jax.annotate import simulate
-from pa_jax.annotate.loop import ImageState, apply_edits, merge_predictions
+from pa_jax.annotate import training
+from pa_jax.annotate.review import ImageState, apply_edits, merge_predictions
 from pa_jax.annotate.nuclei import Nucleus
 from pa_jax.data import synthetic
 from pa_jax.errors import InputError
@@ -146,16 +149,16 @@ def test_holdout_is_seeded_and_excluded_from_training_labels():
     for k in range(1, 11):
       _box(lab, k, (k - 1) * 6, j * 10, 5, 5)
     states.append(ImageState.initial(f"im{j}", lab))
-  a = loop.split_holdout(states, 0.1, seed=0, round_=1)
-  assert a == loop.split_holdout(list(reversed(states)), 0.1, seed=0, round_=1)
+  a = review.split_holdout(states, 0.1, seed=0, round_=1)
+  assert a == review.split_holdout(list(reversed(states)), 0.1, seed=0, round_=1)
   assert sum(map(len, a.values())) == 3
-  others = [loop.split_holdout(states, 0.1, seed=0, round_=r) for r in range(2, 6)]
+  others = [review.split_holdout(states, 0.1, seed=0, round_=r) for r in range(2, 6)]
   assert any(o != a for o in others)
   for st in states:
-    train = loop.training_labels(st, a[st.id])
+    train = review.training_labels(st, a[st.id])
     assert set(np.unique(train)) - {0} == set(st.confirmed_ids()) - set(a[st.id])
-  assert loop.holdout_scores(states[0], [1], states[0].labels) == [1.0]
-  assert loop.holdout_scores(states[0], [1], np.zeros((64, 64), np.int32)) == [0.0]
+  assert review.holdout_scores(states[0], [1], states[0].labels) == [1.0]
+  assert review.holdout_scores(states[0], [1], np.zeros((64, 64), np.int32)) == [0.0]
 
 
 # ----------------------------------------------------- whole invocations (fake model)
@@ -189,7 +192,7 @@ def fake_model(monkeypatch):
 
   import pa_jax.infer.predictor as predictor_mod
 
-  monkeypatch.setattr(loop, "train_round", fake_train)
+  monkeypatch.setattr(training, "train_round", fake_train)
   monkeypatch.setattr(predictor_mod, "predictor_for", lambda cfg, model, variables: P())
   monkeypatch.setattr("pa_jax.experiment.load_run", lambda w: (None, None, None, 0))
   return calls
@@ -209,7 +212,7 @@ def test_rounds_counts_add_up_and_edits_are_picked_up(tmp_path, fake_model):
   rep = loop.annotate_main(images, annots, out, rounds=1, progress=False)
   t = rep["totals"]
   assert t["confirmed"] == t["confirmed_human"] + t["confirmed_accepted"] == 4
-  for k in loop.COUNT_KEYS + ("heldout", "heldout_recovered"):
+  for k in review.COUNT_KEYS + ("heldout", "heldout_recovered"):
     assert t[k] == sum(r[k] for r in rep["images"])
   assert t["proposed"] == sum(len(np.unique(x)) - 1 for x in truths.values()) - 4
   assert rep["holdout"]["nuclei"] == 1 and rep["holdout"]["recall"] == 1.0
@@ -349,7 +352,7 @@ def test_a_crash_before_the_commit_leaves_state_and_current_intact(tmp_path, fak
 
   # a crash in the middle of writing round 2's files
   calls = {"n": 0}
-  real_export = loop.export_image
+  real_export = project.export_image
 
   def flaky(*a, **k):
     calls["n"] += 1
@@ -358,7 +361,7 @@ def test_a_crash_before_the_commit_leaves_state_and_current_intact(tmp_path, fak
     return real_export(*a, **k)
 
   monkeypatch.setattr(fileio, "write_json", real)
-  monkeypatch.setattr(loop, "export_image", flaky)
+  monkeypatch.setattr(project, "export_image", flaky)
   with pytest.raises(OSError, match="killed"):
     loop.annotate_main(images, None, out, rounds=1, progress=False)
   assert calls["n"] == 2  # the crash came where intended: im0 exported, im1 not
@@ -369,7 +372,7 @@ def test_a_crash_before_the_commit_leaves_state_and_current_intact(tmp_path, fak
   assert (out / "state.json").read_bytes() == state_before
   assert {p.name: p.read_bytes() for p in (out / "current").iterdir()} == current_before
 
-  monkeypatch.setattr(loop, "export_image", real_export)
+  monkeypatch.setattr(project, "export_image", real_export)
   rep = loop.annotate_main(images, None, out, rounds=1, progress=False)  # rerun: picks up edits
   assert rep["round"] == 2 and rep["edits"]["rejected"] == len(np.unique(truths["im0"])) - 3
   assert json.loads((out / "state.json").read_text())["round"] == 2
@@ -477,5 +480,5 @@ def test_round_training_refuses_frozen_backbone_without_weights(tmp_path):
   stats = {"images": 1, "annotated_nuclei": 1, "full_nuclei": 1, "median_width": 10.0,
            "median_height": 10.0}
   with pytest.raises(InputError, match="frozen_bn"):
-    loop.train_round(cfg, [], stats, tmp_path / "w", 1, progress=False)
+    training.train_round(cfg, [], stats, tmp_path / "w", 1, progress=False)
   assert not (tmp_path / "w").exists()
