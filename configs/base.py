@@ -107,6 +107,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.partial.hard_negatives = False  # Use regions a person rejected (annotation loop) as explicit negatives: RoI candidates, centerness 0, no PA box there.
   c.model.partial.centerness_loss_weight = 1.0  # Weight of L_centerness.
   c.model.partial.centerbox_loss_weight = 1.0  # Weight of L_centerbox.
+  # As the paper's released code (docs/model.md "Decisions"); a run saved before a field
+  # existed keeps its old value (pa_jax/train/run_config.py, LEGACY_VALUES).
+  c.model.partial.centerbox_weights = (10.0, 10.0, 5.0, 5.0)  # Centre-box coder weights.
+  c.model.partial.centerbox_beta = 1.0 / 9.0  # Smooth-L1 beta of L_centerbox.
+  c.model.partial.connectivity = 4  # PA-box components: 4 (scipy's default) or 8.
+  c.model.partial.attention_zero_init = False  # True: attention output projection starts at 0.
+  c.model.partial.attention_mask_padding = True  # Key softmax over real pixels, not padding.
 
   # ---------------------------------------------------------------------------- train
   c.train = ml_collections.ConfigDict()

@@ -262,7 +262,9 @@ def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
   data = fileio.read_json(path)
   if data is None:
     raise InputError(workdir, "no config.json: not a pa_jax training run (train it first)")
-  return ml_collections.ConfigDict(_tuples(data))
+  from pa_jax.train.run_config import upgrade_stored  # as train() imports it: CLI start-up
+
+  return ml_collections.ConfigDict(_tuples(upgrade_stored(data)))
 
 
 def _tuples(obj):

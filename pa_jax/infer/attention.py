@@ -44,6 +44,7 @@ def attention_map(model, variables, image: np.ndarray, selected: np.ndarray,
   # The pixel at the centre of each stride x stride cell stands for the cell.
   sel_small = sel[stride // 2::stride, stride // 2::stride]
   att = np.asarray(_jitted_attention(model, level)(variables, jnp.asarray(padded[None]),
+                                                    jnp.array([[h, w]], jnp.int32),
                                                     jnp.asarray(sel_small)))
   up = np.repeat(np.repeat(att, stride, axis=0), stride, axis=1)[:h, :w]
   return up.astype(np.float32)
@@ -58,8 +59,8 @@ def _jitted_attention(model, level: str):
   from pa_jax.models.mask_rcnn import MaskRCNN
 
   @jax.jit
-  def run(variables, image, selected_cells):
-    _, state = model.apply(variables, image, method=MaskRCNN.attention_maps,
+  def run(variables, image, image_size, selected_cells):
+    _, state = model.apply(variables, image, image_size, method=MaskRCNN.attention_maps,
                            mutable=["intermediates"])
     inter = state["intermediates"][f"attention_{level}"]
     queries, keys = inter["queries"][0][0], inter["keys"][0][0]

@@ -7,7 +7,15 @@ Pipeline of `segment_classical` (defaults in `DEFAULT_PARAMS`, recorded next to 
 predictions as `classical_params.json` by `run.py predict --method classical`,
 `pa_jax.predict.predict_command`):
 
-1. grey level: RGB → mean of the channels; float.
+1. One channel to threshold (`stain`, `resolve_stain`):
+   - 'none': grey level, the mean of the RGB channels.
+   - 'hed': haematoxylin density of an H&E image (scikit-image's `rgb2hed` colour
+     deconvolution, Ruifrok & Johnston's stain vectors). In grey, eosin-dense stroma and
+     red cells are as dark as nuclei and Otsu takes them for nuclei; haematoxylin binds
+     chromatin, so the H channel is bright on nuclei only.
+   - 'auto' (default): 'hed' for an RGB image that is coloured, mostly bright (transmitted
+     light) and not greenest (purple/pink stains), 'none' otherwise (grey,
+     fluorescence of any colour); the exact rule is `resolve_stain`'s.
 2. Gaussian smoothing (`sigma` px).
 3. Otsu threshold. Polarity (`polarity="auto"`): the background is the majority of the
    pixels, so if the median pixel is below the threshold nuclei are brighter than the
@@ -33,8 +41,9 @@ import numpy as np
 from scipy import ndimage
 
 DEFAULT_PARAMS: dict[str, Any] = {
+    "stain": "auto",  # "auto" | "none" (grey) | "hed" (haematoxylin channel of H&E)
     "sigma": 1.0,
-    "polarity": "auto",  # "auto" | "bright" (fluorescence) | "dark" (brightfield, H&E)
+    "polarity": "auto",  # of the channel: "auto" | "bright" (fluorescence, H) | "dark" (grey H&E)
     "min_size": 30,
     "fill_holes": True,
     "distance_sigma": 1.0,
@@ -48,7 +57,7 @@ def parse_params(text: str) -> dict[str, Any]:
 
   Values take the type of the default: numbers for sigma/min_size/distance_sigma/
   min_distance_factor, true/false for fill_holes, 'auto' or an int for min_distance, a word
-  for polarity. Unknown keys and unparsable values raise ValueError naming them.
+  for polarity and stain. Unknown keys and unparsable values raise ValueError naming them.
   E.g. 'min_distance=5,distance_sigma=0,fill_holes=false,min_size=0' is the textbook
   scikit-image recipe (fixed marker spacing, raw distance map).
   """
@@ -67,6 +76,10 @@ def parse_params(text: str) -> dict[str, Any]:
         out[key] = raw.lower() in ("true", "1")
       elif key == "polarity":
         if raw not in ("auto", "bright", "dark"):
+          raise ValueError
+        out[key] = raw
+      elif key == "stain":
+        if raw not in STAINS:
           raise ValueError
         out[key] = raw
       elif key == "min_distance":
@@ -92,6 +105,71 @@ def _gray(image: np.ndarray) -> np.ndarray:
   return image.astype(np.float32, copy=False)
 
 
+STAINS = ("auto", "none", "hed")
+# Mean over pixels of (largest - smallest channel), as a fraction of the grey range, above
+# which an RGB image counts as coloured. Grey saved as RGB has 0; H&E tiles 0.048-0.5
+# (the palest TNBC crops are the lowest).
+_COLOUR_SPREAD = 0.03
+# Median over 99th-percentile grey at or above which most of the image is bright
+# (transmitted light); see `resolve_stain`.
+_BRIGHT_MAJORITY = 0.35
+
+
+def _unit_rgb(image: np.ndarray) -> np.ndarray:
+  """float64 (H, W, 3) in [0, 1] of an (H, W, 3|4) integer or float image."""
+  rgb = np.asarray(image)[..., :3]
+  if np.issubdtype(rgb.dtype, np.integer):
+    return rgb.astype(np.float64) / float(np.iinfo(rgb.dtype).max)
+  rgb = rgb.astype(np.float64)
+  top = float(rgb.max()) if rgb.size else 1.0
+  return rgb / top if top > 1.0 else rgb  # floats are [0, 1], or scaled by their maximum
+
+
+def haematoxylin(image: np.ndarray) -> np.ndarray:
+  """Haematoxylin optical density of an RGB H&E image (`skimage.color.rgb2hed` channel 0).
+
+  Args:
+    image: (H, W, 3|4) uint8/uint16, or float in [0, 1].
+  Returns:
+    float32 (H, W), >= 0: 0 where there is no haematoxylin, larger on nuclei.
+  """
+  from skimage.color import rgb2hed
+
+  return rgb2hed(_unit_rgb(image))[..., 0].astype(np.float32)
+
+
+def resolve_stain(image: np.ndarray, stain: str = "auto") -> str:
+  """The channel `segment_classical` thresholds: 'none' (grey) or 'hed' (haematoxylin).
+
+  'auto' picks 'hed' for an RGB image that looks like a stained slide in transmitted light:
+  - coloured: the mean channel spread (largest - smallest) is above 3 % of the grey range
+    (grey saved as RGB has none);
+  - a bright majority: median grey >= 0.35 x its 99th percentile (fluorescence is a dark
+    background with bright objects, about 0.1; H&E tiles 0.4-0.97, dense tissue lowest);
+  - green is not the brightest channel on average: haematoxylin and eosin both absorb
+    green most (purple/pink), unlike e.g. a GFP image.
+  Otherwise 'none'. 'hed' on a non-RGB image is an error.
+  """
+  if stain not in STAINS:
+    raise ValueError(f"stain must be one of {', '.join(STAINS)}, got {stain!r}")
+  rgb_input = np.ndim(image) == 3 and np.shape(image)[-1] in (3, 4)
+  if stain == "hed" and not rgb_input:
+    raise ValueError(f"stain='hed' needs an (H, W, 3) RGB image, got shape {np.shape(image)}")
+  if stain != "auto":
+    return stain
+  if not rgb_input:
+    return "none"
+  rgb = _unit_rgb(image)
+  gray = rgb.mean(axis=-1)
+  span = float(gray.max() - gray.min())
+  if span <= 1e-6:
+    return "none"
+  coloured = float(np.mean(rgb.max(axis=-1) - rgb.min(axis=-1))) > _COLOUR_SPREAD * span
+  bright_majority = np.median(gray) >= _BRIGHT_MAJORITY * np.percentile(gray, 99)
+  r, g, b = rgb.reshape(-1, 3).mean(axis=0)
+  return "hed" if coloured and bright_majority and g < max(r, b) else "none"
+
+
 def _remove_small(mask: np.ndarray, min_size: int) -> tuple[np.ndarray, np.ndarray, int]:
   """Drops components below `min_size` px; returns (mask, component labels, count)."""
   cc, n = ndimage.label(mask)
@@ -109,7 +187,7 @@ def segment_classical(image: np.ndarray, **params: Any) -> np.ndarray:
 
   Args:
     image: (H, W) or (H, W, 3) uint8/uint16 (float accepted) image.
-    **params: overrides of `DEFAULT_PARAMS` (sigma, polarity, min_size, fill_holes,
+    **params: overrides of `DEFAULT_PARAMS` (stain, sigma, polarity, min_size, fill_holes,
       distance_sigma, min_distance, min_distance_factor).
 
   Returns:
@@ -124,7 +202,9 @@ def segment_classical(image: np.ndarray, **params: Any) -> np.ndarray:
     raise ValueError(f"unknown classical parameter(s): {', '.join(sorted(unknown))} "
                      f"(known: {', '.join(DEFAULT_PARAMS)})")
   p = {**DEFAULT_PARAMS, **params}
-  gray = _gray(image)
+  gray = _gray(image)  # checks shape and type for every stain
+  if resolve_stain(image, p["stain"]) == "hed":
+    gray = haematoxylin(image)
   out = np.zeros(gray.shape, np.int32)
   if p["sigma"] and p["sigma"] > 0:
     gray = ndimage.gaussian_filter(gray, float(p["sigma"]))

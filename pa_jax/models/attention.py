@@ -17,6 +17,12 @@ linear cost.
 
 In NHWC code the C x N matrices are stored transposed: ``[B, N, C_k]`` etc.; all W are 1x1
 convs, i.e. ``Dense`` layers over the channel axis.
+
+Padding. A batch is padded to a static canvas, and the key softmax runs over positions: left
+alone, every padded cell takes a share of each key and its (meaningless) value leaks into the
+context, so the same image gives other features on a bigger canvas. With a ``valid`` mask
+(:func:`padding_mask` of the batch's ``image_size``) padded positions get key weight exactly 0
+and the output on the real cells does not depend on how much padding there is.
 """
 
 from __future__ import annotations
@@ -30,6 +36,50 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def padding_mask(image_size: Array, feature_hw: tuple[int, int], stride: int) -> Array:
+    """Feature cells that hold at least one real pixel of the image.
+
+    Cell ``(i, j)`` of a map at ``stride`` covers canvas pixels ``[s*i, s*i + s) x [s*j,
+    s*j + s)``; the real image is the top-left ``[0, H) x [0, W)`` of the canvas, so the cell
+    is real iff ``s*i < H`` and ``s*j < W``.
+
+    Args:
+      image_size: int ``[B, 2]`` real ``(H, W)`` of each image (``Batch.image_size``).
+      feature_hw: static ``(h, w)`` of the feature map.
+      stride: static stride of the map (4 for P2, 2**k for Pk).
+
+    Returns:
+      bool ``[B, h, w]``.
+    """
+    h, w = feature_hw
+    size = jnp.asarray(image_size)
+    rows = jnp.arange(h) * stride < size[:, 0:1]  # [B, h]
+    cols = jnp.arange(w) * stride < size[:, 1:2]  # [B, w]
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def masked_softmax(logits: Array, valid: Array, axis: int) -> Array:
+    """Softmax over ``axis`` among the ``valid`` entries only; 0 elsewhere.
+
+    Args:
+      logits: float32 ``[...]``.
+      valid: bool, broadcastable to ``logits``.
+      axis: the normalised axis.
+
+    Returns:
+      float32 like ``logits``: each slice along ``axis`` sums to 1 over its valid entries,
+      and is all 0 (not NaN) when it has none. Masked logits never reach ``exp``, so neither
+      the value nor the gradient can see an overflow there.
+    """
+    valid = jnp.broadcast_to(valid, logits.shape)
+    masked = jnp.where(valid, logits, -jnp.inf)
+    top = jax.lax.stop_gradient(jnp.max(masked, axis=axis, keepdims=True))
+    top = jnp.where(jnp.isfinite(top), top, 0.0)  # a slice with no valid entry
+    e = jnp.where(valid, jnp.exp(jnp.where(valid, logits - top, 0.0)), 0.0)
+    total = jnp.sum(e, axis=axis, keepdims=True)
+    return e / jnp.where(total > 0, total, 1.0)
+
+
 class FactorizedAttention(nn.Module):
     """Residual factorized self-attention block over one feature map.
 
@@ -37,19 +87,19 @@ class FactorizedAttention(nn.Module):
       key_channels: C_k (the paper's C_b = 64).
       value_channels: C_v (64).
       zero_init_output: initialise ``W_o`` (kernel and bias) to zero so the block starts as
-        the identity ``out = x``. Chosen as the default because a freshly added PA module
-        then leaves the pretrained FPN features untouched at step 0 (the same reasoning as
-        SAGAN's gamma = 0 / zero-init residuals), and training learns how much attention
-        to mix in. The paper's released code does not say; set False for the ordinary
-        fan-in init. Note that with a zero ``W_o`` the W_q/W_k/W_v gradients are zero on
-        the very first step only.
+        the identity ``out = x`` (SAGAN's gamma = 0 reasoning: a freshly added module leaves
+        pretrained FPN features untouched at step 0). False (default, the paper's released
+        code, ``model.partial.attention_zero_init``) uses the ordinary fan-in init. With a
+        zero ``W_o`` the W_q/W_k/W_v gradients are zero on the very first step only.
       dtype: computation dtype for the projections; softmaxes and products run in float32.
 
     Params (all float32): ``query``, ``key``, ``value`` Dense ``[C, C_k|C_k|C_v]`` + bias;
     ``output`` Dense ``[C_v, C]`` + bias.
 
-    ``__call__(x)``:
+    ``__call__(x, valid=None)``:
       x: float ``[B, H, W, C]``.
+      valid: bool ``[B, H, W]`` real (non-padding) positions (:func:`padding_mask`), or None
+        for all. The key softmax runs over the valid positions only.
       Returns ``[B, H, W, C]`` (dtype of x): ``x + W_o(context^T queries)``.
       If ``mutable=['intermediates']`` is passed to ``apply``, also sows
       ``'queries'`` float32 ``[B, H, W, C_k]`` (softmax over channels) and ``'keys'``
@@ -62,11 +112,11 @@ class FactorizedAttention(nn.Module):
 
     key_channels: int = 64
     value_channels: int = 64
-    zero_init_output: bool = True
+    zero_init_output: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, valid: Array | None = None) -> Array:
         b, h, w, c = x.shape
         n = h * w
 
@@ -80,7 +130,10 @@ class FactorizedAttention(nn.Module):
         k = proj(self.key_channels, "key")(xc).astype(jnp.float32).reshape(b, n, self.key_channels)
         v = proj(self.value_channels, "value")(xc).astype(jnp.float32).reshape(b, n, self.value_channels)
 
-        keys = jax.nn.softmax(k, axis=1)  # over the N positions, per key channel
+        if valid is None:
+            keys = jax.nn.softmax(k, axis=1)  # over the N positions, per key channel
+        else:
+            keys = masked_softmax(k, valid.reshape(b, n, 1), axis=1)
         queries = jax.nn.softmax(q, axis=2)  # over the C_k channels, per position
         self.sow("intermediates", "queries", queries.reshape(b, h, w, self.key_channels))
         self.sow("intermediates", "keys", keys.reshape(b, h, w, self.key_channels))

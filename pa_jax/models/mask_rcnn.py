@@ -29,7 +29,7 @@ import numpy as np
 from flax import struct
 
 from pa_jax import losses
-from pa_jax.models.attention import FactorizedAttention
+from pa_jax.models.attention import FactorizedAttention, padding_mask
 from pa_jax.models.fpn import FPN
 from pa_jax.models.partial import CenternessHead
 from pa_jax.models.resnet import resnet
@@ -109,6 +109,11 @@ class ModelSpec:
   centerness_loss_weight: float = 1.0
   centerbox_loss_weight: float = 1.0
   hard_negatives: bool = False
+  centerbox_weights: tuple = (10.0, 10.0, 5.0, 5.0)
+  centerbox_beta: float = 1.0 / 9.0
+  connectivity: int = 4
+  attention_zero_init: bool = False
+  attention_mask_padding: bool = True
   # Inference: detections per mask-head call (`config.model.roi.mask_batch`); more valid
   # detections run in further chunks of this size, see `masks_in_chunks`.
   mask_batch: int = 256
@@ -124,6 +129,8 @@ class ModelSpec:
                        "is implemented")
     if p.anchor not in ("median", "fixed"):
       raise ValueError(f"model.partial.anchor must be 'median' or 'fixed', got {p.anchor!r}")
+    if int(p.connectivity) not in (4, 8):
+      raise ValueError(f"model.partial.connectivity must be 4 or 8, got {p.connectivity!r}")
     if p.anchor == "median" and p.enabled:
       # No silent fallback: a run trained with its dataset's median anchor but rebuilt
       # with the fixed window would decode different PA boxes than it learned.
@@ -162,6 +169,10 @@ class ModelSpec:
         roi_ignore_iou=p.roi_ignore_iou, centerness_loss_weight=p.centerness_loss_weight,
         centerbox_loss_weight=p.centerbox_loss_weight,
         hard_negatives=bool(p.get("hard_negatives", False)),
+        centerbox_weights=tuple(float(x) for x in p.centerbox_weights),
+        centerbox_beta=float(p.centerbox_beta), connectivity=int(p.connectivity),
+        attention_zero_init=bool(p.attention_zero_init),
+        attention_mask_padding=bool(p.attention_mask_padding),
         # Runs saved before the field existed lack it; 256 is base.py's default.
         mask_batch=int(m.roi.get("mask_batch", 256)))
 
@@ -364,20 +375,34 @@ class MaskRCNN(nn.Module):
     self.box_head = BoxHead(s.num_classes, s.fc_dim, dtype=s.dtype)
     self.mask_head = MaskHead(s.num_classes, s.mask_dim, dtype=s.dtype)
     if s.partial:
-      self.attention = {lvl: FactorizedAttention(s.key_channels, s.value_channels, dtype=s.dtype,
-                                                 name=f"attention_{lvl}")
+      self.attention = {lvl: FactorizedAttention(s.key_channels, s.value_channels,
+                                                 zero_init_output=s.attention_zero_init,
+                                                 dtype=s.dtype, name=f"attention_{lvl}")
                         for lvl in s.attention_levels}
       self.centerness = CenternessHead(dtype=s.dtype)
 
   # -------------------------------------------------------------------- shared features
-  def features(self, image: jax.Array) -> dict[str, jax.Array]:
-    """FPN pyramid {'p2'..'p6'} of a float32 [B, H, W, 3] batch (attention applied)."""
+  def features(self, image: jax.Array,
+               image_size: jax.Array | None = None) -> dict[str, jax.Array]:
+    """FPN pyramid {'p2'..'p6'} of a float32 [B, H, W, 3] batch (attention applied).
+
+    `image_size` int32 [B, 2] real (H, W) of each image: with `spec.attention_mask_padding`
+    the attention's keys ignore the canvas padding beyond it (None: the whole canvas is real).
+    """
     # The backbone runs its norm layers in inference mode: 'frozen_bn' and 'group_norm'
     # have no batch statistics, and 'bn' uses its (imported) running statistics.
     feats = self.fpn(self.backbone(image, train=False))
     if self.spec.partial:
-      feats = {k: (self.attention[k](v) if k in self.attention else v) for k, v in feats.items()}
+      feats = {k: (self.attention[k](v, self._attention_valid(k, v, image_size))
+                   if k in self.attention else v) for k, v in feats.items()}
     return feats
+
+  def _attention_valid(self, level: str, feat: jax.Array,
+                       image_size: jax.Array | None) -> jax.Array | None:
+    """bool [B, h, w] real cells of FPN level `level` ('p2' has stride 4), or None."""
+    if image_size is None or not self.spec.attention_mask_padding:
+      return None
+    return padding_mask(image_size, feat.shape[1:3], 2 ** int(level[1:]))
 
   def _rpn(self, feats):
     out = self.rpn(feats)
@@ -401,7 +426,8 @@ class MaskRCNN(nn.Module):
     s = self.spec
     fn = lambda lg, dl, hw: pa_boxes(lg, dl, jnp.asarray(s.anchor_wh, jnp.float32),  # noqa: E731
                                      s.anchor_strides[0], hw, s.pa_threshold, s.max_pa_boxes,
-                                     s.components_backend)
+                                     s.components_backend, connectivity=s.connectivity,
+                                     weights=s.centerbox_weights)
     boxes, scores, valid = jax.vmap(fn)(jax.lax.stop_gradient(cen_logits),
                                         jax.lax.stop_gradient(cen_deltas), image_size)
     return jax.lax.stop_gradient(boxes), scores, valid
@@ -420,7 +446,7 @@ class MaskRCNN(nn.Module):
     # streams are the same with the module on or off.
     k_rpn, k_roi, k_pix = jax.random.split(rng, 3)
 
-    feats = self.features(batch.image.astype(jnp.float32))
+    feats = self.features(batch.image.astype(jnp.float32), batch.image_size)
     rpn_out, names, obj, dlt = self._rpn(feats)
     anchors_per_level, _ = level_anchors(s, canvas_hw)
     obj_all = jnp.concatenate(obj, axis=1)
@@ -515,7 +541,7 @@ class MaskRCNN(nn.Module):
     """Detections of a float32 [B, H, W, 3] batch; `image_size` int32 [B, 2] real sizes."""
     s = self.spec
     canvas_hw = image.shape[1:3]
-    feats = self.features(image.astype(jnp.float32))
+    feats = self.features(image.astype(jnp.float32), image_size)
     rpn_out, names, obj, dlt = self._rpn(feats)
     anchors_per_level, _ = level_anchors(s, canvas_hw)
     props, _, props_valid = jax.vmap(
@@ -573,8 +599,9 @@ class MaskRCNN(nn.Module):
 
     return probs
 
-  def attention_maps(self, image: jax.Array) -> dict:
+  def attention_maps(self, image: jax.Array, image_size: jax.Array | None = None) -> dict:
     """Runs the features and returns nothing; call with mutable=['intermediates'] to
-    collect the attention queries/keys sown by `FactorizedAttention`."""
-    self.features(image.astype(jnp.float32))
+    collect the attention queries/keys sown by `FactorizedAttention` (`image_size` int32
+    [B, 2] as in `predict`, so the keys are those prediction uses)."""
+    self.features(image.astype(jnp.float32), image_size)
     return {}

@@ -1,8 +1,10 @@
 """PA boxes: boxes of probable nuclei read off the centerness map (DESIGN.md PA 5).
 
-sigmoid(centerness) > threshold -> connected components (8-connectivity) -> in each component
-the cell of highest probability -> decode its 4 deltas against its fixed-size anchor -> clip
-to the real image -> keep the `max_boxes` most confident components (static K + `valid`).
+sigmoid(centerness) > threshold -> connected components (4-connectivity, scipy's default, as
+the paper's released code; 8 on request) -> in each component the cell of highest
+probability -> decode its 4 deltas against its fixed-size anchor (coder weights (10, 10, 5, 5)
+as released) -> clip to the real image -> keep the `max_boxes` most confident components
+(static K + `valid`).
 
 Everything has static shapes: components carry canonical ids (1 + smallest flat index, see
 `pa_jax.ops.components`), so a component is addressed by its smallest cell and per-component
@@ -11,6 +13,8 @@ produce identical ids, hence identical boxes.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +27,14 @@ from pa_jax.partial.targets import centerness_anchors
 
 def pa_boxes(logits: jnp.ndarray, deltas: jnp.ndarray, anchor_wh: jnp.ndarray, stride: int,
              image_hw: jnp.ndarray, threshold: float = 0.95, max_boxes: int = 512,
-             backend: str = "device") -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+             backend: str = "device", connectivity: int = 4,
+             weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+             ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """PA boxes of ONE image (vmap for a batch; both backends support vmap).
 
   Args:
     logits: float32 `[h, w]` centerness logits.
-    deltas: float32 `[h, w, 4]` `(dx, dy, dw, dh)` with coder weights (1, 1, 1, 1).
+    deltas: float32 `[h, w, 4]` `(dx, dy, dw, dh)` encoded with coder `weights`.
     anchor_wh: float32 `[2]` `(width, height)` of the centerness anchor (image pixels).
     stride: static stride of the map (4).
     image_hw: int32 `[2]` `(height, width)` of the real image inside the canvas. Cells whose
@@ -36,6 +42,9 @@ def pa_boxes(logits: jnp.ndarray, deltas: jnp.ndarray, anchor_wh: jnp.ndarray, s
     threshold: static probability threshold (0.95).
     max_boxes: static K; the K components of highest peak probability are kept.
     backend: 'device' or 'host' connected-component labelling (same result).
+    connectivity: static 4 (plus-shaped neighbourhood) or 8 (3x3) for the components.
+    weights: static `(wx, wy, ww, wh)` the deltas were encoded with
+      (`model.partial.centerbox_weights`; the same in `targets.centerness_losses`).
 
   Returns:
     `(boxes, scores, valid)`, all wrapped in `stop_gradient` (PA boxes carry no gradient):
@@ -61,7 +70,8 @@ def pa_boxes(logits: jnp.ndarray, deltas: jnp.ndarray, anchor_wh: jnp.ndarray, s
   in_image = (cy[:, None] < img_h) & (cx[None, :] < img_w)
   fg = (prob > threshold) & in_image
 
-  comp = label_components(fg, backend=backend).reshape(-1)   # [n] 0 or 1 + root flat index
+  # [n] 0 or 1 + root flat index
+  comp = label_components(fg, backend=backend, connectivity=connectivity).reshape(-1)
   score = prob.reshape(-1)
   flat_idx = jnp.arange(n, dtype=jnp.int32)
   # Peak probability per component; background goes to segment 0, which is never read.
@@ -79,7 +89,7 @@ def pa_boxes(logits: jnp.ndarray, deltas: jnp.ndarray, anchor_wh: jnp.ndarray, s
   cell = jnp.clip(peak_cell[top_root + 1], 0, n - 1)
 
   anchors = centerness_anchors((h, w), stride, anchor_wh)       # [n, 4]
-  boxes = decode_deltas(deltas.reshape(n, 4)[cell], anchors[cell])
+  boxes = decode_deltas(deltas.reshape(n, 4)[cell], anchors[cell], tuple(weights))
   boxes = clip_boxes(boxes, img_h, img_w)
   area_ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
   valid = top_valid & area_ok

@@ -196,12 +196,13 @@ def median_nucleus_size(label_maps: Sequence[np.ndarray]) -> tuple[float, float]
 
 def centerness_losses(logits: jnp.ndarray, deltas: jnp.ndarray, target: jnp.ndarray,
                       box_target: jnp.ndarray, sampled: jnp.ndarray, anchor_wh: jnp.ndarray,
-                      stride: int, beta: float = 1.0 / 9.0):
+                      stride: int, beta: float = 1.0 / 9.0,
+                      weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0)):
   """L_centerness and L_centerbox of the PA module (DESIGN PA 4).
 
   Args:
     logits: float32 `[B, h, w]` centerness logits (`CenternessOutput.logits`).
-    deltas: float32 `[B, h, w, 4]` predicted `(dx, dy, dw, dh)` (weights (1, 1, 1, 1)).
+    deltas: float32 `[B, h, w, 4]` predicted `(dx, dy, dw, dh)` in the `weights` coding.
     target: int32 `[B, h, w]` in {-1, 0, 1} (`centerness_targets`, vmapped).
     box_target: float32 `[B, h, w, 4]` `(x0, y0, x1, y1)` image pixels.
     sampled: bool `[B, h, w]` from `sample_pixels` (only targets >= 0 are ever sampled).
@@ -209,6 +210,9 @@ def centerness_losses(logits: jnp.ndarray, deltas: jnp.ndarray, target: jnp.ndar
     stride: static stride of the map (4).
     beta: smooth-L1 transition point. 1/9 is the RPN value of maskrcnn-benchmark, the code
       base of the paper's release (detectron2 later defaults to 0, plain L1).
+    weights: static box-coder weights `(wx, wy, ww, wh)`; (10, 10, 5, 5) as released
+      (`model.partial.centerbox_weights`). They scale the targets, hence how the smooth-L1
+      transition at `beta` falls: with (1, 1, 1, 1) nearly every residual stays quadratic.
 
   Returns:
     `(l_centerness, l_centerbox, stats)`:
@@ -231,7 +235,8 @@ def centerness_losses(logits: jnp.ndarray, deltas: jnp.ndarray, target: jnp.ndar
   l_centerness = losses.sigmoid_binary_cross_entropy(logits, is_pos, sampled, normalizer=n)
 
   anchors = centerness_anchors((h, w), stride, anchor_wh).reshape(1, h, w, 4)
-  reg_target = jax.lax.stop_gradient(encode_boxes(box_target.astype(jnp.float32), anchors))
+  reg_target = jax.lax.stop_gradient(encode_boxes(box_target.astype(jnp.float32), anchors,
+                                                  tuple(weights)))
   pos_sampled = sampled & is_pos
   # Normalised by ALL sampled cells (DESIGN PA 4), not by the positives.
   l_centerbox = losses.smooth_l1(deltas.reshape(-1, 4), reg_target.reshape(-1, 4),

@@ -41,7 +41,8 @@ def training_pa_boxes(spec: Any, logits: jax.Array, deltas: jax.Array,
   def one(lg, dl, hw, neg, neg_valid):
     boxes, _, valid = pa_boxes(lg, dl, jnp.asarray(spec.anchor_wh, jnp.float32),
                                spec.anchor_strides[0], hw, spec.pa_threshold, spec.max_pa_boxes,
-                               spec.components_backend)
+                               spec.components_backend, connectivity=spec.connectivity,
+                               weights=spec.centerbox_weights)
     if spec.hard_negatives:  # never propose (or ignore anchors) where a person said "no"
       valid = suppress_near(boxes, valid, neg, neg_valid, spec.roi_ignore_iou)
     return boxes, valid
@@ -79,7 +80,9 @@ def partial_terms(spec: Any, logits: jax.Array, deltas: jax.Array, batch: Any,
                                  batch.negative_boxes, batch.negative_valid)
   sampled = sample_pixels(key, target, spec.pa_num_pixels, spec.pa_positive_fraction)
   l_cen, l_cbox, stats = centerness_losses(logits, deltas, target, box_target, sampled,
-                                           jnp.asarray(spec.anchor_wh, jnp.float32), stride)
+                                           jnp.asarray(spec.anchor_wh, jnp.float32), stride,
+                                           beta=spec.centerbox_beta,
+                                           weights=spec.centerbox_weights)
   boxes, valid = training_pa_boxes(spec, logits, deltas, batch)
   aux = {"loss_centerness": spec.centerness_loss_weight * l_cen,
          "loss_centerbox": spec.centerbox_loss_weight * l_cbox,

@@ -26,6 +26,36 @@ RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every",
                     "data.workers", "eval.*", "predict.*")
 
 
+# What a run saved before each of these fields existed was computed with (a default that
+# changed when the field was added). `upgrade_stored` is the one place that fills them into
+# a stored config.json, so an old run evaluates, predicts and resumes as it was trained.
+LEGACY_VALUES = {
+    "model.partial.centerbox_weights": (1.0, 1.0, 1.0, 1.0),
+    "model.partial.centerbox_beta": 1.0 / 9.0,
+    "model.partial.connectivity": 8,
+    "model.partial.attention_zero_init": True,
+    "model.partial.attention_mask_padding": False,
+}
+
+# With the module off in both configs these fields change nothing the run computes.
+_PARTIAL_PREFIX = "model.partial."
+
+
+def upgrade_stored(stored: Mapping[str, Any]) -> dict[str, Any]:
+  """A stored config.json (as parsed JSON) with every `LEGACY_VALUES` field it lacks added
+  at its legacy value (as JSON: tuples become lists). Returns a new dict; `stored` is not
+  changed. Fields present are kept as stored."""
+  out = json.loads(json.dumps(stored))
+  for field, value in LEGACY_VALUES.items():
+    *parents, leaf = field.split(".")
+    node = out
+    for name in parents:
+      node = node.setdefault(name, {})
+    if leaf not in node:
+      node[leaf] = json.loads(json.dumps(value))
+  return out
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   if isinstance(tree, dict) and tree:
     out = {}
@@ -47,14 +77,19 @@ def _short(v: Any) -> str:
 
 def config_changes(stored: Mapping[str, Any], config: Any) -> list[str]:
   """'field: old -> new' for every field of `config` that differs from the `stored`
-  config.json (both compared as JSON, so tuples equal lists), resumable fields aside."""
-  old = _flatten(dict(stored))
+  config.json (upgraded by `upgrade_stored`; both compared as JSON, so tuples equal lists),
+  resumable fields aside, and `model.partial.*` aside when the module is off in both."""
+  old = _flatten(upgrade_stored(stored))
   new = _flatten(json.loads(config_json(config)))
+  enabled = f"{_PARTIAL_PREFIX}enabled"
+  module_off = not old.get(enabled) and not new.get(enabled)
   # Only fields both configs have: a field added (or dropped) by a later version of
   # pa_jax would otherwise make every older run impossible to resume; a real difference
-  # in what the checkpoint holds still fails the restore, in one line.
+  # in what the checkpoint holds still fails the restore, in one line. A field whose
+  # default changed is in LEGACY_VALUES, so the stored run has its old value to compare.
   return [f"{k}: {_short(old[k])} -> {_short(new[k])}" for k in sorted(set(old) & set(new))
-          if old[k] != new[k] and not _resumable(k)]
+          if old[k] != new[k] and not _resumable(k)
+          and not (module_off and k.startswith(_PARTIAL_PREFIX))]
 
 
 def has_checkpoint(workdir: os.PathLike | str) -> bool:

@@ -127,3 +127,19 @@ def test_bad_arguments():
     label_components_device(jnp.zeros((4, 4), bool), connectivity=6)
   with pytest.raises(ValueError):
     label_components_device(jnp.zeros((2, 4, 4), bool))
+
+
+@pytest.mark.parametrize("backend", ["device", "host"])
+def test_default_is_scipy_default_structure(backend):
+  """Without a connectivity argument both backends label as `ndimage.label(m)` does (its
+  default structure is 4-connected, as the paper's released code uses it)."""
+  diag = np.eye(4, dtype=bool)  # four pixels touching only at corners: four components
+  assert ndimage.label(diag)[1] == 4
+  fn = jax.jit(lambda m: label_components(m, backend))
+  out = np.asarray(fn(diag))
+  assert len(np.unique(out[diag])) == 4
+  for m in MAPS[:12]:
+    lab, n = ndimage.label(m)
+    ref = np.asarray(fn(m))
+    assert len(np.unique(ref[m])) == n
+    assert np.unique(np.stack([lab[m], ref[m]]), axis=1).shape[1] == n

@@ -11,11 +11,16 @@ from scipy import ndimage
 from pa_jax.partial import pa_boxes as P
 
 ANCHOR = np.array([8.0, 8.0], np.float32)
+UNIT = (1.0, 1.0, 1.0, 1.0)  # the hand cases below are written in unit-weight deltas
+RELEASE = (10.0, 10.0, 5.0, 5.0)
 
 
-@functools.partial(jax.jit, static_argnames=("threshold", "max_boxes", "backend"))
-def pa_boxes(logits, deltas, image_hw, threshold=0.95, max_boxes=16, backend="device"):
-  return P.pa_boxes(logits, deltas, ANCHOR, 4, image_hw, threshold, max_boxes, backend)
+@functools.partial(jax.jit, static_argnames=("threshold", "max_boxes", "backend",
+                                             "connectivity", "weights"))
+def pa_boxes(logits, deltas, image_hw, threshold=0.95, max_boxes=16, backend="device",
+             connectivity=8, weights=UNIT):
+  return P.pa_boxes(logits, deltas, ANCHOR, 4, image_hw, threshold, max_boxes, backend,
+                    connectivity=connectivity, weights=weights)
 
 
 def two_blobs():
@@ -63,7 +68,43 @@ def test_clipping_padding_and_ties():
   assert not bool(valid[1]) and np.all(np.asarray(boxes[1]) == 0)
 
 
-def test_backends_identical_on_random_maps():
+@pytest.mark.parametrize("backend", ["device", "host"])
+def test_release_coder_weights_decode_the_same_box(backend):
+  """Deltas encoded with weights (10, 10, 5, 5) are the unit deltas times the weights; the
+  default coder of `pa_boxes` is the release's, so it gives blob A's hand-checked box."""
+  logits, deltas = two_blobs()
+  scaled = deltas * np.asarray(RELEASE, np.float32)
+  boxes, _, valid = pa_boxes(logits, scaled, np.array([64, 64]), backend=backend,
+                             weights=RELEASE)
+  np.testing.assert_allclose(boxes[0], [10, 8, 26, 16], atol=1e-5)
+  fn = jax.jit(lambda l, d: P.pa_boxes(l, d, ANCHOR, 4, jnp.array([64, 64]), max_boxes=16,
+                                       backend=backend))
+  np.testing.assert_allclose(fn(logits, scaled)[0], boxes, atol=1e-6)
+  # Read with unit weights, the same deltas give another box: the weights are used.
+  wrong = pa_boxes(logits, scaled, np.array([64, 64]), backend=backend)[0]
+  assert not np.allclose(np.asarray(wrong[0]), [10, 8, 26, 16], atol=1.0)
+
+
+@pytest.mark.parametrize("backend", ["device", "host"])
+def test_connectivity_splits_diagonal_blobs(backend):
+  """Two seeds touching only at a corner: two PA boxes with 4-connectivity (scipy's default,
+  the `pa_boxes` default), one with 8."""
+  logits = np.full((16, 16), -5.0, np.float32)
+  logits[4, 4], logits[5, 5] = 8.0, 7.0
+  deltas = np.zeros((16, 16, 4), np.float32)
+  four = pa_boxes(logits, deltas, np.array([64, 64]), backend=backend, connectivity=4)
+  eight = pa_boxes(logits, deltas, np.array([64, 64]), backend=backend, connectivity=8)
+  assert int(np.sum(four[2])) == ndimage.label(jax.nn.sigmoid(logits) > 0.95)[1] == 2
+  assert int(np.sum(eight[2])) == 1
+  default = jax.jit(lambda l, d: P.pa_boxes(l, d, ANCHOR, 4, jnp.array([64, 64]), max_boxes=16,
+                                            backend=backend))(logits, deltas)
+  np.testing.assert_array_equal(default[2], four[2])
+  # Cell (5, 5): anchor centred at (22, 22), 8x8.
+  np.testing.assert_allclose(four[0][1], [18, 18, 26, 26], atol=1e-5)
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_backends_identical_on_random_maps(connectivity):
   rng = np.random.default_rng(0)
   b, h, w = 4, 32, 32
   logits = np.stack([ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.0) * 12 + 1
@@ -72,7 +113,8 @@ def test_backends_identical_on_random_maps():
   image_hw = np.array([[128, 128], [100, 120], [128, 90], [64, 64]], np.int32)
   out = {}
   for backend in ("device", "host"):
-    fn = jax.jit(jax.vmap(lambda l, d, s: P.pa_boxes(l, d, ANCHOR, 4, s, 0.95, 64, backend)))
+    fn = jax.jit(jax.vmap(lambda l, d, s: P.pa_boxes(l, d, ANCHOR, 4, s, 0.95, 64, backend,
+                                                     connectivity=connectivity)))
     out[backend] = [np.asarray(x) for x in fn(logits, deltas, image_hw)]
   for a, c in zip(out["device"], out["host"]):
     np.testing.assert_array_equal(a, c)
@@ -83,7 +125,7 @@ def test_backends_identical_on_random_maps():
     fg = jax.nn.sigmoid(logits[i]) > 0.95
     cy = (np.arange(h) + 0.5) * 4
     fg &= (cy[:, None] < image_hw[i, 0]) & (cy[None, :] < image_hw[i, 1])
-    n = ndimage.label(fg, np.ones((3, 3)))[1]
+    n = ndimage.label(fg, ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2))[1]
     assert valid[i].sum() == min(n, 64)
     assert np.all(np.diff(scores[i][valid[i]]) <= 0)            # sorted by score
     bx = boxes[i][valid[i]]

@@ -13,7 +13,7 @@ from pa_jax.partial.targets import centerness_anchors, median_nucleus_size
 centerness_targets = jax.jit(T.centerness_targets, static_argnames=("out_hw", "stride",
                                                                     "center_scale"))
 sample_pixels = jax.jit(T.sample_pixels, static_argnames=("num_samples", "positive_fraction"))
-centerness_losses = jax.jit(T.centerness_losses, static_argnames=("stride", "beta"))
+centerness_losses = jax.jit(T.centerness_losses, static_argnames=("stride", "beta", "weights"))
 
 
 def square_labels(shape, rects):
@@ -174,7 +174,8 @@ def test_median_nucleus_size():
     median_nucleus_size([np.zeros((5, 5), np.int32)])
 
 
-def np_losses(logits, deltas, target, box_t, sampled, anchor_wh, stride, beta):
+def np_losses(logits, deltas, target, box_t, sampled, anchor_wh, stride, beta,
+              weights=(1.0, 1.0, 1.0, 1.0)):
   b, h, w = logits.shape
   n = max(sampled.sum(), 1)
   z = (target == 1).astype(np.float64)
@@ -188,14 +189,16 @@ def np_losses(logits, deltas, target, box_t, sampled, anchor_wh, stride, beta):
   for bi, i, j in zip(*np.nonzero(sampled & (target == 1))):
     x0, y0, x1, y1 = box_t[bi, i, j]
     t = np.array([((x0 + x1) / 2 - acx[i, j]) / aw, ((y0 + y1) / 2 - acy[i, j]) / ah,
-                  np.log((x1 - x0) / aw), np.log((y1 - y0) / ah)])
+                  np.log((x1 - x0) / aw), np.log((y1 - y0) / ah)]) * np.asarray(weights)
     d = np.abs(deltas[bi, i, j] - t)
     total += np.sum(np.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta))
   return l_c, total / n
 
 
-@pytest.mark.parametrize("beta", [1.0 / 9.0, 1.0])
-def test_centerness_losses_match_numpy(beta):
+@pytest.mark.parametrize("beta,weights", [(1.0 / 9.0, (1.0, 1.0, 1.0, 1.0)),
+                                          (1.0, (1.0, 1.0, 1.0, 1.0)),
+                                          (1.0 / 9.0, (10.0, 10.0, 5.0, 5.0))])
+def test_centerness_losses_match_numpy(beta, weights):
   rng = np.random.default_rng(1)
   b, h, w = 2, 8, 8
   target = rng.choice([-1, 0, 1], size=(b, h, w)).astype(np.int32)
@@ -207,9 +210,10 @@ def test_centerness_losses_match_numpy(beta):
   deltas = rng.normal(0, 0.5, (b, h, w, 4)).astype(np.float32)
   sampled = np.asarray(sample_pixels(jax.random.key(0), target, num_samples=40))
   anchor_wh = np.array([9.0, 7.0], np.float32)
-  fn = jax.jit(lambda *a: T.centerness_losses(*a, anchor_wh=anchor_wh, stride=4, beta=beta))
+  fn = jax.jit(lambda *a: T.centerness_losses(*a, anchor_wh=anchor_wh, stride=4, beta=beta,
+                                              weights=weights))
   l_c, l_b, stats = fn(logits, deltas, target, box_t, sampled)
-  r_c, r_b = np_losses(logits, deltas, target, box_t, sampled, anchor_wh, 4, beta)
+  r_c, r_b = np_losses(logits, deltas, target, box_t, sampled, anchor_wh, 4, beta, weights)
   np.testing.assert_allclose(l_c, r_c, rtol=1e-5)
   np.testing.assert_allclose(l_b, r_b, rtol=1e-5)
   assert stats["num_sampled"] == sampled.sum() == 40
@@ -238,7 +242,12 @@ def test_targets_feed_the_loss_end_to_end():
   sampled = sample_pixels(jax.random.key(0), target)
   anchor_wh = jnp.array([16.0, 16.0])
   anchors = centerness_anchors((16, 16), 4, anchor_wh).reshape(1, 16, 16, 4)
-  perfect = encode_boxes(box_t, anchors)
+  # The loss's default coder is the release's (10, 10, 5, 5): deltas encoded so are perfect,
+  # unit-weight ones are not.
+  perfect = encode_boxes(box_t, anchors, (10.0, 10.0, 5.0, 5.0))
   _, l_b, _ = centerness_losses(jnp.zeros((1, 16, 16)), perfect, target, box_t, sampled,
                                 anchor_wh, stride=4)
   assert float(l_b) < 1e-6
+  _, l_unit, _ = centerness_losses(jnp.zeros((1, 16, 16)), encode_boxes(box_t, anchors), target,
+                                   box_t, sampled, anchor_wh, stride=4)
+  assert float(l_unit) > 1e-3

@@ -24,6 +24,9 @@ class Spec:  # the ModelSpec fields the package reads
   centerness_loss_weight: float = 1.0
   centerbox_loss_weight: float = 2.0
   hard_negatives: bool = False
+  centerbox_weights: tuple = (10.0, 10.0, 5.0, 5.0)
+  centerbox_beta: float = 1.0 / 9.0
+  connectivity: int = 4
 
 
 def _batch(n=2, canvas=64):
