@@ -66,13 +66,18 @@ flags.DEFINE_string("input", None, "predict: an image file, a folder of images o
 flags.DEFINE_string("method", "model", "predict: 'model' (a trained --workdir) or 'classical' (Otsu + watershed).")
 flags.DEFINE_string("classical_params", None, "predict --method classical: overrides 'key=value,...' "
                     "(sigma, polarity, min_size, fill_holes, distance_sigma, min_distance, min_distance_factor).")
-flags.DEFINE_list("format", ["label"], "predict/annotate: output formats, any of label,coco,geojson,roi,csv.")
+flags.DEFINE_list("format", ["label"], "predict/annotate: output formats, any of label,coco,geojson,roi,csv "
+                  "(predict on whole slides: label,ome-tiff,ome-zarr,geojson,csv).")
 flags.DEFINE_string("contours", "polygon", "predict: 'polygon' or 'spline' contours in vector exports.")
 flags.DEFINE_integer("channel", None, "predict: the channel (0-based) of multi-channel images "
                      "(axes C, or non-colour samples); they are refused without it.")
 flags.DEFINE_integer("plane", None, "predict: the z-slice or time point (0-based) of image "
                      "stacks (axes Z, T); they are refused without it.")
 flags.DEFINE_bool("attention", False, "predict: also write attention maps (partial-annotation model).")
+flags.DEFINE_integer("level", 0, "predict: pyramid level of whole-slide TIFFs (0 = full resolution).")
+flags.DEFINE_string("region", None, "predict: segment only x,y,w,h (level-0 pixels) of a slide.")
+flags.DEFINE_bool("stream", None, "predict: read and stitch tile by tile with bounded memory (default: "
+                  "TIFFs over 4096x4096 pixels, or with --level/--region/ome formats); --nostream: never.")
 # annotate
 flags.DEFINE_string("images", None, "annotate: folder of images to annotate.")
 flags.DEFINE_string("annotations", None, "annotate: the user's partial annotations.")
@@ -158,6 +163,7 @@ def cmd_predict() -> int:
                                   classical_params=FLAGS.classical_params,
                                   overwrite=FLAGS.overwrite, on_error=FLAGS.on_error,
                                   channel=FLAGS.channel, plane=FLAGS.plane,
+                                  level=FLAGS.level, region=FLAGS.region, stream=FLAGS.stream,
                                   progress=sys.stderr.isatty())
   skipped = result["skipped"]
   extra = f", {len(skipped)} skipped (see {result['skipped_csv']})" if skipped else ""

@@ -11,6 +11,16 @@ confirm or delete in QuPath/Fiji and feed to `run.py annotate`. `--attention`
 (partial-annotation model) also writes the merged attention of the predicted nuclei (the
 paper's Fig. 1) as `{id}_attention.png`.
 
+Whole slides (docs/tiling.md, "Streaming"): a TIFF larger than `STREAM_ABOVE_PIXELS` at the
+level read, or any image when `stream`, a `level` / `region` or an OME format is asked for,
+is read window by window (pa_jax/data/slide.py) and segmented tile by tile with streaming
+stitching (pa_jax/infer/streaming.py); finished rows and nuclei are written as they come:
+`label` / `ome-tiff` as a tiled OME-TIFF label image `{id}_labels.ome.tif`, `ome-zarr` as
+`{id}.ome.zarr` (image + NGFF labels), `geojson` / `csv` through the streaming writers of
+pa_jax/annotate/stream_export.py, plus `{id}.slide.json` (level, region, pixel size,
+tiling counts) and a per-slide report. `coco` and `roi` need the whole label map and are
+refused for a streamed image.
+
 The output folder follows pa_jax.outputs: never the input or inside it, a non-empty folder
 only with `overwrite` (then replaced as a whole), and written into a temporary folder that
 becomes the output only when every image is done. `on_error` ('stop' | 'skip') says what a
@@ -19,14 +29,27 @@ bad image does: end the command with nothing written, or be listed in `skipped.c
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from pa_jax import fileio
 from pa_jax.data import readers
+from pa_jax.data import slide as slide_io
 from pa_jax.errors import InputError
+
+# Formats only a streamed image writes (the label image in a slide viewer's format).
+STREAM_FORMATS = ("ome-tiff", "ome-zarr")
+# A TIFF with more pixels than this (at the level and region read) is streamed: below it
+# the whole image, the model's float32 copy (12 bytes a pixel) and the int32 label map
+# stay under ~0.4 GB; above it they grow with the slide.
+STREAM_ABOVE_PIXELS = 4096 * 4096
+# The classical floor estimates its threshold and nucleus size per call, so it is given
+# large tiles; 128 px of overlap covers nuclei (or clumps) up to ~120 px.
+CLASSICAL_TILE, CLASSICAL_OVERLAP = 1024, 128
 
 
 def _input_folders(input_path: str, records: Sequence[readers.Record]) -> list[Path]:
@@ -51,7 +74,9 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
                    best: bool = False, progress: bool = True,
                    classical_params: str | None = None, overwrite: bool = False,
                    on_error: str = "stop", channel: int | None = None,
-                   plane: int | None = None) -> dict:
+                   plane: int | None = None, level: int = 0,
+                   region: str | tuple[int, int, int, int] | None = None,
+                   stream: bool | None = None) -> dict:
   """Segments every image of `input_path` into the folder `output`.
 
   `classical_params` ('key=value,...', `classical.parse_params`) overrides the classical
@@ -63,7 +88,9 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
   ends the command and nothing is written) or 'skip' (the other images are segmented and
   `skipped.csv` lists file, reason). `channel` / `plane`: the channel or the z / t plane
   of multi-channel images and stacks (`pa_jax.data.images.read_image`), which are refused
-  without them.
+  without them. `level` (pyramid level), `region` ('x,y,w,h' or a tuple, level-0 pixels)
+  and `stream` (None: automatic, see the module docstring; True / False: always / never)
+  choose the whole-slide path.
 
   Returns {"images": segmented, "skipped": [(file, reason)], "skipped_csv": path | None,
   "output": str}.
@@ -76,7 +103,12 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
   from pa_jax.annotate.nuclei import Nucleus
 
   outputs.check_on_error(on_error)
-  formats = fmt.parse_formats(formats)
+  formats, slide_formats = _split_formats(formats)
+  region = slide_io.parse_region(region) if isinstance(region, str) else region
+  forced = bool(stream or slide_formats or level or region is not None)
+  if stream is False and forced:
+    raise InputError("stream", "`level`, `region` and the ome-tiff / ome-zarr formats are "
+                     "whole-slide options; they need streaming")
   try:
     check_contour_mode(contours)
   except ValueError as e:
@@ -102,6 +134,9 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     except ValueError as e:
       raise InputError("classical_params", str(e)) from None
     segment = lambda image: (classical.segment_classical(image, **params), {})  # noqa: E731
+    tiles_for = lambda sl: _classical_tiles(params)  # noqa: E731
+    layout = dict(tile_size=CLASSICAL_TILE, overlap=CLASSICAL_OVERLAP, batch_size=1,
+                  dilate=False)
     source = "classical"
     side_files = {"classical_params.json": {"method": "otsu+distance-watershed",
                                             **classical.DEFAULT_PARAMS, **params}}
@@ -116,18 +151,38 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     cfg, model, variables, step = experiment.load_run(workdir, best=best)
     predictor = predictor_for(cfg, model, variables)
     segment = predictor.predict_scored
+    def tiles_for(sl):
+      return _model_tiles(predictor, _slide_normalizer(sl, predictor.normalize))
+
+    layout = dict(tile_size=predictor.tile_size, overlap=predictor.overlap,
+                  batch_size=predictor.batch_size, dilate=predictor.dilate)
     source = f"pa_jax {Path(workdir).name} step {step}"
     side_files = {}
     if attention and not model.spec.partial:
       raise InputError("attention", f"{workdir} was trained without the partial-annotation "
                        "module (model.partial.enabled=False): it has no attention")
 
-  done, skipped = 0, []
+  done, skipped, streamed = 0, [], set()
   with outputs.staged_output(output, inputs, overwrite=overwrite, nest_ok=nest_ok) as out:
     for name, doc in side_files.items():
       fileio.write_json(out / name, doc)
     coco = fmt.CocoCollector(out / "annotations.json") if "coco" in formats else None
     for rec in tqdm(records, desc="predict", unit="image", disable=not progress):
+      try:
+        sl = _open_streamed(rec.image_path, stream, forced, level, region, channel, plane)
+      except InputError as e:
+        if on_error == "stop":
+          raise
+        skipped.append((str(rec.image_path), e.problem))
+        continue
+      if sl is not None:
+        _check_streamable(formats, attention)
+        with sl:
+          _predict_slide(out, rec.id, sl, tiles_for(sl), layout, formats, slide_formats,
+                         source, contours, progress)
+        streamed.add(rec.image_path)
+        done += 1
+        continue
       try:
         image = readers.read_image(rec.image_path, channel=channel, plane=plane)
       except InputError as e:
@@ -139,7 +194,7 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
       nuclei = {k: Nucleus(k, state="proposed", score=scores.get(k), source=source)
                 for k in map(int, np.unique(labels)) if k}
       fmt.export_all(out, rec.id, labels, nuclei, formats, contours, coco=coco,
-                     file_name=rec.image_path.name)
+                     file_name=rec.image_path.name, image=image)
       if attention:
         from pa_jax.infer.attention import attention_map, write_attention_png
 
@@ -150,7 +205,198 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
       done += 1
     if coco is not None:
       coco.write()
+    # --- report.html (issue 15, item 6): re-reads what was just written; one call only.
+    from pa_jax.infer.html_report import write_predict_report
+    # Streamed slides have their own {id}_report.html; this one re-reads images whole.
+    write_predict_report(out, [r for r in records if r.image_path not in streamed],
+                         skipped=skipped, channel=channel, plane=plane)
+    # --- end report.html
     csv_path = outputs.write_skipped(out, skipped)
   final = Path(output)
   return {"images": done, "skipped": skipped, "output": str(final),
           "skipped_csv": None if csv_path is None else str(final / csv_path.name)}
+
+
+# ----------------------------------------------------------------------------- slides
+
+
+def _split_formats(formats: str | Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(formats of pa_jax/annotate/formats.py, STREAM_FORMATS asked for)."""
+  from pa_jax.annotate import formats as fmt
+
+  items = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats)]
+  slide = tuple(f for f in STREAM_FORMATS if f in items)
+  rest = [f for f in items if f not in STREAM_FORMATS]
+  return (fmt.parse_formats(rest) if rest or not slide else ()), slide
+
+
+def _check_streamable(formats: Sequence[str], attention: bool) -> None:
+  whole = [f for f in formats if f in ("coco", "roi")]
+  if whole:
+    raise InputError("format", f"{', '.join(whole)} need the whole label map in memory; a "
+                     "streamed slide writes label (an OME-TIFF), ome-tiff, ome-zarr, geojson, "
+                     "csv")
+  if attention:
+    raise InputError("attention", "attention maps are not written for streamed slides")
+
+
+def _open_streamed(path: Path, stream: bool | None, forced: bool, level: int, region,
+                   channel, plane) -> slide_io.Slide | None:
+  """The image opened for streaming, or None when it takes the in-memory path."""
+  if stream is False or (not forced and not slide_io.is_tiff(path)):
+    return None
+  try:
+    sl = slide_io.open_slide(path, level=level, region=region, channel=channel, plane=plane)
+  except InputError:
+    if forced:
+      raise
+    return None  # the in-memory reader decides (and words) what is wrong with the file
+  if forced or sl.shape[0] * sl.shape[1] > STREAM_ABOVE_PIXELS:
+    return sl
+  sl.close()
+  return None
+
+
+def _classical_tiles(params: dict) -> Callable:
+  from pa_jax.infer import classical
+
+  return lambda tiles: [classical.segment_classical(t, **params) for t in tiles]
+
+
+def _slide_normalizer(sl: slide_io.Slide, mode: str) -> Callable[[np.ndarray], np.ndarray]:
+  """Tile → float32 [h, w, 3] in [0, 1] with ONE scale for the whole slide.
+
+  `normalize_image` takes its percentiles from the image it is given; a tile's own would
+  make neighbouring tiles disagree, so 'percentile' takes the 0.5 / 99.5 % per channel of
+  a sample of the region (`_sample`) once. 'dtype' divides by the dtype's maximum."""
+  if mode == "dtype":
+    lo, hi = 0.0, 65535.0 if sl.dtype == np.uint16 else 255.0
+  elif mode == "percentile":
+    sample = _sample(sl).astype(np.float32)
+    lo = np.percentile(sample, 0.5, axis=0)
+    hi = np.percentile(sample, 99.5, axis=0)
+  else:
+    raise InputError("data.normalize", f"unknown normalisation {mode!r} (percentile, dtype)")
+  scale = np.maximum(np.asarray(hi, np.float32) - lo, 1e-6)
+
+  def norm(tile: np.ndarray) -> np.ndarray:
+    img = tile[..., None] if tile.ndim == 2 else tile
+    out = np.clip((img.astype(np.float32) - lo) / scale, 0.0, 1.0)
+    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
+
+  return norm
+
+
+def _sample(sl: slide_io.Slide, side: int = 256, grid: int = 8) -> np.ndarray:
+  """Pixels [N, C] of up to grid x grid evenly spaced side² windows of the region."""
+  H, W = sl.shape
+  ys = np.unique(np.linspace(0, max(H - side, 0), grid).astype(int))
+  xs = np.unique(np.linspace(0, max(W - side, 0), grid).astype(int))
+  parts = [sl.read(y, x, min(H, y + side), min(W, x + side)) for y in ys for x in xs]
+  return np.concatenate([p.reshape(-1, sl.channels) for p in parts])
+
+
+def _model_tiles(predictor, norm: Callable) -> Callable:
+  """Tiles → (raw label map, {label: score}) with the predictor's compiled program; the
+  raw label v is the detection of score rank v - 1 (`Predictor._run_batch`)."""
+
+  def run(tiles: list[np.ndarray]) -> list:
+    imgs = [norm(t) for t in tiles]
+    out: list = [None] * len(imgs)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, t in enumerate(imgs):
+      by_shape.setdefault(t.shape[:2], []).append(i)
+    bs = predictor.batch_size
+    for idx in by_shape.values():
+      for k in range(0, len(idx), bs):
+        chunk = idx[k:k + bs]
+        raw, scores = predictor._run_batch([imgs[i] for i in chunk], bs)
+        for i, lab, sc in zip(chunk, raw, scores):
+          ids = np.unique(lab)
+          out[i] = (lab, {int(v): float(sc[v - 1]) for v in ids if v})
+    return out
+
+  return run
+
+
+def _predict_slide(out: Path, image_id: str, sl: slide_io.Slide, segment_tiles: Callable,
+                   layout: dict, formats: Sequence[str], slide_formats: Sequence[str],
+                   source: str, contours: str, progress: bool) -> dict:
+  """Streams one slide into the outputs asked for; returns what `{id}.slide.json` says."""
+  from tqdm import tqdm
+
+  from pa_jax.annotate.stream_export import (CSVStreamWriter, GeoJSONStreamWriter,
+                                             NucleusRecord)
+  from pa_jax.infer import html_report, slide_figures
+  from pa_jax.infer.label_writers import OmeTiffLabelWriter, OmeZarrWriter
+  from pa_jax.infer.streaming import stream_segment
+
+  H, W = sl.shape
+  ds = float(np.mean(sl.downsample))
+  off, ps, ps_level = sl.offset_level0, sl.pixel_size_um, sl.pixel_size_level_um
+  band_sinks: list[Callable] = []
+  nucleus_sinks: list[Callable] = []
+  files = []
+  summary = slide_figures.SlideSummary(
+      (round(H * sl.downsample[0]), round(W * sl.downsample[1])), offset=off, downsample=ds,
+      pixel_size_um=ps, intensity_range=(0.0, 65536.0 if sl.dtype == np.uint16 else 256.0))
+  t0 = time.perf_counter()
+  with contextlib.ExitStack() as stack:
+    if "label" in formats or "ome-tiff" in slide_formats:
+      files.append(f"{image_id}_labels.ome.tif")
+      w = stack.enter_context(OmeTiffLabelWriter(out / files[-1], (H, W), name=image_id,
+                                                 pixel_size_um=ps_level))
+      band_sinks.append(w.write)
+    if "ome-zarr" in slide_formats:
+      files.append(f"{image_id}.ome.zarr")
+      z = stack.enter_context(OmeZarrWriter(out / files[-1], (H, W), channels=sl.channels,
+                                            dtype=sl.dtype, pixel_size_um=ps_level,
+                                            image_name=image_id))
+      band_sinks.append(z.write)
+    vector = dict(downsample=ds, offset=off, pixel_size_um=ps, contours=contours)
+    if "geojson" in formats:
+      files.append(f"{image_id}.geojson")
+      g = stack.enter_context(GeoJSONStreamWriter(out / files[-1], image_id=image_id,
+                                                  **vector))
+      nucleus_sinks.append(g.add)
+    if "csv" in formats:
+      files.append(f"{image_id}.csv")
+      c = stack.enter_context(CSVStreamWriter(out / files[-1], **vector))
+      nucleus_sinks.append(c.add)
+    nucleus_sinks.append(summary.add)
+    band_sinks.append(lambda b: summary.add_thumbnail_tile(off[0] + b.y0 * sl.downsample[0],
+                                                           off[1], b.image))
+    bar = stack.enter_context(tqdm(desc=image_id[:24], unit="tile", disable=not progress))
+
+    def on_nucleus(n) -> None:
+      rec = NucleusRecord(n.id, n.box, n.mask, n.score, "proposed", source, n.mean_intensity)
+      for sink in nucleus_sinks:
+        sink(rec)
+
+    def on_band(b) -> None:
+      for sink in band_sinks:
+        sink(b)
+
+    def on_progress(done: int, total: int) -> None:
+      bar.total = total
+      bar.update(done - bar.n)
+
+    stats = stream_segment(sl.read, H, W, segment_tiles, on_band=on_band,
+                           on_nucleus=on_nucleus, on_progress=on_progress, **layout)
+  seconds = time.perf_counter() - t0
+  info = {"file": str(sl.path), "level": sl.level, "levels": sl.levels,
+          "level_shape": list(sl.level_shape), "downsample": list(sl.downsample),
+          "region_level0": {"y": off[0], "x": off[1], "height": H * sl.downsample[0],
+                            "width": W * sl.downsample[1]},
+          "shape": [H, W], "pixel_size_um": None if ps is None else list(ps),
+          "nuclei": stats.kept, "tiling": {**vars(stats), **layout},
+          "seconds": round(seconds, 3), "source": source, "files": files}
+  fileio.write_json(out / f"{image_id}.slide.json", info)
+  slide_figures.write_overlay_png(out / f"{image_id}_overlay.png", summary)
+  slide_figures.write_density_png(out / f"{image_id}_density.png", summary)
+  html_report.write_slide_report(out / f"{image_id}_report.html", summary,
+                                 title=f"pa_jax slide report: {image_id}",
+                                 meta={k: info[k] for k in ("file", "level", "shape",
+                                                            "pixel_size_um", "nuclei",
+                                                            "source")})
+  return info

@@ -44,6 +44,9 @@ class _Decoded:
   data: np.ndarray
   axes: str
   colour: bool = False
+  # The file's shape when `data` is a stand-in with one pixel per plane (a slide read
+  # lazily, pa_jax/data/slide.py, works its picks out on it): messages quote this one.
+  shape: tuple[int, ...] | None = None
 
 
 def read_image(path: os.PathLike | str, *, channel: int | None = None,
@@ -155,7 +158,8 @@ def _select(dec: _Decoded, path: Path, *, channel: int | None,
   Refuses (one-line InputError naming the file, its axes and shape) an image that would
   still have several planes or channels after the picks, and an index outside its axis.
   """
-  described = f"axes {dec.axes}, shape {_shape_text(dec.data.shape)}"
+  shape = dec.shape or dec.data.shape
+  described = f"axes {dec.axes}, shape {_shape_text(shape)}"
   if "Y" not in dec.axes or "X" not in dec.axes:
     raise InputError(path, f"no image plane in this file ({described})")
   keep = [i for i, a in enumerate(dec.axes) if a in "YX" or dec.data.shape[i] > 1]
@@ -166,7 +170,8 @@ def _select(dec: _Decoded, path: Path, *, channel: int | None,
   unknown = [a for a in axes if a in _UNKNOWN_AXES]
   planes = [a for a in axes if a not in "YX" + _CHANNEL_AXES + _UNKNOWN_AXES]
   if len(unknown) == 1 and not channels and not planes:
-    data, axes = _pick_unknown(data, axes, unknown[0], path, described, channel, plane)
+    yx = (shape[dec.axes.index("Y")], shape[dec.axes.index("X")])
+    data, axes = _pick_unknown(data, axes, unknown[0], path, described, channel, plane, yx)
     return _finish(data, axes, colour, None, path)
   planes += unknown
   if len(planes) > 1:
@@ -200,12 +205,13 @@ def _pick(data: np.ndarray, axes: str, axis: str, index: int | None, name: str,
 
 
 def _pick_unknown(data: np.ndarray, axes: str, axis: str, path: Path, described: str,
-                  channel: int | None, plane: int | None) -> tuple[np.ndarray, str]:
+                  channel: int | None, plane: int | None,
+                  yx: tuple[int, int]) -> tuple[np.ndarray, str]:
   """Several images and no metadata saying whether they are planes or channels: refuse a
   guess, accept either index."""
   n = data.shape[axes.index(axis)]
   if plane is None and channel is None:
-    raise InputError(path, f"{n} images of {_shape_text(_yx(data, axes))} pixels "
+    raise InputError(path, f"{n} images of {_shape_text(yx)} pixels "
                      f"({described}) and no metadata saying whether they are planes or "
                      f"colour channels; pick one with `channel` 0..{n - 1} (or `plane`), or "
                      "save the file as an RGB, OME or ImageJ TIFF")
@@ -213,10 +219,6 @@ def _pick_unknown(data: np.ndarray, axes: str, axis: str, path: Path, described:
     raise InputError(path, f"{n} images ({described}): pass plane or channel, not both")
   name, index = ("plane", plane) if plane is not None else ("channel", channel)
   return _take(data, axes, axis, index, name, path, n), axes.replace(axis, "")
-
-
-def _yx(data: np.ndarray, axes: str) -> tuple[int, int]:
-  return data.shape[axes.index("Y")], data.shape[axes.index("X")]
 
 
 def _check_index(index: int, n: int, name: str, path: Path) -> int:

@@ -59,7 +59,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["TilingStats", "tile_grid", "tile_cores", "predict_tiled", "predict_tiled_many"]
+__all__ = ["TilingStats", "Pasted", "tile_grid", "tile_cores", "paste_tile", "as_tile_labels",
+           "predict_tiled", "predict_tiled_many"]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class TilingStats:
   conflict_pixels: int = 0
 
 
-def _check_layout(tile_size: int, overlap: int) -> None:
+def check_layout(tile_size: int, overlap: int) -> None:
   if int(tile_size) != tile_size or tile_size < 1:
     raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
   if int(overlap) != overlap or not 0 <= overlap < tile_size:
@@ -125,7 +126,7 @@ def tile_grid(height: int, width: int, tile_size: int = 512, overlap: int = 64) 
   Every tile is `tile_size` x `tile_size` (a side no longer than `tile_size` is one tile of
   that side's length); neighbours overlap by at least `overlap` pixels.
   """
-  _check_layout(tile_size, overlap)
+  check_layout(tile_size, overlap)
   ys, (th,), _ = _axis(int(height), tile_size, overlap)
   xs, (tw,), _ = _axis(int(width), tile_size, overlap)
   return [(y, x, y + th, x + tw) for y in ys for x in xs]
@@ -137,14 +138,21 @@ def tile_cores(height: int, width: int, tile_size: int = 512, overlap: int = 64)
   Cores partition the image; a core is its tile minus half the overlap on every side that
   borders another tile.
   """
-  _check_layout(tile_size, overlap)
+  check_layout(tile_size, overlap)
   _, _, cy = _axis(int(height), tile_size, overlap)
   _, _, cx = _axis(int(width), tile_size, overlap)
   return [(cy[i], cx[j], cy[i + 1], cx[j + 1])
           for i in range(len(cy) - 1) for j in range(len(cx) - 1)]
 
 
-def _as_labels(result, shape: tuple[int, int], index: int) -> np.ndarray:
+def as_tile_labels(result, shape: tuple[int, int], index: int
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+  """A segmenter's label map for tile `index`, checked, as int32 [h, w] with small values.
+
+  Returns (labels, values): `values[k]` is the segmenter's own value of label k when sparse
+  values (e.g. global ids) had to be renumbered so that `find_objects` stays small, else
+  None (labels kept as given). Raises ValueError for a wrong shape, dtype or sign.
+  """
   lab = np.asarray(result)
   if lab.shape != shape:
     raise ValueError(f"segment_tiles returned a label map of shape {lab.shape} for tile "
@@ -153,11 +161,99 @@ def _as_labels(result, shape: tuple[int, int], index: int) -> np.ndarray:
     raise ValueError(f"segment_tiles must return integer label maps, got {lab.dtype}")
   if lab.size and int(lab.min()) < 0:
     raise ValueError("segment_tiles returned negative labels")
+  values = None
   if lab.size and int(lab.max()) > max(lab.size, 1):
-    # Sparse label values (e.g. global ids): renumber so find_objects stays small.
-    _, inv = np.unique(lab, return_inverse=True)
-    lab = inv.reshape(shape) + (0 if int(lab.min()) == 0 else 1)
-  return lab.astype(np.int32, copy=False)
+    values, inv = np.unique(lab, return_inverse=True)
+    if int(values[0]) != 0:
+      values = np.concatenate([[0], values])
+      inv = inv + 1
+    lab = inv.reshape(shape)
+  return lab.astype(np.int32, copy=False), values
+
+
+@dataclasses.dataclass(frozen=True)
+class Pasted:
+  """One nucleus pasted by `paste_tile`.
+
+  id: its output label. local: its label in the tile's (checked) label map.
+  box: (y0, x0, y1, x1) half-open, global pixels, of the pixels it was given.
+  """
+
+  id: int
+  local: int
+  box: Box
+
+
+def paste_tile(out: np.ndarray, origin: tuple[int, int], lab: np.ndarray, tile: Box,
+               core: Box, image_hw: tuple[int, int], next_id: int,
+               stats: TilingStats) -> list[Pasted]:
+  """Applies the stitching rule (module docstring, rules 1-4) to one tile's nuclei.
+
+  The one implementation of the rule, shared by the in-memory stitcher and the streaming
+  one (pa_jax/infer/streaming.py), so both give the same labels.
+
+  Args:
+    out: int32 [h, w] window of the output, pixel (0, 0) at global `origin` (y, x); it
+      must contain the tile. Written in place: kept nuclei get their free pixels.
+    lab: int32 [th, tw] label map of the tile (`as_tile_labels`), 0 = background.
+    tile, core: the tile and its core, global (y0, x0, y1, x1).
+    image_hw: (H, W) of the stitched image (tile sides on its edge are not interior).
+    next_id: output label of the first nucleus pasted; the next ones count up.
+    stats: updated in place (tiles, kept, outside_core, cut, duplicates, conflict_pixels).
+
+  Returns:
+    The pasted nuclei in paste order (ids next_id, next_id + 1, ...).
+  """
+  y0, x0, y1, x1 = tile
+  cy0, cx0, cy1, cx1 = core
+  th, tw = y1 - y0, x1 - x0
+  oy, ox = y0 - origin[0], x0 - origin[1]  # the tile's corner in `out`
+  # Interior edges: tile sides that are not on the image edge.
+  top, left, bottom, right = y0 > 0, x0 > 0, y1 < image_hw[0], x1 < image_hw[1]
+  stats.tiles += 1
+  pasted = []
+  for k, sl in enumerate(ndimage.find_objects(lab), start=1):
+    if sl is None:
+      continue
+    ly0, ly1, lx0, lx1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+    py, px = y0 + (ly0 + ly1 - 1) // 2, x0 + (lx0 + lx1 - 1) // 2
+    if not (cy0 <= py < cy1 and cx0 <= px < cx1):
+      stats.outside_core += 1
+      continue
+    mask = lab[sl] == k
+    region = out[oy + ly0:oy + ly1, ox + lx0:ox + lx1]
+    free = mask & (region == 0)
+    area, n_free = int(mask.sum()), int(free.sum())
+    if area - n_free > DUPLICATE_FRACTION * area:
+      stats.duplicates += 1
+      continue
+    region[free] = next_id
+    rows, cols = np.nonzero(free.any(axis=1))[0], np.nonzero(free.any(axis=0))[0]
+    box = (y0 + ly0 + int(rows[0]), x0 + lx0 + int(cols[0]),
+           y0 + ly0 + int(rows[-1]) + 1, x0 + lx0 + int(cols[-1]) + 1)
+    pasted.append(Pasted(next_id, k, box))
+    next_id += 1
+    stats.kept += 1
+    stats.conflict_pixels += area - n_free
+    if ((top and ly0 == 0) or (left and lx0 == 0) or (bottom and ly1 == th)
+        or (right and lx1 == tw)):
+      stats.cut += 1
+  return pasted
+
+
+def warn_if_cut(stats: TilingStats, overlap: int) -> None:
+  """Logs and warns (RuntimeWarning) when kept nuclei touched an interior tile edge."""
+  if stats.cut:
+    msg = (f"tiling: {stats.cut} kept nuclei touch their tile's interior edge, so "
+           f"overlap={overlap} is smaller than the largest nucleus (plus the "
+           f"segmenter's context) and they may be cut at a seam; increase overlap")
+    log.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def check_batch_size(batch_size: int) -> None:
+  if int(batch_size) != batch_size or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 class _Image:
@@ -190,45 +286,18 @@ class _Image:
     return np.ascontiguousarray(self.image[y0:y1, x0:x1])
 
   def paste(self, i: int, result) -> None:
-    y0, x0, y1, x1 = self.tiles[i]
-    cy0, cx0, cy1, cx1 = self.cores[i]
-    th, tw = y1 - y0, x1 - x0
-    lab = _as_labels(result, (th, tw), i)
-    # Interior edges: tile sides that are not on the image edge.
-    top, left, bottom, right = y0 > 0, x0 > 0, y1 < self.height, x1 < self.width
-    st, out = self.stats, self.out
-    st.tiles += 1
+    lab, _ = as_tile_labels(result, _box_shape(self.tiles[i]), i)
     self.remaining -= 1
-    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
-      if sl is None:
-        continue
-      ly0, ly1, lx0, lx1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-      py, px = y0 + (ly0 + ly1 - 1) // 2, x0 + (lx0 + lx1 - 1) // 2
-      if not (cy0 <= py < cy1 and cx0 <= px < cx1):
-        st.outside_core += 1
-        continue
-      mask = lab[sl] == k
-      region = out[y0 + ly0:y0 + ly1, x0 + lx0:x0 + lx1]
-      free = mask & (region == 0)
-      area, n_free = int(mask.sum()), int(free.sum())
-      if area - n_free > DUPLICATE_FRACTION * area:
-        st.duplicates += 1
-        continue
-      region[free] = self.next_id
-      self.next_id += 1
-      st.kept += 1
-      st.conflict_pixels += area - n_free
-      if ((top and ly0 == 0) or (left and lx0 == 0) or (bottom and ly1 == th)
-          or (right and lx1 == tw)):
-        st.cut += 1
+    pasted = paste_tile(self.out, (0, 0), lab, self.tiles[i], self.cores[i],
+                        (self.height, self.width), self.next_id, self.stats)
+    self.next_id += len(pasted)
 
   def finish(self) -> None:
-    if self.stats.cut:
-      msg = (f"tiling: {self.stats.cut} kept nuclei touch their tile's interior edge, so "
-             f"overlap={self.overlap} is smaller than the largest nucleus (plus the "
-             f"segmenter's context) and they may be cut at a seam; increase overlap")
-      log.warning(msg)
-      warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    warn_if_cut(self.stats, self.overlap)
+
+
+def _box_shape(box: Box) -> tuple[int, int]:
+  return box[2] - box[0], box[3] - box[1]
 
 
 def predict_tiled_many(images: Iterable[np.ndarray], segment_tiles: SegmentTiles,
@@ -240,9 +309,8 @@ def predict_tiled_many(images: Iterable[np.ndarray], segment_tiles: SegmentTiles
   when `return_stats`) as soon as its last tile is pasted. Images are read lazily, so only
   the images whose tiles are in the current batch are held. Arguments as `predict_tiled`.
   """
-  _check_layout(tile_size, overlap)
-  if int(batch_size) != batch_size or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  check_layout(tile_size, overlap)
+  check_batch_size(batch_size)
   from tqdm import tqdm
 
   total = None
@@ -308,9 +376,8 @@ def predict_tiled(image: np.ndarray, segment_tiles: SegmentTiles, tile_size: int
     int32 (H, W) label map, nuclei 1..N in paste order; `(labels, TilingStats)` when
     `return_stats`.
   """
-  _check_layout(tile_size, overlap)
-  if int(batch_size) != batch_size or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  check_layout(tile_size, overlap)
+  check_batch_size(batch_size)
   from tqdm import tqdm
 
   st = _Image(image, tile_size, overlap, out)
