@@ -1,5 +1,7 @@
 """Predictor: compile sharing across instances, batch padding, the 3x3 post-process."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ SPEC = ModelSpec(backbone="resnet18", backbone_width=8, norm="group_norm", fpn_c
                  max_detections=10, score_threshold=0.0)
 
 
+@functools.lru_cache(maxsize=None)  # init is most of a test's time; the tests only read it
 def _model_and_variables(seed: int):
   img, lab = synthetic.synthetic_image(3, 64, 64, n_nuclei=4, radius=(5, 8))
   ex = pipeline.TrainExample("a", pipeline.normalize_image(img), lab, lab)

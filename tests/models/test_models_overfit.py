@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from pa_jax.data import pipeline, synthetic
 from pa_jax.evaluation.metrics import dsb_map
@@ -25,6 +26,7 @@ SPEC = ModelSpec(backbone="resnet18", backbone_width=16, norm="group_norm", fpn_
                  max_detections=40, score_threshold=0.5)
 
 
+@pytest.mark.usefixtures("xla_optimized")
 def test_tiny_model_overfits_two_synthetic_images():
   canvas = 96
   images, labels, exs = [], [], []
