@@ -35,7 +35,6 @@ if str(ROOT) not in sys.path:
 # on this platform": screenshots come out black); its X11 platform on Xvfb can, headless.
 os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
 
-import numpy as np  # noqa: E402
 
 # dsb2018 test images, 256x256 fluorescence, 28-54 nuclei each.
 IMAGE_IDS = ("356d9903d16074f152fe8f2f0ef555d9959c53264228eae7373cad5cf35d4e85",

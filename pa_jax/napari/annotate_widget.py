@@ -32,7 +32,7 @@ from napari.utils.notifications import show_error
 
 from pa_jax.errors import PaJaxError
 from pa_jax.napari import colors
-from pa_jax.napari.progress import progress_steps
+from pa_jax.napari.progress import error_line, progress_steps, show_report
 
 IMAGE_LAYER = "pa_jax image"
 REVIEW_LAYER = "pa_jax review"
@@ -265,9 +265,7 @@ class AnnotateWidget(Container):
     return self.worker
 
   def _on_progress(self, report: tuple) -> None:
-    stage, done, total = report
-    self.progress.max = max(int(total), 1)
-    self.progress.value = int(done)
+    stage, done, total = show_report(self.progress, report)
     self.status.value = f"round {self.session.round + 1}: {stage} {done}/{total}"
 
   def _on_round(self, report: dict) -> None:
@@ -275,8 +273,7 @@ class AnnotateWidget(Container):
     self._say(summary(report))
 
   def _on_error(self, err: BaseException) -> None:
-    text = str(err) if isinstance(err, PaJaxError) else f"{type(err).__name__}: {err}"
-    self._say(" ".join(text.split()), error=True)
+    self._say(error_line(err), error=True)
 
   def _on_finished(self) -> None:
     self._enable(True)

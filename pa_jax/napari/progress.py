@@ -13,6 +13,8 @@ import queue
 import threading
 from typing import Any, Callable, Generator
 
+from pa_jax.errors import PaJaxError
+
 _DONE = object()
 
 
@@ -41,3 +43,18 @@ def progress_steps(call: Callable[[Callable[..., None]], Any]
   if "error" in outcome:
     raise outcome["error"]
   return outcome["value"]
+
+
+def show_report(bar, report: tuple) -> tuple[str, int, int]:
+  """Moves a magicgui ProgressBar to one `(stage, done, total)` report; returns it typed."""
+  stage, done, total = report
+  bar.max = max(int(total), 1)
+  bar.value = int(done)
+  return stage, int(done), int(total)
+
+
+def error_line(err: BaseException) -> str:
+  """A worker's exception as one line: a library error is one already (it names the file
+  or field); anything else gets its type, so the widget never shows a traceback."""
+  text = str(err) if isinstance(err, PaJaxError) else f"{type(err).__name__}: {err}"
+  return " ".join(text.split())

@@ -17,7 +17,6 @@ widget's status and a napari notification, never a traceback.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import napari
 import numpy as np
@@ -29,7 +28,7 @@ from pa_jax.annotate.nuclei import Nucleus
 from pa_jax.errors import PaJaxError
 from pa_jax.napari import colors, engines
 from pa_jax.napari.layer_image import library_image
-from pa_jax.napari.progress import progress_steps
+from pa_jax.napari.progress import error_line, progress_steps, show_report
 
 
 def attention_limits(att: np.ndarray) -> tuple[float, float]:
@@ -112,15 +111,11 @@ class SegmentWidget(Container):
     return self.worker
 
   def _on_progress(self, report: tuple) -> None:
-    stage, done, total = report
-    self.progress.max = max(int(total), 1)
-    self.progress.value = int(done)
+    stage, done, total = show_report(self.progress, report)
     self.status.value = f"{stage} ({done}/{total})"
 
   def _on_error(self, err: BaseException) -> None:
-    # Library errors are one line already; anything else is shown as its one-line text.
-    text = str(err) if isinstance(err, PaJaxError) else f"{type(err).__name__}: {err}"
-    self._say(" ".join(text.split()), error=True)
+    self._say(error_line(err), error=True)
 
   def _on_result(self, layer, result: engines.Segmentation) -> None:
     nuclei = {k: Nucleus(k, "proposed", result.scores.get(k), result.source)

@@ -5,7 +5,6 @@ with mAP > 0.9 after a few hundred steps — the whole chain (targets, sampling,
 losses, proposals, NMS, paste-back, label rendering) has to be right for that to happen.
 """
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
