@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.pretrained = ""  # Path of a torchvision .pth state dict to import (ResNet or Mask R-CNN); '' = random init.
   c.model.fpn_channels = 256  # FPN output channels (P2–P6).
   c.model.num_classes = 2  # Background + nucleus.
-  c.model.compute_dtype = "float32"  # 'bfloat16' on accelerators halves activation memory; params stay float32.
+  c.model.compute_dtype = "float32"  # 'float32' or 'bfloat16' (the paper-size configs' default, for accelerators: half the activation memory); params, softmaxes, losses and norm statistics stay float32.
   c.model.anchor_sizes = (8, 16, 32, 64, 128)  # Anchor size(s) per FPN level P2..P6 (pixels); a level may list several, e.g. (32, 45.3).
   c.model.anchor_strides = (4, 8, 16, 32, 64)  # Stride of P2..P6.
   c.model.anchor_ratios = (0.5, 1.0, 2.0)  # Height/width ratios of the anchors.
@@ -216,6 +216,10 @@ def variant(c: ml_collections.ConfigDict, arg: str | None, name: str) -> ml_coll
     return cpu_sized(c)
   if arg:
     raise ValueError(f"configs/{name}.py: unknown config argument {arg!r} (use ':cpu' or nothing)")
+  # Paper size is accelerator size: bf16 convolutions and matmuls (the model keeps params,
+  # softmaxes, losses and norm statistics in float32). On a CPU, bf16 is emulated and slow:
+  # use ':cpu', or --config.model.compute_dtype=float32 for the full-size net.
+  c.model.compute_dtype = "bfloat16"
   return c
 
 

@@ -21,6 +21,8 @@ def test_config_loads_and_documents_launch(name):
   full, cpu = mod.get_config(), mod.get_config("cpu")
   assert full.data.canvas_size % 32 == 0 and cpu.data.canvas_size % 32 == 0
   assert cpu.model.backbone == "resnet18"
+  if name != "demo":  # paper size = accelerator size: bf16 compute; CPU-sized: float32
+    assert full.model.compute_dtype == "bfloat16" and cpu.model.compute_dtype == "float32"
   with pytest.raises(ValueError):
     mod.get_config("nonsense")
 
