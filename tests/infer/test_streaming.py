@@ -161,7 +161,7 @@ def test_inconsistent_segmenter_conflicts_and_duplicates_match():
     (1, 500, 64, 16, 3),        # one row
     (333, 1, 64, 16, 2),        # one column
     (300, 257, 128, 40, 1),     # sides not on the stride
-    (257, 300, 128, 127, 64)])  # overlap = tile - 1, one batch for everything
+    (140, 150, 128, 127, 64)])  # overlap = tile - 1 (stride 1: 13 x 23 tiles), batches of 64
 def test_region_edges_and_shapes(h, w, tile, overlap, batch):
   image, _ = synthetic_image(7, h, w, n_nuclei=max(1, h * w // 600), touching=0.2)
   kw = dict(tile_size=tile, overlap=overlap, batch_size=batch)
