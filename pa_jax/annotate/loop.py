@@ -118,7 +118,8 @@ def _annotate(images, annotations, output, rounds: int = 1,
   rounds: rounds to run now (0 = only pick up the edits and report, nothing written).
   target_recall: stop once the hold-out recall reaches it.
   formats/contours: what `current/` and `round_k/annotations/` hold.
-  config: ml_collections config (default `configs/annotate.py`); holdout_fraction
+  config: ml_collections config (default: the project's newest round's, else
+    `configs/annotate.py`); holdout_fraction
     (default config.annotate.holdout_fraction), seed, steps (round-1 training steps;
     fine-tuning rounds use steps // 2) override it.
   accept_proposals: every proposal still present in the files counts as confirmed.

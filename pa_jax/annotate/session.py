@@ -92,6 +92,21 @@ def resolve_config(config=None, seed: int = 0, steps: int | None = None):
   return cfg
 
 
+def stored_config(output: Path):
+  """The config of the project's newest training round (OUTPUT/train/round_k/config.json),
+  or None before the first round.
+
+  A later round fine-tunes the model the earlier ones trained, so a caller that names no
+  config (a GUI has no --config field) must continue with theirs: configs/annotate.py
+  could describe another network, whose parameters would not fit the checkpoint."""
+  def round_of(path: Path) -> int:
+    k = path.parent.name.split("_")[-1]
+    return int(k) if k.isdigit() else -1
+
+  runs = sorted(Path(output).glob("train/round_*/config.json"), key=round_of)
+  return experiment.load_config(runs[-1].parent) if runs else None
+
+
 def _add_counts(old: Mapping, new: EditCounts) -> dict:
   out = dict(old)
   for k, v in new.as_dict().items():
@@ -140,7 +155,8 @@ class Session:
     `current` link after a crash between a commit and the link swap.
 
     seed / formats / contours default to the project's (state.json), else 0 /
-    DEFAULT_FORMATS / "polygon"; holdout_fraction to config.annotate.holdout_fraction;
+    DEFAULT_FORMATS / "polygon"; config to the project's newest round's (`stored_config`),
+    else configs/annotate.py; holdout_fraction to config.annotate.holdout_fraction;
     config, seed, steps: see `resolve_config`. accept_proposals: every proposal still
     present in the files counts as confirmed. Raises InputError on bad input.
     """
@@ -152,6 +168,8 @@ class Session:
     imgs = project.load_images(images)
     data = project.load_state(out)
     old = data or {}
+    if config is None and data is not None:
+      config = stored_config(out)
     cfg = resolve_config(config, old.get("seed", 0) if seed is None else seed, steps)
     formats = formats or tuple(old.get("formats", project.DEFAULT_FORMATS))
     contours = contours or old.get("contours", "polygon")

@@ -22,7 +22,6 @@ layer is read-only meanwhile.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import napari
 import numpy as np
@@ -46,21 +45,6 @@ def summary(report: dict) -> str:
           f"{t['rejected']} rejected")
   recall = (report.get("holdout") or {}).get("recall")
   return line + ("" if recall is None else f"; hold-out recall {recall:.3f}")
-
-
-def project_config(project) -> object | None:
-  """The config of the project's newest training run (train/round_k/config.json), or None
-  for a new project (`Session.open` then uses configs/annotate.py).
-
-  The CLI is given `--config` on every invocation; a GUI has no such field, and a later
-  round must fine-tune the model the earlier ones trained, so it continues with theirs.
-  """
-  from pa_jax import experiment
-
-  runs = sorted(Path(project).glob("train/round_*/config.json"),
-                key=lambda p: int(p.parent.name.split("_")[-1]) if
-                p.parent.name.split("_")[-1].isdigit() else -1)
-  return experiment.load_config(runs[-1].parent) if runs else None
 
 
 class AnnotateWidget(Container):
@@ -141,9 +125,9 @@ class AnnotateWidget(Container):
       self._say("choose the images folder and the project folder", error=True)
       return None
     project = self.project_dir.value
+    # No config: an existing project continues with its own (Session.stored_config).
     session = self._guard(lambda: Session.open(self.images_dir.value, project,
-                                               self.annotations_dir.value,
-                                               config=project_config(project)))
+                                               self.annotations_dir.value))
     if session is None:
       return None
     self.session, self.shown = session, None
