@@ -7,13 +7,7 @@ dict `{"size": [h, w], "counts": ...}` with uncompressed (list of ints) or compr
 
 Conventions (those of the COCO format itself):
 
-* RLE runs go down the columns (Fortran / column-major order), start with a run of zeros
-  (possibly empty) and alternate 0/1.
-* Compressed counts: each count is written in 5-bit groups, least significant first, one
-  character per group = group value (+0x20 when another group follows) + 48; the last group's
-  bit 0x10 is the sign. From the fourth count on (index ≥ 3), the count minus the count two
-  places before it is written instead of the count (that is what the reference C code
-  `rleToString` does; two places back is the previous run of the same value).
+* RLE: `pa_jax.data.rle` (column-major runs, COCO's compressed string counts).
 * Coordinates are continuous: pixel (row r, column c) covers [c, c+1) x [r, r+1). A
   polygon covers the pixels whose *centre* (c + 0.5, r + 0.5) lies inside it, so the
   square [2,2, 6,2, 6,6, 2,6] is exactly the 4x4 pixels 2..5. `bbox` is
@@ -48,6 +42,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pa_jax import fileio
+from pa_jax.data import rle
+from pa_jax.data.rle import rle_decode, rle_encode  # noqa: F401  (part of this module's API)
 from pa_jax.data.records import IMAGE_SUFFIXES, Record, relabel_sequential
 from pa_jax.data.shape_report import ShapeReport
 from pa_jax.errors import InputError
@@ -66,133 +62,6 @@ __all__ = [
 
 # How far (pixels) a polygon may stick out of its image before it is an error.
 _POLYGON_TOLERANCE = 1.0
-
-# ----------------------------------------------------------------------------- RLE
-
-
-def _string_to_counts(s: str | bytes) -> list[int]:
-  """Decodes a compressed COCO RLE string into run lengths."""
-  if isinstance(s, (bytes, bytearray)):
-    s = s.decode("ascii")
-  counts: list[int] = []
-  p, n = 0, len(s)
-  while p < n:
-    x, k, more = 0, 0, True
-    while more:
-      if p >= n:
-        raise ValueError("compressed RLE string ends in the middle of a count")
-      c = ord(s[p]) - 48
-      if not 0 <= c < 64:
-        raise ValueError(f"invalid character {s[p]!r} in compressed RLE string")
-      x |= (c & 0x1F) << (5 * k)
-      more = bool(c & 0x20)
-      p += 1
-      k += 1
-      if not more and (c & 0x10):
-        x |= -1 << (5 * k)  # sign-extend
-    if len(counts) > 2:
-      x += counts[-2]
-    counts.append(x)
-  return counts
-
-
-def _counts_to_string(counts: Sequence[int]) -> str:
-  """Encodes run lengths as a compressed COCO RLE string."""
-  out = []
-  counts = [int(c) for c in counts]
-  for i, x in enumerate(counts):
-    if i > 2:
-      x -= counts[i - 2]
-    more = True
-    while more:
-      c = x & 0x1F
-      x >>= 5  # arithmetic shift, like C's on a signed long
-      more = (x != -1) if (c & 0x10) else (x != 0)
-      if more:
-        c |= 0x20
-      out.append(chr(c + 48))
-  return "".join(out)
-
-
-def _rle_size_counts(rle: Mapping[str, Any]) -> tuple[int, int, np.ndarray]:
-  if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
-    raise ValueError("RLE must be a dict with 'size' and 'counts'")
-  size = rle["size"]
-  if (not isinstance(size, (list, tuple)) or len(size) != 2
-      or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
-                 for v in size)):
-    raise ValueError(f"RLE 'size' must be [height, width], got {size!r}")
-  h, w = int(size[0]), int(size[1])
-  raw = rle["counts"]
-  if isinstance(raw, (str, bytes, bytearray)):
-    counts = _string_to_counts(raw)
-  elif isinstance(raw, (list, tuple, np.ndarray)):
-    counts = list(raw)
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in counts):
-      raise ValueError("uncompressed RLE counts must be integers")
-  else:
-    raise ValueError(f"RLE 'counts' must be a list or a string, got {type(raw).__name__}")
-  arr = np.asarray(counts, dtype=np.int64)
-  if arr.size and arr.min() < 0:
-    raise ValueError("RLE has a negative run length")
-  if int(arr.sum()) != h * w:
-    raise ValueError(f"RLE runs cover {int(arr.sum())} pixels but size {h}x{w} has {h * w}")
-  return h, w, arr
-
-
-def _counts_to_positions(counts: np.ndarray) -> np.ndarray:
-  """Column-major flat indices of the 1-pixels of an RLE."""
-  ends = np.cumsum(counts)
-  starts = (ends - counts)[1::2]
-  lengths = counts[1::2]
-  keep = lengths > 0
-  starts, lengths = starts[keep], lengths[keep]
-  if not lengths.size:
-    return np.zeros(0, np.int64)
-  offsets = starts - np.concatenate([[0], np.cumsum(lengths)[:-1]])
-  return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(offsets, lengths)
-
-
-def _positions_to_counts(pos: np.ndarray, total: int) -> list[int]:
-  """Run lengths of a mask given the sorted column-major indices of its 1-pixels."""
-  pos = np.asarray(pos, dtype=np.int64)
-  if pos.size == 0:
-    return [int(total)] if total else []
-  breaks = np.flatnonzero(np.diff(pos) != 1)
-  starts = np.concatenate([pos[:1], pos[breaks + 1]])
-  ends = np.concatenate([pos[breaks], pos[-1:]]) + 1
-  zeros = starts - np.concatenate([[0], ends[:-1]])
-  counts = np.empty(2 * len(starts), np.int64)
-  counts[0::2] = zeros
-  counts[1::2] = ends - starts
-  out = counts.tolist()
-  if ends[-1] < total:
-    out.append(int(total - ends[-1]))
-  return out
-
-
-def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
-  """COCO RLE (`{'size': [h, w], 'counts': list[int] | str}`) → bool mask (H, W).
-
-  Accepts uncompressed counts (list of ints) and compressed counts (str or bytes).
-  Raises ValueError for malformed input (runs not covering h*w pixels, bad characters).
-  """
-  h, w, counts = _rle_size_counts(rle)
-  vals = np.zeros(len(counts), dtype=bool)
-  vals[1::2] = True
-  flat = np.repeat(vals, counts)
-  return np.ascontiguousarray(flat.reshape(w, h).T)
-
-
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
-  """Bool/0-1 mask (H, W) → `{'size': [h, w], 'counts': str}` (compressed COCO RLE)."""
-  mask = np.asarray(mask)
-  if mask.ndim != 2:
-    raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-  h, w = mask.shape
-  pos = np.flatnonzero(mask.T)  # column-major order
-  return {"size": [int(h), int(w)], "counts": _counts_to_string(_positions_to_counts(pos, h * w))}
-
 
 def polygon_pixels(poly: Any, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
   """(rows, cols) of the pixels whose centre is inside the closed polygon.
@@ -348,10 +217,10 @@ def segmentation_check(seg: Any, h: int, w: int
   Raises ValueError when the segmentation is malformed or outside the h x w image.
   """
   if isinstance(seg, Mapping):
-    rh, rw, counts = _rle_size_counts(seg)
+    rh, rw, counts = rle.rle_size_counts(seg)
     if (rh, rw) != (h, w):
       raise ValueError(f"RLE size {rh}x{rw} differs from the image size {h}x{w} (HxW)")
-    pos = _counts_to_positions(counts)
+    pos = rle.counts_to_positions(counts)
     return pos % h, pos // h, "" if pos.size else "empty mask", ""
   rows, cols, unused, repaired = [], [], [], []
   for arr in _checked_polygons(seg, h, w):
@@ -629,12 +498,12 @@ def label_map_to_coco(labels: np.ndarray, image_id: int, start_ann_id: int,
     # column-major positions: transpose so that nonzero() walks columns then rows
     cc, rr = np.nonzero(crop.T)
     pos = (cc.astype(np.int64) + c0) * h + (rr + r0)
-    counts = _positions_to_counts(pos, h * w)
+    counts = rle.positions_to_counts(pos, h * w)
     ann = {
         "id": int(start_ann_id) + n,
         "image_id": int(image_id) if _is_int_like(image_id) else image_id,
         "category_id": int(category_id),
-        "segmentation": {"size": [int(h), int(w)], "counts": _counts_to_string(counts)},
+        "segmentation": {"size": [int(h), int(w)], "counts": rle.counts_to_string(counts)},
         "area": int(pos.size),
         "bbox": [int(c0), int(r0), int(sl[1].stop - c0), int(sl[0].stop - r0)],
         "iscrowd": 0,

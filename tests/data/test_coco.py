@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pa_jax.data import coco, readers
+from pa_jax.data import coco, readers, rle
 from pa_jax.data.synthetic import synthetic_labels
 from pa_jax.errors import InputError
 
@@ -130,7 +130,7 @@ def test_annotation_rle_and_polygon_mix():
   m = np.zeros((6, 5), bool)
   m[1:3, 1:4] = True
   anns = [{"segmentation": coco.rle_encode(m)},
-          {"segmentation": {"size": [6, 5], "counts": coco._string_to_counts(
+          {"segmentation": {"size": [6, 5], "counts": rle.string_to_counts(
               coco.rle_encode(np.eye(6, 5, dtype=bool)[::-1])["counts"])}},
           {"segmentation": [[0, 5, 1, 5, 1, 6, 0, 6]]}]
   lab = coco.annotations_to_label_map(anns, 6, 5)
@@ -326,7 +326,7 @@ def test_label_map_coco_round_trip_synthetic():
   assert _same_up_to_relabelling(back, lab)
   # also through uncompressed counts
   for a in anns:
-    a["segmentation"]["counts"] = coco._string_to_counts(a["segmentation"]["counts"])
+    a["segmentation"]["counts"] = rle.string_to_counts(a["segmentation"]["counts"])
   assert _same_up_to_relabelling(coco.annotations_to_label_map(anns, 96, 80), lab)
 
 
