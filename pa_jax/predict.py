@@ -40,6 +40,7 @@ from pa_jax import fileio
 from pa_jax.data import readers
 from pa_jax.data import slide as slide_io
 from pa_jax.errors import InputError
+from pa_jax.infer.html_report import PredictReport
 
 # Formats only a streamed image writes (the label image in a slide viewer's format).
 STREAM_FORMATS = ("ome-tiff", "ome-zarr")
@@ -167,6 +168,7 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     for name, doc in side_files.items():
       fileio.write_json(out / name, doc)
     coco = fmt.CocoCollector(out / "annotations.json") if "coco" in formats else None
+    report = PredictReport()  # report.html, from the arrays in hand (no second read)
     for rec in tqdm(records, desc="predict", unit="image", disable=not progress):
       try:
         sl = _open_streamed(rec.image_path, stream, forced, level, region, channel, plane)
@@ -195,6 +197,7 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
                 for k in map(int, np.unique(labels)) if k}
       fmt.export_all(out, rec.id, labels, nuclei, formats, contours, coco=coco,
                      file_name=rec.image_path.name, image=image)
+      report.add_labels(rec.id, labels, nuclei, image)
       if attention:
         from pa_jax.infer.attention import attention_map, write_attention_png
 
@@ -205,12 +208,8 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
       done += 1
     if coco is not None:
       coco.write()
-    # --- report.html (issue 15, item 6): re-reads what was just written; one call only.
-    from pa_jax.infer.html_report import write_predict_report
-    # Streamed slides have their own {id}_report.html; this one re-reads images whole.
-    write_predict_report(out, [r for r in records if r.image_path not in streamed],
-                         skipped=skipped, channel=channel, plane=plane)
-    # --- end report.html
+    # Streamed slides have their own {id}_report.html; report.html holds the other images.
+    report.write(out, skipped)
     csv_path = outputs.write_skipped(out, skipped)
   final = Path(output)
   return {"images": done, "skipped": skipped, "output": str(final),

@@ -6,11 +6,11 @@ from a file manager, a mail attachment or an air-gapped machine.
 
 * `write_slide_report(path, summary, ...)`: one slide (`slide_figures.SlideSummary`):
   counts, thumbnail overlays by state and by score, density heat map, histograms.
-* `write_predict_report(out, records, ...)`: a folder run of `run.py predict`: one row per
-  image (counts, mean area, mean score), the histograms over all images and the overlays
-  of the first `MAX_THUMBNAILS` images. It re-reads each image and the nuclei just written
-  to `out` (`formats.read_annotations`), so predict needs one call after its loop; a run
-  that wrote only CSV measurements gets counts and scores without overlays.
+* `PredictReport`: a folder run of `run.py predict`, fed image by image from predict's loop
+  (the label map, nuclei and pixels it already holds): one row per image (counts, mean
+  area, mean score), the histograms over all images and the overlays of the first
+  `MAX_THUMBNAILS` images. `write_predict_report(out, records)` builds the same page for an
+  output folder written earlier, re-reading it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from scipy import ndimage
 from pa_jax import fileio
 from pa_jax.infer import slide_figures as SF
 
-__all__ = ["render_page", "write_slide_report", "write_predict_report", "summary_from_labels",
-           "MAX_THUMBNAILS"]
+__all__ = ["render_page", "write_slide_report", "PredictReport", "write_predict_report",
+           "summary_from_labels", "MAX_THUMBNAILS"]
 
 MAX_THUMBNAILS = 24  # overlays kept for a folder run: the page stays a few MB
 _THUMB = 384  # long side of a folder run's per-image thumbnails
@@ -146,11 +146,65 @@ def _intensity_range(image: np.ndarray | None) -> tuple[float, float]:
   return (0.0, float(np.iinfo(np.asarray(image).dtype).max) + 1)
 
 
+class PredictReport:
+  """`report.html` of a folder run, built image by image while predict has each image and
+  its nuclei in memory (nothing is decoded or rasterised again).
+
+  add(image_id, stats, summary=None): one image's `NucleusStats` (and, for its overlay, its
+  `SlideSummary`); write(out, skipped): the page (module docstring).
+  """
+
+  def __init__(self):
+    self.total: SF.NucleusStats | None = None
+    self.rows: list[list[Any]] = []
+    self.figures: list[str] = []
+    self._ranges: set[tuple] = set()
+
+  def add_labels(self, image_id: str, labels: np.ndarray, nuclei: Mapping[int, Any] | None,
+                 image: np.ndarray) -> None:
+    summary = summary_from_labels(labels, nuclei, image)
+    self.add(image_id, summary.stats, summary)
+
+  def add(self, image_id: str, stats: SF.NucleusStats, summary=None) -> None:
+    edges = tuple(stats.intensity_edges[[0, -1]])
+    self._ranges.add(edges)
+    if self.total is None:
+      self.total = SF.NucleusStats(edges)
+    if len(self._ranges) == 1:  # images of one bit depth share the intensity bins
+      self.total.merge(stats)
+    self.rows.append(_counts_row(image_id, stats))
+    if summary is not None and len(self.figures) < MAX_THUMBNAILS:
+      self.figures.append(f'<figure>{_img(SF.overlay_png(summary, "state", image_id), image_id)}'
+                          f'<figcaption>{html.escape(image_id)}</figcaption></figure>')
+
+  def write(self, out: os.PathLike | str, skipped: Sequence[tuple[str, str]] = (),
+            title: str = "pa_jax prediction report", meta: Mapping[str, Any] | None = None
+            ) -> Path:
+    total = self.total or SF.NucleusStats()
+    sections = [("Counts", _table(_COUNT_HEADER + ["mean area (px)", "mean score"],
+                                  [_counts_row("all images", total)] + self.rows))]
+    if total.total:
+      sections.append(("Measurements (all images)", _img(SF.histograms_png(total), "histograms")))
+    if self.figures:
+      more = len(self.rows) - len(self.figures)
+      note = f"<p class=note>the first {len(self.figures)} images; {more} more not shown</p>" \
+          if more > 0 else ""
+      sections.append(("Nuclei by review state",
+                       f"<div class=grid>{''.join(self.figures)}</div>" + note))
+    if skipped:
+      sections.append(("Skipped images", _table(["file", "reason"], skipped)))
+    path = Path(out) / "report.html"
+    fileio.write_text(path, render_page(title, sections, meta))
+    return path
+
+
 def write_predict_report(out: os.PathLike | str, records: Sequence[Any], *,
                          skipped: Sequence[tuple[str, str]] = (), channel: int | None = None,
                          plane: int | None = None, title: str = "pa_jax prediction report",
                          meta: Mapping[str, Any] | None = None) -> Path:
-  """Writes `out/report.html` for a folder run of predict (module docstring).
+  """`out/report.html` for an output folder written earlier (predict itself feeds a
+  `PredictReport` as it goes): re-reads each image and the nuclei in `out`; a folder with
+  only CSV measurements gets counts and scores without overlays.
 
   records: the run's `readers.Record`s; skipped: (file, reason) of the images it skipped
   (left out here, listed at the end); channel / plane: as passed to predict.
@@ -161,44 +215,18 @@ def write_predict_report(out: os.PathLike | str, records: Sequence[Any], *,
 
   out = Path(out)
   skipped_files = {str(f) for f, _ in skipped}
-  total, rows, figures, ranges = None, [], [], set()
+  report = PredictReport()
   for rec in records:
     if str(rec.image_path) in skipped_files:
       continue
     image = readers.read_image(rec.image_path, channel=channel, plane=plane)
     found = fmt.read_annotations(out, rec.id, image.shape[:2])
     if found is not None:
-      summary = summary_from_labels(found[0], found[1], image)
-      stats = summary.stats
-    else:  # only measurements were written: states and scores, no outlines
-      stats = SF.NucleusStats()
-      csv_path = fmt.output_paths(out, rec.id)["csv"]
-      table = read_measurements_csv(csv_path) if csv_path.is_file() else {}
-      for n in table.values():
-        stats.add(n.state, None, n.score)
-      summary = None
-    ranges.add(tuple(stats.intensity_edges[[0, -1]]))
-    if total is None:
-      total = SF.NucleusStats(tuple(stats.intensity_edges[[0, -1]]))
-    if len(ranges) == 1:  # images of one bit depth share the intensity bins
-      total.merge(stats)
-    rows.append(_counts_row(rec.id, stats))
-    if summary is not None and len(figures) < MAX_THUMBNAILS:
-      figures.append(f'<figure>{_img(SF.overlay_png(summary, "state", rec.id), rec.id)}'
-                     f'<figcaption>{html.escape(rec.id)}</figcaption></figure>')
-  total = total or SF.NucleusStats()
-  sections = [("Counts", _table(_COUNT_HEADER + ["mean area (px)", "mean score"],
-                                [_counts_row("all images", total)] + rows))]
-  if total.total:
-    sections.append(("Measurements (all images)", _img(SF.histograms_png(total), "histograms")))
-  if figures:
-    more = len(rows) - len(figures)
-    note = f"<p class=note>the first {len(figures)} images; {more} more not shown</p>" \
-        if more > 0 else ""
-    sections.append(("Nuclei by review state", f"<div class=grid>{''.join(figures)}</div>"
-                     + note))
-  if skipped:
-    sections.append(("Skipped images", _table(["file", "reason"], skipped)))
-  path = out / "report.html"
-  fileio.write_text(path, render_page(title, sections, meta))
-  return path
+      report.add_labels(rec.id, found[0], found[1], image)
+      continue
+    stats = SF.NucleusStats()  # only measurements were written: states and scores
+    csv_path = fmt.output_paths(out, rec.id)["csv"]
+    for n in (read_measurements_csv(csv_path) if csv_path.is_file() else {}).values():
+      stats.add(n.state, None, n.score)
+    report.add(rec.id, stats)
+  return report.write(out, skipped, title, meta)
