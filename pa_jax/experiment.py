@@ -124,12 +124,11 @@ def training_task(cfg, model: MaskRCNN, evaluate=None, start_variables=None):
 
 
 def batch_source(cfg, examples, process_index: int = 0, process_count: int = 1):
-  # .get: configs stored by runs older than data.workers still load (fine-tuning).
   return pipeline.BatchSource(
       examples, global_batch=cfg.train.batch_size, canvas=cfg.data.canvas_size,
       max_instances=cfg.data.max_instances, seed=cfg.seed, flip_h=cfg.data.flip_horizontal,
       flip_v=cfg.data.flip_vertical, process_index=process_index, process_count=process_count,
-      prefetch=int(cfg.data.prefetch), workers=int(cfg.data.get("workers", 0)))
+      prefetch=int(cfg.data.prefetch), workers=int(cfg.data.workers))
 
 
 def training_data(cfg, process_index: int = 0, process_count: int = 1,
@@ -139,7 +138,7 @@ def training_data(cfg, process_index: int = 0, process_count: int = 1,
   'folder' decodes the whole training split into memory; 'tfds' opens an array_record
   build and reads only this process's rows of each batch (same batches for the same seed).
   """
-  reader = cfg.data.get("reader", "folder")
+  reader = cfg.data.reader
   if reader == "folder":
     examples = training_examples(cfg, progress=progress)
     stats = dataset_statistics(examples)

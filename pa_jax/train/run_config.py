@@ -37,16 +37,26 @@ LEGACY_VALUES = {
     "model.partial.attention_mask_padding": False,
 }
 
+# Input-pipeline fields (2026-11-30) a stored run lacks: how it read its data (the dataset
+# folder, rows built in line). They change no result, only where rows come from and how
+# fast; `upgrade_stored` fills them too, so readers need no `.get` fallback.
+PIPELINE_DEFAULTS = {
+    "data.workers": 0,
+    "data.reader": "folder",
+    "data.tfds_dir": "",
+    "data.tfds_name": "",
+}
+
 # With the module off in both configs these fields change nothing the run computes.
 _PARTIAL_PREFIX = "model.partial."
 
 
 def upgrade_stored(stored: Mapping[str, Any]) -> dict[str, Any]:
-  """A stored config.json (as parsed JSON) with every `LEGACY_VALUES` field it lacks added
-  at its legacy value (as JSON: tuples become lists). Returns a new dict; `stored` is not
+  """A stored config.json (as parsed JSON) with every `LEGACY_VALUES` / `PIPELINE_DEFAULTS`
+  field it lacks added at that value (as JSON: tuples become lists). Returns a new dict; `stored` is not
   changed. Fields present are kept as stored."""
   out = json.loads(json.dumps(stored))
-  for field, value in LEGACY_VALUES.items():
+  for field, value in {**LEGACY_VALUES, **PIPELINE_DEFAULTS}.items():
     *parents, leaf = field.split(".")
     node = out
     for name in parents:
