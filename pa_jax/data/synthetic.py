@@ -258,3 +258,19 @@ def synthetic_dataset(folder: os.PathLike | str, n_images: int, seed: int = 0,
     })
   fileio.write_csv(folder / "index.csv", rows, INDEX_COLUMNS)
   return rows
+
+
+def partial_annotation_folders(root: os.PathLike | str, n: int = 2, size: int = 64,
+                               keep: int = 2) -> tuple[Path, Path, dict[str, np.ndarray]]:
+  """An annotation project's inputs: ROOT/images (n synthetic fluorescence PNGs `im{i}`,
+  size x size, 6 separate nuclei each) and ROOT/annots (their first `keep` nuclei, as
+  label maps). Returns (images, annots, {image id: full int label map [size, size]})."""
+  root = Path(root)
+  images, annots, truths = root / "images", root / "annots", {}
+  for i in range(n):
+    img, lab = synthetic_image(i, size, size, n_nuclei=6, radius=(5, 8), touching=0.0)
+    fileio.write_png(images / f"im{i}.png", img)
+    kept = [k for k in np.unique(lab) if k][:keep]
+    fileio.write_label_map(annots / f"im{i}.png", np.where(np.isin(lab, kept), lab, 0))
+    truths[f"im{i}"] = lab
+  return images, annots, truths

@@ -18,7 +18,7 @@ from pa_jax.annotate import simulate
 from pa_jax.annotate import training
 from pa_jax.annotate.review import ImageState, apply_edits, merge_predictions
 from pa_jax.annotate.nuclei import Nucleus
-from pa_jax.data import synthetic
+from pa_jax.data.synthetic import partial_annotation_folders
 from pa_jax.errors import InputError
 
 
@@ -164,17 +164,6 @@ def test_holdout_is_seeded_and_excluded_from_training_labels():
 # ----------------------------------------------------- whole invocations (fake model)
 
 
-def _dataset(tmp_path, n=2, size=64):
-  images, annots, truths = tmp_path / "images", tmp_path / "annots", {}
-  for i in range(n):
-    img, lab = synthetic.synthetic_image(i, size, size, n_nuclei=6, radius=(5, 8), touching=0.0)
-    fileio.write_png(images / f"im{i}.png", img)
-    keep = [k for k in np.unique(lab) if k][:2]
-    fileio.write_label_map(annots / f"im{i}.png", np.where(np.isin(lab, keep), lab, 0))
-    truths[f"im{i}"] = lab
-  return images, annots, truths
-
-
 @pytest.fixture
 def fake_model(monkeypatch):
   """Training is skipped; prediction returns the image's true labels (or `wrong` ones)."""
@@ -206,7 +195,7 @@ def _by_image(truths, images):
 
 
 def test_rounds_counts_add_up_and_edits_are_picked_up(tmp_path, fake_model):
-  images, annots, truths = _dataset(tmp_path)
+  images, annots, truths = partial_annotation_folders(tmp_path)
   fake_model["predict"] = _by_image(truths, images)
   out = tmp_path / "out"
   rep = loop.annotate_main(images, annots, out, rounds=1, progress=False)
@@ -256,7 +245,7 @@ def test_rounds_counts_add_up_and_edits_are_picked_up(tmp_path, fake_model):
 
 
 def test_coco_only_edits_are_picked_up(tmp_path, fake_model):
-  images, annots, truths = _dataset(tmp_path)
+  images, annots, truths = partial_annotation_folders(tmp_path)
   fake_model["predict"] = _by_image(truths, images)
   out = tmp_path / "out"
   rep = loop.annotate_main(images, annots, out, rounds=1, progress=False, formats="coco")
@@ -271,7 +260,7 @@ def test_coco_only_edits_are_picked_up(tmp_path, fake_model):
 
 
 def test_simulated_annotator_reaches_every_nucleus(tmp_path, fake_model):
-  images, annots, truths = _dataset(tmp_path)
+  images, annots, truths = partial_annotation_folders(tmp_path)
   fake_model["predict"] = lambda image: np.zeros(image.shape[:2], np.int32)  # useless model
   out = tmp_path / "out"
   loop.annotate_main(images, annots, out, rounds=1, progress=False, holdout_fraction=0.0)
@@ -305,7 +294,7 @@ def test_project_saved_with_png_state_maps_still_resumes(tmp_path, fake_model):
   that is missing altogether is a one-line error naming it."""
   from pa_jax.data import readers
 
-  images, annots, truths = _dataset(tmp_path)
+  images, annots, truths = partial_annotation_folders(tmp_path)
   fake_model["predict"] = _by_image(truths, images)
   out = tmp_path / "out"
   loop.annotate_main(images, annots, out, rounds=1, progress=False)
@@ -324,7 +313,7 @@ def test_project_saved_with_png_state_maps_still_resumes(tmp_path, fake_model):
 
 def test_a_crash_before_the_commit_leaves_state_and_current_intact(tmp_path, fake_model,
                                                                    monkeypatch):
-  images, annots, truths = _dataset(tmp_path)
+  images, annots, truths = partial_annotation_folders(tmp_path)
   fake_model["predict"] = _by_image(truths, images)
   out = tmp_path / "out"
   loop.annotate_main(images, annots, out, rounds=1, progress=False)
@@ -394,7 +383,7 @@ def tiny_config():
 def tiny_round1(tmp_path_factory):
   """One real round (2 training steps of a tiny model) on two synthetic images."""
   tmp = tmp_path_factory.mktemp("tiny")
-  images, annots, truths = _dataset(tmp)
+  images, annots, truths = partial_annotation_folders(tmp)
   out = tmp / "out"
   rep = loop.annotate_main(images, annots, out, rounds=1, config=tiny_config(), progress=False,
                            formats="label,geojson")

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pa_jax import fileio
 from pa_jax.annotate import loop, training
 from pa_jax.annotate.nuclei import STATE_COLORS
 from pa_jax.annotate.session import Session
-from pa_jax.data import readers, synthetic
+from pa_jax.data import readers
+from pa_jax.data.synthetic import partial_annotation_folders
 from pa_jax.errors import InputError
 
 FORMATS = "label,geojson,coco"
@@ -31,21 +31,10 @@ def _toy_config():
   return base.toy_sized(annotate.get_config())
 
 
-def _dataset(root: Path, n: int = 2):
-  images, annots, truths = root / "images", root / "annots", {}
-  for i in range(n):
-    img, lab = synthetic.synthetic_image(i, 64, 64, n_nuclei=6, radius=(5, 8), touching=0.0)
-    fileio.write_png(images / f"im{i}.png", img)
-    keep = [k for k in np.unique(lab) if k][:2]
-    fileio.write_label_map(annots / f"im{i}.png", np.where(np.isin(lab, keep), lab, 0))
-    truths[f"im{i}"] = lab
-  return images, annots, truths
-
-
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
   """A dataset; training skipped; prediction returns the image's true label map."""
-  images, annots, truths = _dataset(tmp_path)
+  images, annots, truths = partial_annotation_folders(tmp_path)
   table = {readers.read_image(images / f"{i}.png").tobytes(): t for i, t in truths.items()}
 
   class P:

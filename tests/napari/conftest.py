@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
+
+from pa_jax.data.synthetic import partial_annotation_folders
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 if os.environ.get("PA_JAX_REQUIRE_NAPARI") == "1":
@@ -29,22 +30,6 @@ def _needs_display():
     if os.environ.get("PA_JAX_REQUIRE_NAPARI") == "1":
       pytest.fail(msg)
     pytest.skip(msg)
-
-
-def synthetic_folders(root, n=2, size=64, keep=2):
-  """images/ (n synthetic fluorescence images) and annots/ (their first `keep` nuclei);
-  returns (images, annots, {id: full label map})."""
-  from pa_jax import fileio
-  from pa_jax.data import synthetic
-
-  images, annots, truths = root / "images", root / "annots", {}
-  for i in range(n):
-    img, lab = synthetic.synthetic_image(i, size, size, n_nuclei=6, radius=(5, 8), touching=0.0)
-    fileio.write_png(images / f"im{i}.png", img)
-    kept = [k for k in np.unique(lab) if k][:keep]
-    fileio.write_label_map(annots / f"im{i}.png", np.where(np.isin(lab, kept), lab, 0))
-    truths[f"im{i}"] = lab
-  return images, annots, truths
 
 
 def tiny_config():
@@ -67,7 +52,7 @@ def tiny_project(tmp_path_factory):
   from pa_jax.annotate.session import Session
 
   root = tmp_path_factory.mktemp("napari_project")
-  images, annots, truths = synthetic_folders(root)
+  images, annots, truths = partial_annotation_folders(root)
   # Compiling the training step dominates this fixture; XLA's optimisations buy nothing
   # for 2 steps of a toy model (flax's train_test.py does the same).
   old = jax.config.read("jax_disable_most_optimizations")
@@ -83,4 +68,4 @@ def tiny_project(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_folders(tmp_path_factory):
   """images/ and annots/ of two synthetic images, no training: (images, annots, truths)."""
-  return synthetic_folders(tmp_path_factory.mktemp("napari_images"))
+  return partial_annotation_folders(tmp_path_factory.mktemp("napari_images"))
