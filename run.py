@@ -5,10 +5,12 @@
   python run.py evaluate --workdir runs/dh25_pa [--split test]
   python run.py evaluate --predictions DIR --ground-truth DIR [--output DIR]
   python run.py predict  --workdir W --input DIR_OR_FILE --output DIR [--format ...]
+  python run.py predict  [--model NAME_OR_FILE] --input DIR_OR_FILE --output DIR  (zoo model)
   python run.py predict  --method classical --input DIR_OR_FILE --output DIR
   python run.py annotate --images DIR --annotations DIR --output DIR [--rounds N]
   python run.py partial  --dataset DIR --keep 0.25 --seed 0 --output DIR   (or --crop 0.25)
   python run.py benchmark --config configs/... [--steps N]
+  python run.py export-model --workdir W --name NAME [--output pa_jax/zoo/models] [--best]
 
 This file only parses flags and dispatches; the work lives in importable modules of
 `pa_jax` (flax examples style: thin main). Bad input ends with one line on stderr naming
@@ -36,7 +38,8 @@ from ml_collections import config_flags  # noqa: E402
 
 from pa_jax import cli_errors  # noqa: E402
 
-COMMANDS = ("demo", "train", "evaluate", "predict", "annotate", "partial", "benchmark")
+COMMANDS = ("demo", "train", "evaluate", "predict", "annotate", "partial", "benchmark",
+            "export-model")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -50,20 +53,25 @@ flags.DEFINE_float("crop", None, "partial: area fraction of one random crop per 
 flags.DEFINE_integer("seed", 0, "partial: seed of the view.")
 flags.DEFINE_string("split", None, "Split (index.csv 'split' column) to use; partial: default train.")
 flags.DEFINE_string("group", None, "Keep only index.csv rows of this group (e.g. dh360).")
-flags.DEFINE_string("output", None, "Output folder.")
+flags.DEFINE_string("output", None, "Output folder (export-model: default pa_jax/zoo/models).")
 flags.DEFINE_bool("overwrite", False, "predict/evaluate/partial/annotate: replace a non-empty "
-                  "output folder as a whole (never an input folder).")
+                  "output folder as a whole (never an input folder); export-model: replace "
+                  "a model of the same name.")
 flags.DEFINE_enum("on_error", "stop", ["stop", "skip"], "predict/evaluate: on a bad file, stop "
                   "before writing anything, or skip it and list it in OUTPUT/skipped.csv.")
 flags.DEFINE_bool("debug", False, "Show the full traceback of an error.")
 # evaluate
 flags.DEFINE_string("predictions", None, "evaluate: folder of predicted label maps.")
 flags.DEFINE_string("ground_truth", None, "evaluate: folder of ground-truth label maps or a dataset folder.")
-flags.DEFINE_bool("best", False, "evaluate/predict: use the best-by-mAP checkpoint instead of the latest.")
+flags.DEFINE_bool("best", False, "evaluate/predict/export-model: use the best-by-mAP checkpoint "
+                  "instead of the latest.")
 flags.DEFINE_bool("allow_missing", False, "evaluate: ground-truth images without a prediction are skipped, not an error.")
 # predict
 flags.DEFINE_string("input", None, "predict: an image file, a folder of images or a dataset folder.")
-flags.DEFINE_string("method", "model", "predict: 'model' (a trained --workdir) or 'classical' (Otsu + watershed).")
+flags.DEFINE_string("method", "model", "predict: 'model' (a trained --workdir, a --model, or the "
+                    "shipped default) or 'classical' (Otsu + watershed).")
+flags.DEFINE_string("model", None, "predict: a shipped model's name or a .npz model file "
+                    "(docs/zoo.md); default: the shipped nuclei model.")
 flags.DEFINE_string("classical_params", None, "predict --method classical: overrides 'key=value,...' "
                     "(sigma, polarity, min_size, fill_holes, distance_sigma, min_distance, min_distance_factor).")
 flags.DEFINE_list("format", ["label"], "predict/annotate: output formats, any of label,coco,geojson,roi,csv "
@@ -84,6 +92,10 @@ flags.DEFINE_string("annotations", None, "annotate: the user's partial annotatio
 flags.DEFINE_integer("rounds", 1, "annotate: rounds of train → predict → merge.")
 flags.DEFINE_float("target_recall", None, "annotate: stop when the held-out recall reaches this.")
 flags.DEFINE_bool("accept_proposals", False, "annotate: every proposal still in the edited files counts as confirmed.")
+flags.DEFINE_bool("from_scratch", False, "annotate: the first round trains from random weights, "
+                  "not from the config's model.init zoo model (same as --config.model.init='').")
+# export-model
+flags.DEFINE_string("name", None, "export-model: the model's name (file names <name>.npz/.json).")
 # benchmark
 flags.DEFINE_integer("steps", None, "benchmark: timed steps; annotate: first-round training steps.")
 
@@ -154,10 +166,15 @@ def cmd_predict() -> int:
   _require(input=FLAGS.input, output=FLAGS.output)
   from pa_jax import predict
 
-  if FLAGS.method == "model":
-    _require(workdir=FLAGS.workdir)
+  if FLAGS.method == "model" and not (FLAGS.workdir or FLAGS.model):
+    from pa_jax.zoo import choose, registry
+
+    path = choose.model_path(None, None, FLAGS.best)  # a missing default: its one error line
+    print(f"using the shipped model {registry.DEFAULT_MODEL} ({registry.shown(path)}); "
+          "--model NAME_OR_PATH or --workdir RUN picks another")
   result = predict.predict_folder(FLAGS.input, FLAGS.output, method=FLAGS.method,
-                                  workdir=FLAGS.workdir, formats=FLAGS.format,
+                                  workdir=FLAGS.workdir, model=FLAGS.model,
+                                  formats=FLAGS.format,
                                   contours=FLAGS.contours, attention=FLAGS.attention,
                                   split=FLAGS.split, group=FLAGS.group, best=FLAGS.best,
                                   classical_params=FLAGS.classical_params,
@@ -239,7 +256,8 @@ def cmd_annotate() -> int:
                          target_recall=FLAGS.target_recall, formats=formats,
                          contours=FLAGS.contours, config=_config(required=False),
                          seed=FLAGS.seed, steps=FLAGS.steps,
-                         accept_proposals=FLAGS.accept_proposals, overwrite=FLAGS.overwrite)
+                         accept_proposals=FLAGS.accept_proposals, overwrite=FLAGS.overwrite,
+                         from_scratch=FLAGS.from_scratch)
   totals = report.get("totals", {})
   counts = ", ".join(f"{k} {v}" for k, v in totals.items() if isinstance(v, (int, float)))
   print(f"round {report.get('round')}: {counts}")
@@ -252,6 +270,20 @@ def cmd_annotate() -> int:
   if report.get("round"):
     print(f"edit the files in {os.path.join(FLAGS.output, 'current')} (QuPath/Fiji), then "
           "run the same command again")
+  return 0
+
+
+def cmd_export_model() -> int:
+  _require(workdir=FLAGS.workdir, name=FLAGS.name)
+  from pa_jax.zoo import registry
+  from pa_jax.zoo.export import export_run
+
+  npz, card = export_run(FLAGS.workdir, FLAGS.output, FLAGS.name, best=FLAGS.best,
+                         overwrite=FLAGS.overwrite)
+  shipped = npz.parent.resolve() == registry.MODELS_DIR
+  print(f"model written: {registry.shown(npz)} and {registry.shown(card)} (fill in its "
+        f"'card'); use it with: python run.py predict --model "
+        f"{FLAGS.name if shipped else registry.shown(npz)} --input DIR --output DIR")
   return 0
 
 
@@ -279,6 +311,7 @@ def main(argv) -> int:
       "train": cmd_train,
       "annotate": cmd_annotate,
       "benchmark": cmd_benchmark,
+      "export-model": cmd_export_model,
   }
   return handlers[command]()
 

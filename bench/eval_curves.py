@@ -39,7 +39,7 @@ def eval_records(workdir: Path) -> dict[int, dict[str, float]]:
 
 def table(runs: dict[str, dict[int, dict[str, float]]], metric: str) -> str:
   steps = sorted({s for recs in runs.values() for s in recs})
-  lines = [f"| step | " + " | ".join(runs) + " |", "|---:|" + "---:|" * len(runs)]
+  lines = ["| step | " + " | ".join(runs) + " |", "|---:|" + "---:|" * len(runs)]
   for s in steps:
     cells = [f"{recs[s][metric]:.3f}" if s in recs and metric in recs[s] else "—"
              for recs in runs.values()]

@@ -71,8 +71,9 @@ def _stages(model, canvas):
 
   def mask_head(m, x, hw):
     feats, det, scores, valid = box_head(m, x, hw)
-    masks = M.masks_in_chunks(m._mask_probabilities(feats), det, valid, s.mask_batch)
-    return det, scores, valid, masks
+    frames = box_ops.scale_boxes(det, s.mask_box_scale)
+    masks = M.masks_in_chunks(m._mask_probabilities(feats), frames, valid, s.mask_batch)
+    return frames, scores, valid, masks
 
   def render(m, x, hw):
     det, scores, valid, masks = mask_head(m, x, hw)

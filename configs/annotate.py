@@ -2,11 +2,14 @@
 
 Same method as `dh25_pa.py:cpu` (ResNet-18 at half width, GroupNorm, 256-pixel canvas,
 factorized attention on P2, centerness head), with the rejected-region hard negatives of
-the annotation loop switched on. Round 1 trains from scratch for `train.steps`; every
-later round fine-tunes the previous round's parameters for `annotate.finetune_steps`.
-Sized so that 2 rounds on 10 images of 360x360 take about 20 minutes on a 2-core CPU
-(measured: 837 s + 322 s, the rounds' `seconds` in the results.json of
-`python bench/annotate_sim.py --workdir runs/annotate_sim --fresh`, docs/annotate.md).
+the annotation loop switched on, and the shipped model's mask head (32 channels), mask
+frame and nucleus diameter. Round 1 fine-tunes the shipped model (pa_jax/zoo) for
+`train.steps` (`--from-scratch`: from random weights, as before it existed); every later
+round fine-tunes the previous round's parameters for `annotate.finetune_steps`.
+Sized so that 2 rounds on 10 images of 360x360 took about 20 minutes on a 2-core CPU
+from scratch (measured: 837 s + 322 s, the rounds' `seconds` in the results.json of
+`python bench/annotate_sim.py --workdir runs/annotate_sim --fresh`, docs/annotate.md;
+not re-measured from the shipped model yet).
 
 Launch:
   python run.py annotate --images DIR --annotations DIR --output DIR [--rounds N]
@@ -16,15 +19,22 @@ Launch:
 import ml_collections
 
 from configs import base
+from pa_jax.zoo.registry import DEFAULT_MODEL
 
 
 def get_config(arg: str | None = None):
   c = base.get_config()
   base.cpu_sized(c)
+  # Round 1 fine-tunes the shipped model (pa_jax/zoo): its architecture and frame.
+  # `run.py annotate --from-scratch` (or --config.model.init='') trains round 1 from scratch.
+  c.model.init = f"zoo:{DEFAULT_MODEL}"
+  c.model.roi.mask_dim = 32
+  c.model.roi.mask_box_scale = 1.2
+  c.data.diameter = 30.0
   c.model.partial.enabled = True
   c.model.partial.hard_negatives = True  # rejected proposals = explicit negatives
   c.model.partial.max_pa_boxes = 256
-  c.train.steps = 300  # round 1, from scratch
+  c.train.steps = 300  # round 1
   c.train.warmup_steps = 50
   c.train.log_every = 25
   c.train.checkpoint_every = 100

@@ -24,10 +24,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
-  c.data.source = "data/sample"  # Dataset folder (images/, labels/, index.csv), plain image folder or COCO JSON.
+  c.data.source = "data/sample"  # Dataset folder (images/, labels/, index.csv), plain image folder or COCO JSON; several, comma-separated, are read as one.
   c.data.group = ""  # Keep only index.csv rows of this group (comma-separated); '' = all (e.g. 'dh360').
   c.data.train_split = "train"  # index.csv split used for training.
   c.data.eval_split = "test"  # index.csv split used for periodic and final evaluation.
+  # Sources without a test split (Kumar, TNBC) need a validation split for model selection:
+  # this fraction of each group's train images (organ, slide) becomes split 'val' (seeded).
+  c.data.source_repeats = ()  # Times each data.source entry's training images enter an epoch (e.g. (1, 8, 3): oversample small sets); () = once each.
+  c.data.val_fraction = 0.0  # 0 = no carving.
+  c.data.val_sources = ()  # Folder names of data.source entries to carve (e.g. ('kumar', 'tnbc')); () = all.
+  c.data.val_seed = 0  # Seed of the carved split.
   c.data.view = "full"  # Partial view of the training labels: 'full', 'keep' (DH25) or 'crop' (DH25crop).
   c.data.view_fraction = 1.0  # Fraction kept: of the nuclei ('keep') or of the image area ('crop').
   c.data.view_seed = 0  # Seed of the partial view; recorded with the run.
@@ -35,6 +41,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_instances = 512  # Static number of ground-truth slots per image (padded with valid=False); more nuclei in a crop is an error.
   c.data.flip_horizontal = True  # Random left-right flips (the paper's only augmentation).
   c.data.flip_vertical = True  # Random up-down flips.
+  # Mixed-modality augmentation (the shipped model's recipe, configs/zoo_nuclei.py); all off
+  # by default so the paper configs keep the paper's flips only.
+  c.data.rotate90 = False  # Random multiples of 90° (with the flips: all 8 symmetries of the square).
+  c.data.scale_jitter = (1.0, 1.0)  # Random zoom range (log-uniform) on top of the diameter scale.
+  c.data.intensity_jitter = 0.0  # Random contrast/brightness/gamma strength (0 = off; 0.2 = ±20 % contrast, ±0.1 brightness, gamma 0.8–1.25).
+  c.data.stain_jitter = 0.0  # RGB images: random scale/shift of the haematoxylin, eosin and DAB optical densities (0 = off; 0.05 typical).
+  # Cellpose-style size normalisation: every image is zoomed so that its median nucleus is
+  # `diameter` px across (equivalent-circle diameter of the labels). Stored with the run;
+  # prediction zooms new images the same way (predict.diameter, given or estimated).
+  c.data.diameter = 0.0  # Target median nucleus diameter in px; 0 = images at native scale.
   c.data.normalize = "percentile"  # Intensity scaling to [0, 1]: 'percentile' (0.5/99.5 % per image, robust for 16-bit) or 'dtype' (divide by 255/65535).
   c.data.prefetch = 2  # Batches prepared ahead on a host thread (0 = on demand).
   c.data.workers = 4  # Threads that read, decode, crop and flip the rows of a batch (0 = on the prefetch thread); batches are the same for any count.
@@ -50,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   # are too few for batch statistics) and trains only its scale/bias.
   c.model.norm = "frozen_bn"  # 'frozen_bn' (pretrained, all fixed), 'group_norm' (from scratch) or 'bn'.
   c.model.freeze_at = 2  # Stages (stem=1, res2=2, ...) whose weights get no gradient when pretrained.
+  c.model.init = ""  # Start of a new run: '' = random init (or model.pretrained); 'zoo:<name>' or a model file (pa_jax/zoo): fine-tune a shipped model.
   c.model.pretrained = ""  # Path of a torchvision .pth state dict to import (ResNet or Mask R-CNN); '' = random init.
   c.model.fpn_channels = 256  # FPN output channels (P2–P6).
   c.model.num_classes = 2  # Background + nucleus.
@@ -84,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.roi.nms_iou = 0.5  # Inference NMS.
   c.model.roi.max_detections = 1000  # Inference: nuclei kept per image (dense images need many).
   c.model.roi.mask_batch = 256  # Inference: detections per mask-head call; an image with more valid detections runs further chunks (none are dropped), one with fewer pays for one chunk, not max_detections.
+  c.model.roi.mask_box_scale = 1.0  # Masks are predicted and trained in the box scaled by this about its centre: a margin, so a box tighter than its nucleus does not cut its mask (1.0 = Mask R-CNN).
   c.model.roi.mask_threshold = 0.5  # Mask probability that counts as inside.
   c.model.roi.box_loss_weight = 1.0  # Weight of the box head losses.
   c.model.roi.mask_loss_weight = 1.0  # Weight of the mask loss.
@@ -143,6 +161,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.predict.tile_overlap = 96  # Overlap between tiles; must exceed the largest nucleus (or clump) side plus the network's context, see docs/tiling.md.
   c.predict.batch_size = 4  # Tiles/images per device call.
   c.predict.canvas_octaves = 0  # 0: pad each side to a multiple of 32 (one compile per size). k > 0: pad to tile_size * 2**(-j/2), j = 0..2k (512, k=2: 128, 192, 256, 384, 512), a bounded number of compiled canvases for any mix of sizes. Off by default: GroupNorm and the attention still see the padding, so a bigger bucket changes predictions (bench/canvas_buckets.py) until they are masked.
+  c.predict.diameter = 0.0  # Median nucleus diameter of the input images in px (runs trained with data.diameter): 0 = estimate it from a first pass of the model.
   c.predict.score_threshold = 0.5  # Detections below this score are not drawn into label maps (the 0.05 of model.roi.score_threshold suits ranked AP, not a label map, where every low-score box is a false positive).
   return c
 
@@ -192,6 +211,7 @@ def toy_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   sampling, NMS, the partial module): for tests of the training system and dry runs,
   never for results. 64-pixel canvases, two steps."""
   c.model.backbone_width = 8
+  c.model.init = ""  # a toy net cannot start from a shipped model's weights
   c.model.fpn_channels = 16
   c.model.roi.fc_dim = 32
   c.model.roi.mask_dim = 16

@@ -5,6 +5,7 @@ The library's front door, shared by run.py and the napari plugin::
   import pa_jax
 
   predictor = pa_jax.load_predictor("runs/dh25_pa_cpu")      # a trained run
+  predictor = pa_jax.load_predictor()                         # the shipped model (docs/zoo.md)
   labels, scores = predictor.predict_scored(image)            # int32 [H, W], {id: score}
   labels = pa_jax.segment_classical(image)                    # the classical floor
   cfg, model, variables, step = pa_jax.load_run("runs/dh25_pa_cpu")
@@ -22,19 +23,21 @@ __all__ = ["InputError", "Predictor", "Session", "load_predictor", "load_run",
            "segment_classical"]
 
 
-def load_predictor(workdir, best: bool = False):
-  """The `Predictor` of a trained run, with its config's thresholds and tiling.
+def load_predictor(workdir=None, best: bool = False, *, model=None):
+  """The `Predictor` of a trained run or a zoo model, with its config's thresholds and
+  tiling.
 
   workdir: the run's folder (config.json, run.json, checkpoints/); best: restore the
-  best checkpoint instead of the newest readable one.
+  best checkpoint instead of the newest readable one. model: a shipped model's name or
+  a .npz model file (docs/zoo.md). Neither: the shipped default model.
   """
   # Not `Predictor.from_workdir`: experiment builds Predictors for its periodic
   # evaluation, so predictor.py importing experiment would close an import cycle.
-  from pa_jax import experiment
   from pa_jax.infer.predictor import predictor_for
+  from pa_jax.zoo.choose import open_trained
 
-  cfg, model, variables, _ = experiment.load_run(workdir, best=best)
-  return predictor_for(cfg, model, variables)
+  trained = open_trained(workdir, model, best)
+  return predictor_for(trained.cfg, trained.model, trained.variables)
 
 
 def __getattr__(name: str):

@@ -2,11 +2,12 @@
 
 1. derive the DH25-style partial view of `data/sample` (25 % of nuclei kept, seed 0) and
    count the annotations before/after;
-2. train the Mask R-CNN + partial-annotation model (configs/demo.py, CPU-sized) on it,
+2. score the shipped nucleus model (pa_jax/zoo) as it is on the held-out test images;
+3. fine-tune it on the partial view with the partial-annotation module (configs/demo.py),
    with a progress bar; rerunning resumes (or skips a finished run);
-3. segment the held-out test images and score them against their *full* labels, next to
-   the classical Otsu + watershed floor for scale;
-4. write label maps, an overlay PNG and a results table into the workdir.
+4. score the fine-tuned model on the same images against their *full* labels, next to the
+   shipped model and the classical Otsu + watershed floor;
+5. write label maps, an overlay PNG and a results table into the workdir.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 KEYS = ("map", "aji", "ncs", "precision", "recall", "f1", "pq")
 
 
+def _mean_metrics(rows) -> dict:
+  return {k: float(np.mean([r[k] for r in rows])) for k in KEYS}
+
+
+def _row(name: str, n: int, m: dict) -> str:
+  return f"| {name} | {n} | " + " | ".join(f"{m[k]:.3f}" for k in KEYS) + " |"
+
+
 def run(workdir: str | Path, sample: str | Path = SAMPLE, steps: int | None = None) -> int:
   from configs import demo as demo_config
 
@@ -32,6 +41,7 @@ def run(workdir: str | Path, sample: str | Path = SAMPLE, steps: int | None = No
   from pa_jax.evaluation import metrics, report
   from pa_jax.infer import classical
   from pa_jax.infer.predictor import predictor_for
+  from pa_jax.zoo.load import open_model
 
   cfg = demo_config.get_config()
   cfg.data.source = str(sample)
@@ -48,49 +58,60 @@ def run(workdir: str | Path, sample: str | Path = SAMPLE, steps: int | None = No
     shutil.rmtree(view_dir)
   summary = partial_views.write_partial_dataset(sample, view_dir, spec, split="train",
                                                 progress=False)
-  print(f"[1/4] partial view {spec.name}: {summary['images']} training images, annotated "
+  print(f"[1/5] partial view {spec.name}: {summary['images']} training images, annotated "
         f"nuclei {summary['nuclei_before']} -> {summary['nuclei_after']}")
 
-  # 2. train (resumes from workdir/model if interrupted; a finished run is reused)
-  print(f"[2/4] training Mask R-CNN + partial-annotation module ({cfg.model.backbone}, "
-        f"{cfg.train.steps} steps, batch {cfg.train.batch_size}, canvas {cfg.data.canvas_size})")
+  test = [(rec, readers.load_example(rec)) for rec in
+          readers.read_dataset_folder(sample, split="test")]
+
+  # 2. the shipped model as it is
+  shipped = open_model(cfg.model.init, where="model.init")
+  zoo_predict = predictor_for(shipped.cfg, shipped.model, shipped.variables)
+  zoo_rows = [metrics.image_metrics(ex.labels, zoo_predict(ex.image)) for _, ex in test]
+  zoo = _mean_metrics(zoo_rows)
+  name = shipped.meta.get("name", shipped.path.stem)
+  print(f"[2/5] shipped model {name} as it is: "
+        + "  ".join(f"{k}={zoo[k]:.3f}" for k in ("map", "aji", "recall")))
+
+  # 3. fine-tune it (resumes from workdir/model if interrupted; a finished run is reused)
+  print(f"[3/5] fine-tuning it with the partial-annotation module on {spec.name} labels "
+        f"({cfg.train.steps} steps, batch {cfg.train.batch_size}, canvas {cfg.data.canvas_size})")
   experiment.train(cfg, workdir / "model")
   cfg, model, variables, step = experiment.load_run(workdir / "model")
   predictor = predictor_for(cfg, model, variables)
 
-  # 3. predictions on the held-out images, scored against the full labels
-  test = readers.read_dataset_folder(sample, split="test")
+  # 4. predictions on the held-out images, scored against the full labels
   pred_dir = workdir / "predictions"
   items, floor_rows = [], []
-  for rec in test:
-    ex = readers.load_example(rec)
+  for rec, ex in test:
     pred = predictor(ex.image)
     fileio.write_label_map(pred_dir / f"{rec.id}.png", pred)
     items.append((rec.id, ex.labels, pred, {"group": rec.group, "modality": rec.modality},
                   ex.image))
     floor_rows.append(metrics.image_metrics(ex.labels, classical.segment_classical(ex.image)))
   result = report.evaluate_pairs(items, workdir / "evaluation",
-                                 title=f"demo: partial-annotation model, step {step}",
+                                 title=f"demo: {name} fine-tuned with the PA module, step {step}",
                                  progress=False)
   overall = result.get("overall", result)
-  floor = {k: float(np.mean([r[k] for r in floor_rows])) for k in KEYS}
-  print("[3/4] evaluated against the full labels")
+  floor = _mean_metrics(floor_rows)
+  print("[4/5] evaluated against the full labels")
 
-  # 4. overlay + results table
+  # 5. overlay + results table
   _write_overlay(workdir / "overlay.png", items)
+  n = len(items)
   table = ["| method | images | " + " | ".join(KEYS) + " |", "|---|---|" + "---|" * len(KEYS),
-           f"| Mask R-CNN + PA ({spec.name} labels, {step} steps) | {len(items)} | "
-           + " | ".join(f"{overall[k]:.3f}" for k in KEYS) + " |",
-           f"| classical floor (Otsu + watershed) | {len(items)} | "
-           + " | ".join(f"{floor[k]:.3f}" for k in KEYS) + " |"]
-  text = (f"# pa_jax demo results\n\nTrained on `{sample}` ({summary['images']} images) with "
-          f"{spec.name}: {summary['nuclei_before']} -> {summary['nuclei_after']} annotated "
-          f"nuclei. Evaluated on the {len(items)} test images against their full labels.\n\n"
+           _row(f"shipped model {name}, as it is", n, zoo),
+           _row(f"{name} fine-tuned + PA module ({spec.name} labels, {step} steps)", n, overall),
+           _row("classical floor (Otsu + watershed)", n, floor)]
+  text = (f"# pa_jax demo results\n\nFine-tuned on `{sample}` ({summary['images']} images) "
+          f"with {spec.name}: {summary['nuclei_before']} -> {summary['nuclei_after']} "
+          f"annotated nuclei. Evaluated on the {n} test images against their full labels.\n\n"
           + "\n".join(table) + "\n\nA demo-sized model and schedule: see docs/results.md for "
-          "the paper experiments.\n")
+          "the paper experiments and docs/zoo.md for the shipped model.\n")
   fileio.write_text(workdir / "results.md", text)
-  print("[4/4] model: " + "  ".join(f"{k}={overall[k]:.3f}" for k in KEYS))
-  print("      floor: " + "  ".join(f"{k}={floor[k]:.3f}" for k in KEYS))
+  print("[5/5] shipped:    " + "  ".join(f"{k}={zoo[k]:.3f}" for k in KEYS))
+  print("      fine-tuned: " + "  ".join(f"{k}={overall[k]:.3f}" for k in KEYS))
+  print("      floor:      " + "  ".join(f"{k}={floor[k]:.3f}" for k in KEYS))
   print(f"done in {time.time() - t0:.0f}s. Results: {workdir / 'results.md'}, overlay: "
         f"{workdir / 'overlay.png'}, predictions: {pred_dir}/, report: "
         f"{workdir / 'evaluation'}/, model: {workdir / 'model'}/")

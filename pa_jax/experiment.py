@@ -29,6 +29,8 @@ from pa_jax import fileio
 from pa_jax.data import partial_views, pipeline, readers, tfds_source
 from pa_jax.errors import InputError
 from pa_jax.models.mask_rcnn import MaskRCNN, ModelSpec
+from pa_jax.structures import Batch
+from pa_jax.zoo import init as zoo_init
 
 
 # --------------------------------------------------------------------------------- data
@@ -38,17 +40,72 @@ def view_spec(cfg) -> partial_views.ViewSpec:
   return partial_views.ViewSpec(cfg.data.view, cfg.data.view_fraction, cfg.data.view_seed)
 
 
+def source_paths(source: str) -> list[str]:
+  """The entries of a `data.source` value: one path, or several separated by commas."""
+  return [p.strip() for p in str(source or "").split(",") if p.strip()]
+
+
 def source_records(cfg, split: str) -> list[readers.Record]:
-  """Records of a split of `config.data.source` (group filter applied)."""
-  return readers.open_dataset(cfg.data.source, split=split or None,
-                              group=cfg.data.group or None, require_labels=True)
+  """Records of a split of `config.data.source` (every comma-separated entry; group filter
+  applied; the seeded 'val' split carved from the train split where `data.val_fraction` asks)."""
+  from pa_jax.data import splits
+
+  d = cfg.data
+  out: list[readers.Record] = []
+  for path in source_paths(d.source):
+    records = readers.open_dataset(path, split=None, group=d.group or None,
+                                   require_labels=True)
+    carve = not d.val_sources or os.path.basename(os.path.normpath(path)) in d.val_sources
+    if d.val_fraction and carve:
+      records = splits.carve_validation(records, float(d.val_fraction), int(d.val_seed),
+                                        split=d.train_split)
+    # A source without splits (plain image folder, COCO JSON without 'split' keys: every
+    # record 'train') serves any split, as a single source always did.
+    has_splits = (Path(path) / "index.csv").is_file() or any(r.split != "train" for r in records)
+    out += [r for r in records if not split or not has_splits or r.split == split]
+  if split and not out:  # as read_dataset_folder said for one source, not nan metrics later
+    raise InputError(d.source, f"no images in split {split!r}")
+  ids = [r.id for r in out]
+  if len(set(ids)) != len(ids):
+    dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
+    raise InputError(d.source, f"image ids {dup} occur in more than one source")
+  return out
+
+
+def repeat_by_source(cfg, examples: list[pipeline.TrainExample],
+                     records: list[readers.Record]) -> list[pipeline.TrainExample]:
+  """`examples` (one per record, same order) with each source's entries repeated
+  `data.source_repeats[i]` times: small sets sampled more often without copying arrays."""
+  repeats = tuple(int(r) for r in cfg.data.source_repeats)
+  if not repeats:
+    return examples
+  paths = [Path(p).resolve() for p in source_paths(cfg.data.source)]
+  if len(repeats) != len(paths) or min(repeats) < 1:
+    raise InputError("data.source_repeats", f"{repeats} needs one count >= 1 per "
+                     f"data.source entry ({len(paths)})")
+  out = []
+  for ex, rec in zip(examples, records, strict=True):
+    # The image, or the annotation file: a COCO source is its JSON, the images are beside it.
+    files = [Path(f).resolve() for f in (rec.image_path, rec.label_path) if f is not None]
+    i = next((k for k, p in enumerate(paths) if any(f.is_relative_to(p) for f in files)), 0)
+    out += [ex] * repeats[i]
+  return out
+
+
+def augmentation(cfg) -> pipeline.Augmentation:
+  d = cfg.data
+  return pipeline.Augmentation(
+      flip_h=bool(d.flip_horizontal), flip_v=bool(d.flip_vertical), rotate90=bool(d.rotate90),
+      scale_jitter=tuple(float(x) for x in d.scale_jitter),
+      intensity=float(d.intensity_jitter), stain=float(d.stain_jitter))
 
 
 def training_examples(cfg, progress: bool = True) -> list[pipeline.TrainExample]:
   """Decoded training images of this host with the partial view applied."""
   records = source_records(cfg, cfg.data.train_split)
   return pipeline.load_training_examples(records, view_spec(cfg), cfg.data.normalize,
-                                         progress=progress)
+                                         progress=progress,
+                                         target_diameter=float(cfg.data.diameter))
 
 
 def dataset_statistics(examples: list[pipeline.TrainExample]) -> dict:
@@ -60,7 +117,8 @@ def dataset_statistics(examples: list[pipeline.TrainExample]) -> dict:
     raise InputError("training data", "no annotated nucleus in the training images")
   n_full = sum(readers.count_instances(ex.full_labels) for ex in examples
                if ex.full_labels is not None)
-  width, height = median_nucleus_size([ex.labels for ex in examples])
+  width, height = median_nucleus_size([ex.labels for ex in examples],
+                                      [ex.zoom for ex in examples])
   return {"images": len(examples), "annotated_nuclei": annotated, "full_nuclei": n_full,
           "median_width": width, "median_height": height}
 
@@ -114,12 +172,15 @@ def make_task(model: MaskRCNN, evaluate=None, pretrained: str = ""):
 def training_task(cfg, model: MaskRCNN, evaluate=None, start_variables=None):
   """The Task a training run uses: the backbone-init check, the pretrained import and the
   frozen-stage mask of `make_task`; `start_variables` (fine-tuning, e.g. an annotation
-  round) replaces the initialisation and keeps everything else."""
+  round) replaces the initialisation and keeps everything else. Without them, a
+  `model.init` zoo model (pa_jax/zoo/init.py) is laid over the fresh initialisation."""
   check_backbone_init(cfg.model)
   task = make_task(model, evaluate, cfg.model.pretrained)
   if start_variables is not None:
     start = jax.device_get(start_variables)
     task = dataclasses.replace(task, init=lambda rng, batch: start)
+  elif cfg.model.init:
+    task = dataclasses.replace(task, init=zoo_init.finetune_init(task.init, cfg))
   return task
 
 
@@ -128,7 +189,8 @@ def batch_source(cfg, examples, process_index: int = 0, process_count: int = 1):
       examples, global_batch=cfg.train.batch_size, canvas=cfg.data.canvas_size,
       max_instances=cfg.data.max_instances, seed=cfg.seed, flip_h=cfg.data.flip_horizontal,
       flip_v=cfg.data.flip_vertical, process_index=process_index, process_count=process_count,
-      prefetch=int(cfg.data.prefetch), workers=int(cfg.data.workers))
+      prefetch=int(cfg.data.prefetch), workers=int(cfg.data.workers),
+      augmentation=augmentation(cfg))
 
 
 def training_data(cfg, process_index: int = 0, process_count: int = 1,
@@ -140,9 +202,17 @@ def training_data(cfg, process_index: int = 0, process_count: int = 1,
   """
   reader = cfg.data.reader
   if reader == "folder":
-    examples = training_examples(cfg, progress=progress)
+    records = source_records(cfg, cfg.data.train_split)
+    examples = pipeline.load_training_examples(records, view_spec(cfg), cfg.data.normalize,
+                                               progress=progress,
+                                               target_diameter=float(cfg.data.diameter))
     stats = dataset_statistics(examples)
+    examples = repeat_by_source(cfg, examples, records)
   elif reader == "tfds":
+    if float(cfg.data.diameter) or float(cfg.data.val_fraction) or len(source_paths(cfg.data.source)) > 1:
+      raise InputError("data.reader", "'tfds' builds hold one source at native scale: "
+                       "data.diameter, data.val_fraction and several data.source entries need "
+                       "data.reader='folder'")
     examples, stats = tfds_source.open_training_split(cfg)
   else:
     raise InputError("data.reader", f"{reader!r} is not 'folder' or 'tfds'")
@@ -186,8 +256,11 @@ def check_backbone_init(m) -> None:
   Frozen BatchNorm and `freeze_at` exist for a backbone with pretrained weights (the
   paper's configs). Without `model.pretrained` they would freeze a random stem and
   normalise with identity statistics: a silently crippled run, not a from-scratch one.
+  A zoo model (`model.init`) brings trained weights too; it and `model.pretrained`
+  exclude each other.
   """
-  if m.pretrained:
+  zoo_init.check_init(m)
+  if m.pretrained or m.init:
     return
   if m.norm == "frozen_bn":
     raise InputError("model.norm", "'frozen_bn' freezes pretrained statistics but "
@@ -207,6 +280,8 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
   from pa_jax.train.distributed import maybe_initialize_distributed
 
   check_backbone_init(cfg.model)  # before reading any data: a config error is instant
+  for change in zoo_init.adopt_model_frame(cfg):
+    print(f"{cfg.model.init}: {change} (the model's own; set it to override)")
   maybe_initialize_distributed()
   workdir = Path(workdir)
   ckpt.check_workdir_writable(workdir)
@@ -238,9 +313,9 @@ def train(cfg, workdir: os.PathLike | str) -> Any:
 
 
 def _absolute(source: str) -> str:
-  """`source` as an absolute path, so a later command run from any folder finds it
-  (config.json keeps the path as given: it is compared on resume)."""
-  return os.path.abspath(source) if source else source
+  """`source` (each comma-separated entry) as an absolute path, so a later command run from
+  any folder finds it (config.json keeps the path as given: it is compared on resume)."""
+  return ",".join(os.path.abspath(p) for p in source_paths(source))
 
 
 # ------------------------------------------------------------------- restoring a run
@@ -249,11 +324,14 @@ def _absolute(source: str) -> str:
 def resolve_source(cfg, meta: dict) -> None:
   """Points a loaded run's `data.source` at the data it was trained on when the stored
   path is relative to the folder the run was launched from and not found from here."""
-  source = str(cfg.data.source or "")
-  recorded = str(meta.get("source") or "")
-  if (source and not os.path.isabs(source) and not os.path.exists(source)
-      and os.path.isabs(recorded) and os.path.exists(recorded)):
-    cfg.data.source = recorded
+  source = source_paths(cfg.data.source)
+  recorded = source_paths(meta.get("source") or "")
+  if len(source) != len(recorded):
+    return
+  fixed = [r if (not os.path.isabs(s) and not os.path.exists(s) and os.path.isabs(r)
+                 and os.path.exists(r)) else s for s, r in zip(source, recorded)]
+  if fixed != source:
+    cfg.data.source = ",".join(fixed)
 
 
 def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
@@ -261,6 +339,12 @@ def load_config(workdir: os.PathLike | str) -> ml_collections.ConfigDict:
   data = fileio.read_json(path)
   if data is None:
     raise InputError(workdir, "no config.json: not a pa_jax training run (train it first)")
+  return config_from_stored(data)
+
+
+def config_from_stored(data: dict) -> ml_collections.ConfigDict:
+  """A stored config.json (parsed JSON: a run's, or a zoo model's) as the config it ran
+  with: fields added since filled in (`run_config.upgrade_stored`), lists back to tuples."""
   from pa_jax.train.run_config import upgrade_stored  # as train() imports it: CLI start-up
 
   return ml_collections.ConfigDict(_tuples(upgrade_stored(data)))
@@ -291,7 +375,7 @@ def load_run(workdir: os.PathLike | str, best: bool = False):
     raise InputError(workdir / "run.json", str(e)) from None
   task = make_task(model)
   mesh = make_data_mesh(jax.devices()[:1])
-  example = pipeline.stack_batch([_empty_example(cfg.data.canvas_size, cfg.data.max_instances)])
+  example = example_batch(cfg)
   template = create_train_state(task, cfg, jax.random.PRNGKey(cfg.seed), example, mesh,
                                 abstract=True)
   faults.ignore_late_read_callbacks()
@@ -308,6 +392,12 @@ def load_run(workdir: os.PathLike | str, best: bool = False):
     raise InputError(workdir / (ckpt.CHECKPOINTS_BEST if best else ckpt.CHECKPOINTS),
                      "no checkpoint: train this run first")
   return cfg, model, {**state.variables, "params": state.params}, int(step)
+
+
+def example_batch(cfg) -> Batch:
+  """A one-image batch of the config's training shapes (all zeros, nothing valid): what
+  initialising a model (or tracing its init for shapes) needs."""
+  return pipeline.stack_batch([_empty_example(cfg.data.canvas_size, cfg.data.max_instances)])
 
 
 def _empty_example(canvas: int, max_instances: int) -> dict:
@@ -342,7 +432,7 @@ def evaluate_run(workdir: os.PathLike | str, split: str | None = None,
   out = Path(output_dir) if output_dir else Path(workdir) / f"eval_{split}_step{step}"
   # The ground truth is read from the run's data: an output that is or holds it would be
   # swapped away with the old report.
-  with outputs.staged_output(out, [workdir, cfg.data.source], nest_ok=[workdir],
+  with outputs.staged_output(out, [workdir, *source_paths(cfg.data.source)], nest_ok=[workdir],
                              overwrite=overwrite or not output_dir) as tmp:
     result = evaluate_variables(cfg, model, variables, split, tmp, title=title)
   summary = report_summary(result)

@@ -41,6 +41,7 @@ from pa_jax.data import readers
 from pa_jax.data import slide as slide_io
 from pa_jax.errors import InputError
 from pa_jax.infer.html_report import PredictReport
+from pa_jax.zoo import choose
 
 # Formats only a streamed image writes (the label image in a slide viewer's format).
 STREAM_FORMATS = ("ome-tiff", "ome-zarr")
@@ -69,7 +70,8 @@ def predict_command(input_path: str, output: str, **kwargs) -> int:
 
 
 def predict_folder(input_path: str, output: str, *, method: str = "model",
-                   workdir: str | None = None, formats: Sequence[str] = ("label",),
+                   workdir: str | None = None, model: str | None = None,
+                   formats: Sequence[str] = ("label",),
                    contours: str = "polygon", attention: bool = False,
                    split: str | None = None, group: str | None = None,
                    best: bool = False, progress: bool = True,
@@ -80,6 +82,9 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
                    stream: bool | None = None) -> dict:
   """Segments every image of `input_path` into the folder `output`.
 
+  The model method segments with the run in `workdir`, the zoo model `model` (a shipped
+  name or a .npz model file, docs/zoo.md) or, with neither, the shipped default model
+  (`pa_jax.zoo.choose`).
   `classical_params` ('key=value,...', `classical.parse_params`) overrides the classical
   floor's defaults; the parameters used are written to `output/classical_params.json`.
 
@@ -116,8 +121,13 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     raise InputError("contours", str(e)) from None
   if method not in ("model", "classical"):
     raise InputError("method", f"unknown method {method!r} (model, classical)")
+  if method == "classical" and model:
+    raise InputError("model", "only applies to the model method")
+  # Checked (and the default model found) before anything is read or computed.
+  zoo_file = choose.model_path(workdir, model, best) if method == "model" else None
   records = readers.open_dataset(input_path, split=split, group=group)
-  inputs = _input_folders(input_path, records) + ([workdir] if workdir else [])
+  inputs = _input_folders(input_path, records) + ([workdir] if workdir else []) + (
+      [zoo_file] if zoo_file else [])
   # A run's folder is read by name (config.json, checkpoints/), never listed, so the
   # predictions may live inside it (runs/x/predictions), not be it or hold it.
   nest_ok = [workdir] if workdir else []
@@ -135,7 +145,7 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     except ValueError as e:
       raise InputError("classical_params", str(e)) from None
     segment = lambda image: (classical.segment_classical(image, **params), {})  # noqa: E731
-    tiles_for = lambda sl: _classical_tiles(params)  # noqa: E731
+    tiles_for = lambda sl: (_classical_tiles(params), layout)  # noqa: E731
     layout = dict(tile_size=CLASSICAL_TILE, overlap=CLASSICAL_OVERLAP, batch_size=1,
                   dilate=False)
     source = "classical"
@@ -144,23 +154,22 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
   else:
     if classical_params:
       raise InputError("classical_params", "only applies to the classical method")
-    if workdir is None:
-      raise InputError("workdir", "a trained run is needed for the model method")
-    from pa_jax import experiment
+    from pa_jax.infer import slide_zoom
     from pa_jax.infer.predictor import predictor_for
 
-    cfg, model, variables, step = experiment.load_run(workdir, best=best)
-    predictor = predictor_for(cfg, model, variables)
+    cfg, net, variables, source, label = choose.open_trained(workdir, model, best)
+    predictor = predictor_for(cfg, net, variables)
     segment = predictor.predict_scored
-    def tiles_for(sl):
-      return _model_tiles(predictor, _slide_normalizer(sl, predictor.normalize))
+    def tiles_for(sl):  # zoomed to the model's nucleus size (pa_jax/infer/slide_zoom.py)
+      norm = _slide_normalizer(sl, predictor.normalize)
+      zoom = slide_zoom.slide_zoom(predictor, sl, norm)
+      return slide_zoom.model_tiles(predictor, norm, zoom), slide_zoom.zoomed_layout(layout, zoom)
 
     layout = dict(tile_size=predictor.tile_size, overlap=predictor.overlap,
                   batch_size=predictor.batch_size, dilate=predictor.dilate)
-    source = f"pa_jax {Path(workdir).name} step {step}"
     side_files = {}
-    if attention and not model.spec.partial:
-      raise InputError("attention", f"{workdir} was trained without the partial-annotation "
+    if attention and not net.spec.partial:
+      raise InputError("attention", f"{label} was trained without the partial-annotation "
                        "module (model.partial.enabled=False): it has no attention")
 
   done, skipped, streamed = 0, [], set()
@@ -180,7 +189,7 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
       if sl is not None:
         _check_streamable(formats, attention)
         with sl:
-          _predict_slide(out, rec.id, sl, tiles_for(sl), layout, formats, slide_formats,
+          _predict_slide(out, rec.id, sl, *tiles_for(sl), formats, slide_formats,
                          source, contours, progress)
         streamed.add(rec.image_path)
         done += 1
@@ -202,7 +211,7 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
         from pa_jax.infer.attention import attention_map, write_attention_png
 
         selected = labels > 0
-        att = attention_map(model, variables, image, selected, cfg.data.normalize)
+        att = attention_map(net, variables, image, selected, cfg.data.normalize)
         write_attention_png(out / f"{rec.id}_attention.png", image, att, labels,
                             title="merged attention of the predicted nuclei (P2)")
       done += 1
@@ -293,29 +302,6 @@ def _sample(sl: slide_io.Slide, side: int = 256, grid: int = 8) -> np.ndarray:
   xs = np.unique(np.linspace(0, max(W - side, 0), grid).astype(int))
   parts = [sl.read(y, x, min(H, y + side), min(W, x + side)) for y in ys for x in xs]
   return np.concatenate([p.reshape(-1, sl.channels) for p in parts])
-
-
-def _model_tiles(predictor, norm: Callable) -> Callable:
-  """Tiles → (raw label map, {label: score}) with the predictor's compiled program; the
-  raw label v is the detection of score rank v - 1 (`Predictor._run_batch`)."""
-
-  def run(tiles: list[np.ndarray]) -> list:
-    imgs = [norm(t) for t in tiles]
-    out: list = [None] * len(imgs)
-    by_shape: dict[tuple, list[int]] = {}
-    for i, t in enumerate(imgs):
-      by_shape.setdefault(t.shape[:2], []).append(i)
-    bs = predictor.batch_size
-    for idx in by_shape.values():
-      for k in range(0, len(idx), bs):
-        chunk = idx[k:k + bs]
-        raw, scores = predictor._run_batch([imgs[i] for i in chunk], bs)
-        for i, lab, sc in zip(chunk, raw, scores):
-          ids = np.unique(lab)
-          out[i] = (lab, {int(v): float(sc[v - 1]) for v in ids if v})
-    return out
-
-  return run
 
 
 def _predict_slide(out: Path, image_id: str, sl: slide_io.Slide, segment_tiles: Callable,

@@ -47,8 +47,9 @@ def test_bad_flags_are_one_line_errors(tmp_path):
   r = _run("predict", "--method", "classical", "--input", str(SAMPLE), "--output",
            str(tmp_path / "o"), "--format", "label,pdf")
   assert r.returncode == 2 and "pdf" in r.stderr and r.stderr.strip().count("\n") == 0
-  r = _run("predict", "--input", str(SAMPLE), "--output", str(tmp_path / "o"))
-  assert r.returncode == 2 and "--workdir" in r.stderr
+  r = _run("predict", "--input", str(SAMPLE), "--output", str(tmp_path / "o"), "--workdir",
+           str(tmp_path / "run"), "--model", "nuclei_cpu_v1")
+  assert r.returncode == 2 and "--workdir" in r.stderr and "not both" in r.stderr
   r = _run("evaluate", "--workdir", str(tmp_path / "nothing"))
   assert r.returncode == 2 and "config.json" in r.stderr
   r = _run("annotate", "--images", str(tmp_path / "missing"), "--output", str(tmp_path / "a"))

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 EXPERIMENTS = ["demo", "dh100_baseline", "dh100_pa", "dh25_pa", "dh25_baseline", "dh25crop_baseline",
-               "dh25crop_pa", "kumar25_pa", "tnbc25_pa"]
+               "dh25crop_pa", "kumar25_pa", "tnbc25_pa", "zoo_nuclei"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -57,7 +57,8 @@ def annotate_main(images, annotations, output, rounds: int = 1,
                   target_recall: float | None = None, formats: Sequence[str] = DEFAULT_FORMATS,
                   contours: str = "polygon", config=None, holdout_fraction: float | None = None,
                   seed: int = 0, steps: int | None = None, accept_proposals: bool = False,
-                  progress: bool = True, overwrite: bool = False) -> dict:
+                  progress: bool = True, overwrite: bool = False,
+                  from_scratch: bool = False) -> dict:
   """Runs `rounds` rounds of the annotation loop in `output` (`_annotate`, which documents
   the other arguments); returns the last report.
 
@@ -83,7 +84,8 @@ def annotate_main(images, annotations, output, rounds: int = 1,
       return _annotate(images, annotations, output, rounds, target_recall=target_recall,
                        formats=formats, contours=contours, config=config,
                        holdout_fraction=holdout_fraction, seed=seed, steps=steps,
-                       accept_proposals=accept_proposals, progress=progress)
+                       accept_proposals=accept_proposals, progress=progress,
+                       from_scratch=from_scratch)
 
   if project:
     return run()
@@ -109,7 +111,7 @@ def _annotate(images, annotations, output, rounds: int = 1,
               target_recall: float | None = None, formats: Sequence[str] = DEFAULT_FORMATS,
               contours: str = "polygon", config=None, holdout_fraction: float | None = None,
               seed: int = 0, steps: int | None = None, accept_proposals: bool = False,
-              progress: bool = True) -> dict:
+              progress: bool = True, from_scratch: bool = False) -> dict:
   """`annotate_main` once its output is checked.
 
   images: folder of images (or a dataset folder). annotations: the person's partial
@@ -123,12 +125,13 @@ def _annotate(images, annotations, output, rounds: int = 1,
     (default config.annotate.holdout_fraction), seed, steps (round-1 training steps;
     fine-tuning rounds use steps // 2) override it.
   accept_proposals: every proposal still present in the files counts as confirmed.
+  from_scratch: round 1 trains from random weights, not from the config's `model.init`.
   progress: the training's progress bar (the session's log lines are printed by the caller).
   Returns the report dict of the last round (see docs/annotate.md), with `stopped`.
   """
   session = Session.open(images, output, annotations, config=config, seed=seed, steps=steps,
                          holdout_fraction=holdout_fraction, formats=formats, contours=contours,
-                         accept_proposals=accept_proposals)
+                         accept_proposals=accept_proposals, from_scratch=from_scratch)
   if not session.round and annotations is not None:
     check_annotations_matched(images, annotations, session.states)
   if rounds <= 0:

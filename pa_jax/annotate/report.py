@@ -64,11 +64,13 @@ def markdown(report: Mapping, history: Sequence[Mapping]) -> str:
 
 
 def round_report(r: int, rows: list, ious: list, hold: float, target_recall: float | None,
-                  n_steps: int, train_s: float, fine_tuned: bool, pred_s: float) -> dict:
+                  n_steps: int, train_s: float, fine_tuned: bool, pred_s: float,
+                  start: str = "") -> dict:
   """report.json of round r, without 'seconds' (the caller adds it); key order is the file's.
 
   rows: per-image dicts (counts, heldout, heldout_recovered, merge, edits); ious: the best
-  IoU of every held-out nucleus; hold: the hold-out fraction.
+  IoU of every held-out nucleus; hold: the hold-out fraction; start: the zoo model a
+  round that is not fine-tuned started from ('' = scratch).
   """
   holdout = {"fraction": hold, "nuclei": len(ious),
              "recall": float(np.mean([v > 0.5 for v in ious])) if ious else None,
@@ -80,7 +82,7 @@ def round_report(r: int, rows: list, ious: list, hold: float, target_recall: flo
   totals = total_counts(rows, COUNT_KEYS + ("heldout", "heldout_recovered"))
   edit_totals = total_counts([x.get("edits", {}) for x in rows], EditCounts().as_dict())
   training_ = {"steps": n_steps, "seconds": round(train_s, 1),
-               "from": f"round {r - 1}" if fine_tuned else "scratch"}
+               "from": f"round {r - 1}" if fine_tuned else (start or "scratch")}
   return {"round": r, "images": rows, "totals": totals, "edits": edit_totals,
           "holdout": holdout, "training": training_, "prediction_seconds": round(pred_s, 1),
           "stopped": stopped}

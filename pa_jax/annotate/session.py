@@ -77,9 +77,11 @@ def _tell(on_progress: Progress | None, stage: str, done: int, total: int) -> No
     on_progress(stage, done, total)
 
 
-def resolve_config(config=None, seed: int = 0, steps: int | None = None):
-  """A copy of `config` (default configs/annotate.py) with the loop's fields, `seed` and
-  `steps` (round-1 steps; fine-tuning rounds use steps // 2) applied."""
+def resolve_config(config=None, seed: int = 0, steps: int | None = None,
+                   from_scratch: bool = False):
+  """A copy of `config` (default configs/annotate.py) with the loop's fields, `seed`,
+  `steps` (round-1 steps; fine-tuning rounds use steps // 2) and `from_scratch` (no
+  `model.init`: round 1 starts from random weights, not a zoo model) applied."""
   defaults = annotate_config.get_config()
   cfg = copy.deepcopy(config if config is not None else defaults)
   with cfg.unlocked():
@@ -89,6 +91,8 @@ def resolve_config(config=None, seed: int = 0, steps: int | None = None):
     if steps is not None:
       cfg.train.steps = int(steps)
       cfg.annotate.finetune_steps = max(1, int(steps) // 2)
+    if from_scratch:
+      cfg.model.init = ""
   return cfg
 
 
@@ -147,7 +151,7 @@ class Session:
   def open(cls, images, output, annotations=None, *, config=None, seed: int | None = None,
            steps: int | None = None, holdout_fraction: float | None = None,
            formats: Sequence[str] | str | None = None, contours: str | None = None,
-           accept_proposals: bool = False) -> "Session":
+           accept_proposals: bool = False, from_scratch: bool = False) -> "Session":
     """Opens the project in `output` over the images in `images` (a folder of images or a
     dataset folder), applying the edits found in OUTPUT/current; with no project there yet
     (no state.json), starts one from `annotations` (the person's partial annotation, any
@@ -157,8 +161,9 @@ class Session:
     seed / formats / contours default to the project's (state.json), else 0 /
     DEFAULT_FORMATS / "polygon"; config to the project's newest round's (`stored_config`),
     else configs/annotate.py; holdout_fraction to config.annotate.holdout_fraction;
-    config, seed, steps: see `resolve_config`. accept_proposals: every proposal still
-    present in the files counts as confirmed. Raises InputError on bad input.
+    config, seed, steps, from_scratch: see `resolve_config`. accept_proposals: every
+    proposal still present in the files counts as confirmed. Raises InputError on bad
+    input.
     """
     out = Path(output).absolute()
     outputs.check_output(out, [images, annotations], is_own=(out / "state.json").is_file())
@@ -170,7 +175,8 @@ class Session:
     old = data or {}
     if config is None and data is not None:
       config = stored_config(out)
-    cfg = resolve_config(config, old.get("seed", 0) if seed is None else seed, steps)
+    cfg = resolve_config(config, old.get("seed", 0) if seed is None else seed, steps,
+                         from_scratch)
     formats = formats or tuple(old.get("formats", project.DEFAULT_FORMATS))
     contours = contours or old.get("contours", "polygon")
     hold = cfg.annotate.holdout_fraction if holdout_fraction is None else holdout_fraction
@@ -306,11 +312,11 @@ class Session:
 
   def run_round(self, on_progress: Progress | None = None, target_recall: float | None = None,
                 progress_bar: bool = False) -> RoundResult:
-    """Trains (round 1: from scratch; later: fine-tunes the previous round), predicts
-    every image and merges the predictions as proposals. Writes only the training run
-    (OUTPUT/train/round_k); `write_round` commits the rest. `target_recall`: the report's
-    'stopped' says so once the hold-out recall reaches it. `progress_bar`: the training's
-    tqdm bar on stderr (the CLI's)."""
+    """Trains (round 1: from scratch or `model.init`, `training.train_round`; later:
+    fine-tunes the previous round), predicts every image and merges the predictions as
+    proposals. Writes only the training run (OUTPUT/train/round_k); `write_round` commits
+    the rest. `target_recall`: the report's 'stopped' says so once the hold-out recall
+    reaches it. `progress_bar`: the training's tqdm bar on stderr (the CLI's)."""
     cfg, ac, r, order = self.config, self.config.annotate, self.round + 1, self.image_ids
     t_round = time.time()
     heldout = split_holdout([self._states[i] for i in order], self.holdout_fraction,
@@ -326,9 +332,9 @@ class Session:
              sum(len(s.rejected_nuclei) for s in self._states.values()))
     planned = int(ac.finetune_steps if prev is not None else cfg.train.steps)
     _tell(on_progress, "train", 0, planned)
-    model, variables, train_s, n_steps = training.train_round(
-        cfg, examples, stats, self.output / "train" / f"round_{r}", r,
-        prev_variables=prev, progress=progress_bar)
+    trained = training.train_round(cfg, examples, stats, self.output / "train" / f"round_{r}",
+                                   r, prev_variables=prev, progress=progress_bar)
+    model, variables, train_s, n_steps = trained[:4]  # test doubles return these four
     _tell(on_progress, "train", n_steps, n_steps)
     predictor = predictor_mod.predictor_for(cfg, model, variables)
     t_pred = time.time()
@@ -346,7 +352,8 @@ class Session:
                        merge=mc.as_dict(), edits=self.edits.get(i, {})))
       _tell(on_progress, "predict", n + 1, len(order))
     report = round_report(r, rows, ious, self.holdout_fraction, target_recall,
-                           n_steps, train_s, prev is not None, time.time() - t_pred)
+                           n_steps, train_s, prev is not None, time.time() - t_pred,
+                           start=getattr(trained, "start", ""))
     report["seconds"] = round(time.time() - t_round, 1)
     history = [h for h in self.history if h.get("round") != r] + [
         {k: report[k] for k in ("round", "totals", "edits", "holdout", "training", "stopped")}]

@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from scipy import ndimage
 
-from pa_jax.data import partial_views, readers
+from pa_jax.data import augment, diameter, partial_views, readers
 from pa_jax.errors import InputError
 from pa_jax.structures import Batch
 
@@ -92,7 +92,9 @@ class TrainExample:
   image: float32 (H, W, 3) in [0, 1]; labels: int32 (H, W) annotated (partial) map;
   full_labels: int32 (H, W) full map when known, else None;
   negatives: int32 (H, W) regions a person marked "not a nucleus" (rejected proposals of
-  the annotation loop: hard negatives), else None.
+  the annotation loop: hard negatives), else None;
+  zoom: the size normalisation of this image (`data.diameter` / its median nucleus
+  diameter; 1.0 = native scale), applied when crops are cut.
   """
 
   id: str
@@ -100,12 +102,33 @@ class TrainExample:
   labels: np.ndarray
   full_labels: np.ndarray | None
   negatives: np.ndarray | None = None
+  zoom: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Random transforms of a training crop (config `data.*`); the default is the paper's:
+  flips only. `scale_jitter` (low, high): zoom drawn log-uniformly on top of the
+  example's own `zoom`; `intensity` / `stain`: strengths of `augment.jitter_intensity` /
+  `augment.jitter_stain` (0 = off)."""
+
+  flip_h: bool = True
+  flip_v: bool = True
+  rotate90: bool = False
+  scale_jitter: tuple[float, float] = (1.0, 1.0)
+  intensity: float = 0.0
+  stain: float = 0.0
 
 
 def load_training_examples(records: Sequence[readers.Record], view: partial_views.ViewSpec,
-                           normalize: str = "percentile",
-                           progress: bool = False) -> list[TrainExample]:
-  """Reads records, applies the partial view, normalises intensities."""
+                           normalize: str = "percentile", progress: bool = False,
+                           target_diameter: float = 0.0) -> list[TrainExample]:
+  """Reads records, applies the partial view, normalises intensities.
+
+  `target_diameter` > 0: each example's `zoom` brings the median (equivalent-circle)
+  diameter of its annotated nuclei to this many pixels; an image without annotated nuclei
+  takes the median of the others' diameters.
+  """
   out = []
   it = records
   if progress:
@@ -119,15 +142,31 @@ def load_training_examples(records: Sequence[readers.Record], view: partial_view
                        "nuclei needs an all-zero label map)")
     image, labels, full = partial_views.apply_view(ex.image, ex.labels, rec.id, view)
     out.append(TrainExample(rec.id, normalize_image(image, normalize), labels, full))
+  if target_diameter > 0:
+    measured = [diameter.median_diameter(ex.labels) for ex in out]
+    known = [d for d in measured if d is not None]
+    fallback = float(np.median(known)) if known else None
+    for ex, d in zip(out, measured):
+      ex.zoom = diameter.zoom_factor(d if d is not None else fallback, target_diameter)
   return out
+
+
+def _crop_window(h: int, w: int, size: tuple[int, int], rng: np.random.Generator):
+  """A random (y0, x0) for a `size` window inside an h x w image (0 where it does not fit)."""
+  y0 = int(rng.integers(0, h - size[0] + 1)) if h > size[0] else 0
+  x0 = int(rng.integers(0, w - size[1] + 1)) if w > size[1] else 0
+  return y0, x0
 
 
 # --------------------------------------------------------------------- one example
 
 
 def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
-                   rng: np.random.Generator, flip_h: bool, flip_v: bool) -> dict:
-  """One example on a `canvas x canvas` canvas: random crop/pad + flips + padded instances.
+                   rng: np.random.Generator, flip_h: bool, flip_v: bool,
+                   aug: Augmentation | None = None) -> dict:
+  """One example on a `canvas x canvas` canvas: random zoom/crop/pad + flips (+ the
+  rotations and intensity/stain jitter of `aug`, which overrides flip_h/flip_v) + padded
+  instances.
 
   Returns numpy arrays: image [C, C, 3] f32, labels [C, C] i32 (slot k-1 ↔ value k),
   boxes [M, 4] f32, valid [M] bool, negative_boxes [M, 4] f32 + negative_valid [M] bool
@@ -135,22 +174,44 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
   unannotated_valid [M] bool (full-label nuclei absent from the partial labels, at most M
   kept: diagnostics only), has_full.
   """
+  aug = aug or Augmentation(flip_h=flip_h, flip_v=flip_v)
   h, w = ex.labels.shape
-  y0 = int(rng.integers(0, h - canvas + 1)) if h > canvas else 0
-  x0 = int(rng.integers(0, w - canvas + 1)) if w > canvas else 0
-  ch, cw = min(h, canvas), min(w, canvas)
+  zoom = ex.zoom * augment.log_uniform(rng, *aug.scale_jitter)
+  # The window of the source that fills the canvas at this zoom (no draw when zoom is 1:
+  # the paper configs keep exactly their earlier batches).
+  win = (canvas, canvas) if zoom == 1.0 else (int(np.ceil(canvas / zoom)),) * 2
+  y0, x0 = _crop_window(h, w, win, rng)
+  ch, cw = min(h, win[0]), min(w, win[1])
   image = ex.image[y0:y0 + ch, x0:x0 + cw]
   labels = ex.labels[y0:y0 + ch, x0:x0 + cw]
   full = ex.full_labels[y0:y0 + ch, x0:x0 + cw] if ex.full_labels is not None else None
   neg = ex.negatives[y0:y0 + ch, x0:x0 + cw] if ex.negatives is not None else None
-  if flip_h and rng.random() < 0.5:
+  if zoom != 1.0:
+    image = diameter.zoom_image(image, zoom)
+    # Labels to the whole zoomed size, then the same crop: ceil(canvas / zoom) * zoom can
+    # exceed the canvas, and resizing to the cropped size would stretch them off the image.
+    shape = image.shape[:2]
+    image = image[:canvas, :canvas]
+    labels = diameter.resize_labels(labels, shape)[:canvas, :canvas]
+    full = diameter.resize_labels(full, shape)[:canvas, :canvas] if full is not None else None
+    neg = diameter.resize_labels(neg, shape)[:canvas, :canvas] if neg is not None else None
+  if aug.flip_h and rng.random() < 0.5:
     image, labels = image[:, ::-1], labels[:, ::-1]
     full = full[:, ::-1] if full is not None else None
     neg = neg[:, ::-1] if neg is not None else None
-  if flip_v and rng.random() < 0.5:
+  if aug.flip_v and rng.random() < 0.5:
     image, labels = image[::-1], labels[::-1]
     full = full[::-1] if full is not None else None
     neg = neg[::-1] if neg is not None else None
+  if aug.rotate90:
+    k = int(rng.integers(4))
+    image, labels = np.rot90(image, k), np.rot90(labels, k)
+    full = np.rot90(full, k) if full is not None else None
+    neg = np.rot90(neg, k) if neg is not None else None
+  if aug.intensity > 0 or aug.stain > 0:
+    image = augment.jitter_stain(np.ascontiguousarray(image), rng, aug.stain)
+    image = augment.jitter_intensity(image, rng, aug.intensity)
+  ch, cw = labels.shape
 
   ids, boxes = instance_boxes(labels)
   if len(ids) > max_instances:
@@ -244,6 +305,7 @@ class BatchSource:
   process_count: int = 1
   prefetch: int = 2  # batches `iterate` prepares ahead on a host thread (config data.prefetch)
   workers: int = 0  # threads building the rows of a batch (config data.workers); 0 = in line
+  augmentation: Augmentation | None = None  # overrides flip_h / flip_v when given
 
   def __post_init__(self):
     if self.canvas % 32:
@@ -257,7 +319,7 @@ class BatchSource:
     # Seeded by (step, slot) alone: the same row whichever thread builds it, and when.
     rng = np.random.default_rng([self.seed, 1, step, slot])
     return canvas_example(self.examples[idx[slot]], self.canvas, self.max_instances, rng,
-                          self.flip_h, self.flip_v)
+                          self.flip_h, self.flip_v, self.augmentation)
 
   def batch(self, step: int) -> Batch:
     idx = global_indices(step, self.global_batch, len(self.examples), self.seed)

@@ -8,6 +8,11 @@ per model and canvas shape, shared by every Predictor of the process), renders t
 (`ops.masks.masks_to_label_map`: overlaps go to the higher score, no [K, H, W] mask stack),
 crops back to the image and applies the paper's post-process on the host: every nucleus
 dilated once with a 3x3 square.
+
+A model trained with `data.diameter` (nuclei zoomed to one size, `data.diameter` module)
+sees each image zoomed the same way: by the diameter the user gives (`predict.diameter`) or
+by one estimated from a first pass of the model itself; the label map is brought back to
+the image's own size.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from pa_jax.data import diameter as diam
 from pa_jax.data.pipeline import normalize_image
 from pa_jax.data.readers import relabel_sequential
 from pa_jax.ops import masks as mask_ops
@@ -43,7 +49,9 @@ def predictor_for(cfg, model, variables) -> "Predictor":
   p = cfg.predict
   return Predictor(model, variables, cfg.data.normalize, cfg.model.roi.mask_threshold,
                    cfg.eval.dilate, p.get("score_threshold", 0.5), p.tile_size,
-                   p.tile_overlap, p.batch_size, canvas_octaves=p.get("canvas_octaves", 0))
+                   p.tile_overlap, p.batch_size, canvas_octaves=p.get("canvas_octaves", 0),
+                   target_diameter=float(cfg.data.get("diameter", 0.0)),
+                   diameter=float(p.get("diameter", 0.0)))
 
 
 def canvas_for(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
@@ -87,7 +95,7 @@ def _jitted_predict(model, canvas: tuple[int, int], threshold: float, min_score:
   @jax.jit
   def run(variables, image, image_size):
     det = model.apply(variables, image, image_size, method=MaskRCNN.predict)
-    labels = jax.vmap(render)(det.masks, det.boxes, det.scores,
+    labels = jax.vmap(render)(det.masks, det.mask_boxes, det.scores,
                               det.valid & (det.scores >= min_score))
     return labels, det
 
@@ -117,13 +125,21 @@ class Predictor:
       The padding is zeros, and GroupNorm statistics and the attention see it, so the
       output can change with the bucket (bench/canvas_buckets.py measures it); 0 pads to a
       multiple of 32 only (one compile per distinct size, the smallest canvas).
+    target_diameter: the median nucleus diameter (px) the model was trained at
+      (`config.data.diameter`); 0 = no zoom.
+    diameter: the median nucleus diameter of the input images (px); 0 = estimate it per
+      image from a first pass (`estimate_zoom`). Only used with `target_diameter`.
   """
 
   def __init__(self, model, variables, normalize: str = "percentile",
                mask_threshold: float = 0.5, dilate: bool = True, min_score: float = 0.5,
                tile_size: int = 512, overlap: int = 96, batch_size: int = 1,
-               progress: bool = False, canvas_octaves: int = 0):
+               progress: bool = False, canvas_octaves: int = 0,
+               target_diameter: float = 0.0, diameter: float = 0.0):
     self.model = model
+    self.target_diameter = float(target_diameter)
+    self.diameter = float(diameter)
+    self.last_diameter: float | None = None  # of the latest image: given or estimated
     self.variables = variables
     self.normalize = normalize
     self.mask_threshold = mask_threshold
@@ -166,26 +182,64 @@ class Predictor:
           out[i] = lab
     return out
 
-  def predict_scored(self, image: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
-    """(label map int32 [H, W], {label: detection score}); scores are known for images
-    up to `tile_size` (tiled images give an empty score table)."""
-    img = normalize_image(image, self.normalize)
+  def _segment(self, img: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
+    """Normalised float32 [H, W, 3] -> (label map int32 [H, W] labelled 1..N, {label:
+    score}; empty when tiled), before dilation."""
     h, w = img.shape[:2]
     if max(h, w) > self.tile_size:
       from pa_jax.infer.tiling import predict_tiled
 
       labels = predict_tiled(img, self.segment_tiles, self.tile_size, self.overlap,
                              self.batch_size, progress=self.progress)
-      labels = relabel_sequential(labels)
-      table: dict[int, float] = {}
+      return relabel_sequential(labels), {}
+    # One image: a batch of one, not `batch_size` slots of which all but one are padding.
+    raw, scores = self._run_batch([img], 1)
+    raw, scores = raw[0], scores[0]
+    ids = np.unique(raw)
+    ids = ids[ids != 0]
+    return relabel_sequential(raw), {int(i + 1): float(scores[v - 1]) for i, v in enumerate(ids)}
+
+  def _segment_zoomed(self, img: np.ndarray, zoom: float):
+    """`_segment` of `img` zoomed by `zoom`, the label map brought back to img's size."""
+    if zoom == 1.0:
+      return self._segment(img)
+    labels, table = self._segment(diam.zoom_image(img, zoom))
+    labels = diam.resize_labels(labels, img.shape[:2])
+    kept = relabel_sequential(labels)  # a nucleus smaller than a pixel can vanish
+    if table:
+      old = np.unique(labels)
+      old = old[old != 0]
+      table = {i + 1: table[int(v)] for i, v in enumerate(old) if int(v) in table}
+    return kept, table
+
+  def estimate_zoom(self, img: np.ndarray):
+    """(zoom, estimated input diameter or None, the pass already made at that zoom or None).
+
+    The model finds nuclei over about an octave around its training diameter, so the first
+    pass runs at zoom 1, then 2 and 0.5 until one finds at least 3 nuclei; their median
+    diameter (in the input's pixels) gives the zoom. When that zoom is within 10 % of the
+    pass's, the pass is the result."""
+    for z in (1.0, 2.0, 0.5):
+      out = self._segment_zoomed(img, z)
+      d = diam.equivalent_diameters(out[0])
+      if d.size >= 3:
+        d_in = float(np.median(d))
+        zoom = diam.zoom_factor(d_in, self.target_diameter)
+        return zoom, d_in, (out if abs(math.log(zoom / z)) < math.log(1.1) else None)
+    return 1.0, None, None
+
+  def predict_scored(self, image: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
+    """(label map int32 [H, W], {label: detection score}); scores are known for images
+    up to `tile_size` after zooming (tiled images give an empty score table)."""
+    img = normalize_image(image, self.normalize)
+    done = None
+    if not self.target_diameter:
+      zoom = 1.0
+    elif self.diameter:
+      zoom, self.last_diameter = diam.zoom_factor(self.diameter, self.target_diameter), self.diameter
     else:
-      # One image: a batch of one, not `batch_size` slots of which all but one are padding.
-      raw, scores = self._run_batch([img], 1)
-      raw, scores = raw[0], scores[0]
-      labels = relabel_sequential(raw)
-      ids = np.unique(raw)
-      ids = ids[ids != 0]
-      table = {int(i + 1): float(scores[v - 1]) for i, v in enumerate(ids)}
+      zoom, self.last_diameter, done = self.estimate_zoom(img)
+    labels, table = done or self._segment_zoomed(img, zoom)
     if self.dilate:
       labels = dilate_labels(labels)
     return labels, table

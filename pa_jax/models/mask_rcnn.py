@@ -90,6 +90,7 @@ class ModelSpec:
   score_threshold: float = 0.05
   nms_iou: float = 0.5
   max_detections: int = 1000
+  mask_box_scale: float = 1.0
   box_loss_weight: float = 1.0
   mask_loss_weight: float = 1.0
   # partial-annotation module
@@ -159,7 +160,8 @@ class ModelSpec:
         pooler_size=m.roi.pooler_size, mask_pooler_size=m.roi.mask_pooler_size,
         sampling_ratio=m.roi.sampling_ratio, fc_dim=m.roi.fc_dim, mask_dim=m.roi.mask_dim,
         score_threshold=m.roi.score_threshold, nms_iou=m.roi.nms_iou,
-        max_detections=m.roi.max_detections, box_loss_weight=m.roi.box_loss_weight,
+        max_detections=m.roi.max_detections,
+        mask_box_scale=float(m.roi.get("mask_box_scale", 1.0)), box_loss_weight=m.roi.box_loss_weight,
         mask_loss_weight=m.roi.mask_loss_weight, partial=bool(p.enabled),
         attention_levels=tuple(p.attention_levels), key_channels=p.key_channels,
         value_channels=p.value_channels, center_scale=p.center_scale,
@@ -191,8 +193,11 @@ class Detections:
 
   boxes:     float32 [B, K, 4] (x0, y0, x1, y1) canvas pixels, clipped to the image.
   scores:    float32 [B, K] nucleus probability; sorted descending, padding last.
-  masks:     float32 [B, K, 28, 28] mask probabilities inside each box; exactly 0 where
-             `valid` is False (the mask head only runs on the valid detections).
+  masks:     float32 [B, K, 28, 28] mask probabilities inside each `mask_boxes` box;
+             exactly 0 where `valid` is False (the mask head only runs on the valid
+             detections).
+  mask_boxes: float32 [B, K, 4] (x0, y0, x1, y1) the frame of `masks`: `boxes` scaled by
+             `model.roi.mask_box_scale` about their centres (equal to `boxes` at 1.0).
   valid:     bool [B, K].
   pa_boxes:  float32 [B, P, 4] partial-annotation boxes (P = 0 without the module).
   pa_valid:  bool [B, P].
@@ -201,6 +206,7 @@ class Detections:
   boxes: jax.Array
   scores: jax.Array
   masks: jax.Array
+  mask_boxes: jax.Array
   valid: jax.Array
   pa_boxes: jax.Array
   pa_valid: jax.Array
@@ -522,6 +528,8 @@ class MaskRCNN(nn.Module):
     # `sample_balanced` puts first.
     n_pos = max(1, int(s.roi_batch_per_image * s.roi_positive_fraction))
     mboxes, mpos, mmatched = sboxes[:, :n_pos], spos[:, :n_pos], smatched[:, :n_pos]
+    # The mask frame: the RoI with a margin (mask_box_scale), in training as at inference.
+    mboxes = box_ops.scale_boxes(mboxes, s.mask_box_scale)
     mlogits = self.mask_head(self._roi_features(feats, mboxes, s.mask_pooler_size))[..., 0]
     ids = jnp.where(mpos, mmatched + 1, 0)
     size = mlogits.shape[-1]
@@ -572,9 +580,10 @@ class MaskRCNN(nn.Module):
     keep, keep_valid = nms_ops.batched_nms(boxes, probs, valid, s.nms_iou, k)
     det_boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1)
     det_scores = jnp.where(keep_valid, jnp.take_along_axis(probs, keep, axis=1), 0.0)
-    masks = masks_in_chunks(self._mask_probabilities(feats), det_boxes, keep_valid,
+    mask_boxes = box_ops.scale_boxes(det_boxes, s.mask_box_scale)
+    masks = masks_in_chunks(self._mask_probabilities(feats), mask_boxes, keep_valid,
                             s.mask_batch)
-    return Detections(det_boxes, det_scores, masks, keep_valid, pa, pa_valid)
+    return Detections(det_boxes, det_scores, masks, mask_boxes, keep_valid, pa, pa_valid)
 
   def _mask_probabilities(self, feats) -> Callable[[jax.Array], jax.Array]:
     """Pure function: boxes float32 [B, M, 4] (x0, y0, x1, y1) -> float32 [B, M, 28, 28]

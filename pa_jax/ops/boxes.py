@@ -150,6 +150,17 @@ def decode_deltas(deltas: jnp.ndarray, anchors: jnp.ndarray,
   return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
 
 
+def scale_boxes(boxes: jnp.ndarray, scale: float) -> jnp.ndarray:
+  """Boxes [..., 4] (x0, y0, x1, y1) scaled by `scale` about their centres (same shape and
+  dtype; `scale` = 1 returns `boxes` itself). Not clipped: a frame may reach past the image,
+  where RoIAlign reads zeros and pasting drops the outside."""
+  if scale == 1.0:
+    return boxes
+  c = (boxes[..., :2] + boxes[..., 2:]) / 2
+  half = (boxes[..., 2:] - boxes[..., :2]) * (scale / 2)
+  return jnp.concatenate([c - half, c + half], axis=-1)
+
+
 def clip_boxes(boxes: jnp.ndarray, height, width) -> jnp.ndarray:
   """Clips `(x0, y0, x1, y1)` boxes to the image `[0, width] x [0, height]`.
 

@@ -166,12 +166,15 @@ def centerness_anchors(out_hw: tuple[int, int], stride: int,
   return centers + half[None, :]
 
 
-def median_nucleus_size(label_maps: Sequence[np.ndarray]) -> tuple[float, float]:
+def median_nucleus_size(label_maps: Sequence[np.ndarray],
+                        zooms: Sequence[float] | None = None) -> tuple[float, float]:
   """Median box width and height (pixels) over every instance of every label map (host).
 
   Args:
     label_maps: iterable of integer numpy `[H, W]` instance label maps (0 = background; ids
       need not be consecutive). Typically the *annotated* training labels.
+    zooms: optional zoom of each map (`TrainExample.zoom`): sizes are measured as the
+      model sees them, after the size normalisation.
 
   Returns:
     `(width, height)` Python floats; a box spans pixel edges, so a one-pixel nucleus is 1x1.
@@ -182,13 +185,14 @@ def median_nucleus_size(label_maps: Sequence[np.ndarray]) -> tuple[float, float]
   from pa_jax.data.pipeline import instance_boxes
 
   widths, heights = [], []
-  for lab in label_maps:
+  zooms = [1.0] * len(label_maps) if zooms is None else list(zooms)
+  for lab, z in zip(label_maps, zooms, strict=True):
     lab = np.asarray(lab)
     if lab.ndim != 2:
       raise ValueError(f"label map must be 2-D, got shape {lab.shape}")
     _, boxes = instance_boxes(lab)
-    widths.extend((boxes[:, 2] - boxes[:, 0]).tolist())
-    heights.extend((boxes[:, 3] - boxes[:, 1]).tolist())
+    widths.extend(((boxes[:, 2] - boxes[:, 0]) * z).tolist())
+    heights.extend(((boxes[:, 3] - boxes[:, 1]) * z).tolist())
   if not widths:
     raise ValueError("median_nucleus_size: the label maps contain no instance")
   return float(np.median(widths)), float(np.median(heights))

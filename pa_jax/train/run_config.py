@@ -35,6 +35,17 @@ LEGACY_VALUES = {
     "model.partial.connectivity": 8,
     "model.partial.attention_zero_init": True,
     "model.partial.attention_mask_padding": False,
+    "model.roi.mask_box_scale": 1.0,
+    "model.init": "",
+    "data.diameter": 0.0,
+    "data.rotate90": False,
+    "data.scale_jitter": (1.0, 1.0),
+    "data.intensity_jitter": 0.0,
+    "data.stain_jitter": 0.0,
+    "data.source_repeats": (),
+    "data.val_fraction": 0.0,
+    "data.val_sources": (),
+    "data.val_seed": 0,
 }
 
 # Input-pipeline fields (2026-11-30) a stored run lacks: how it read its data (the dataset

@@ -105,7 +105,7 @@ def test_changed_config_is_refused_in_one_line_and_leaves_the_run_as_it_was(run_
               "--config.model.partial.enabled=True", "--config.train.learning_rate=0.02",
               cwd=run_copy)
   line = error_line(proc, 2, "config.json", "model.partial.enabled: False -> True",
-                    "train.learning_rate: 0.01 -> 0.02")
+                    "train.learning_rate: 0.002 -> 0.02")
   assert len(line) < 300, line  # not Orbax's kilobytes of tree metadata
   assert snapshot(run) == before  # config.json and run.json byte-identical
   assert _load_step(run) == 2  # the run's own evaluate/predict still work

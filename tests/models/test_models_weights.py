@@ -19,7 +19,7 @@ import pytest
 from pa_jax.errors import InputError
 from pa_jax.models.mask_rcnn import MaskRCNN, ModelSpec
 from pa_jax.models.resnet import ResNet
-from pa_jax.models.roi_heads import BoxHead, MaskHead
+from pa_jax.models.roi_heads import BoxHead
 from pa_jax.models.weights import (FlaxTarget, convert_tensor, convert_to_npz, import_pretrained, load_state_dict,
                                    torchvision_to_flax_names)
 

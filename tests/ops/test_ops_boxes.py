@@ -117,3 +117,21 @@ def test_clip_and_vmap():
   a = jnp.asarray(random_boxes(np.random.default_rng(2), 6)).reshape(2, 3, 4)
   iou = jax.vmap(B.pairwise_iou)(a, a)
   assert iou.shape == (2, 3, 3)
+
+
+def test_scale_boxes_hand_computed():
+  boxes = np.array([[0, 0, 10, 20], [4, 6, 6, 8], [3, 3, 3, 3]], np.float32)
+  # about the centres (5, 10), (5, 7), (3, 3): half-sizes x1.2 = (6, 12), (1.2, 1.2), 0
+  np.testing.assert_allclose(B.scale_boxes(jnp.asarray(boxes), 1.2),
+                             [[-1, -2, 11, 22], [3.8, 5.8, 6.2, 8.2], [3, 3, 3, 3]], atol=1e-6)
+  np.testing.assert_allclose(B.scale_boxes(jnp.asarray(boxes), 0.5),
+                             [[2.5, 5, 7.5, 15], [4.5, 6.5, 5.5, 7.5], [3, 3, 3, 3]], atol=1e-6)
+  assert B.scale_boxes(boxes, 1.0) is boxes  # no op at 1
+  # any leading shape, traced, dtype kept; centres and aspect kept, sides x scale
+  rng = np.random.default_rng(3)
+  b = random_boxes(rng, 12).reshape(2, 6, 4)
+  got = np.asarray(jax.jit(lambda x: B.scale_boxes(x, 1.3))(b))
+  assert got.shape == b.shape and got.dtype == np.float32
+  np.testing.assert_allclose(got[..., :2] + got[..., 2:], b[..., :2] + b[..., 2:], atol=1e-4)
+  np.testing.assert_allclose(got[..., 2:] - got[..., :2], 1.3 * (b[..., 2:] - b[..., :2]),
+                             atol=1e-4)

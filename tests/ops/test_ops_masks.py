@@ -176,3 +176,49 @@ def test_label_map_empty_and_vmap():
   empty = M.masks_to_label_map(jnp.zeros((0, 4, 4)), jnp.zeros((0, 4)), jnp.zeros((0,)),
                                jnp.zeros((0,), bool), h, w)
   np.testing.assert_array_equal(empty, np.zeros((h, w)))
+
+
+def _roi_profile(lo, hi, b0, b1, size, ratio):
+  """1-D RoIAlign (aligned, `ratio` samples per bin) of the indicator of pixels [lo, hi)
+  over the RoI [b0, b1], far from the image edges: the linear interpolation of the step."""
+  out = np.zeros(size)
+  for j in range(size):
+    for s in range(ratio):
+      u = b0 + (j + (s + 0.5) / ratio) * (b1 - b0) / size - 0.5  # in pixel-centre coords
+      i0 = int(np.floor(u))
+      t = u - i0
+      out[j] += ((1 - t) * (lo <= i0 < hi) + t * (lo <= i0 + 1 < hi)) / ratio
+  return out
+
+
+def test_mask_targets_in_scaled_boxes():
+  """The mask frame of model.roi.mask_box_scale: targets of the box scaled about its
+  centre, jitted as the loss computes them, equal the targets of the hand-scaled box."""
+  from pa_jax.ops.boxes import scale_boxes
+
+  lm = np.zeros((48, 48), np.int32)
+  lm[10:20, 20:30] = 3  # a 10 x 10 nucleus: x in [20, 30), y in [10, 20)
+  lm[30:38, 5:17] = 8  # 12 x 8
+  ids = np.array([3, 8, 3], np.int32)
+  boxes = np.array([[20, 10, 30, 20], [5, 30, 17, 38], [18, 9, 31, 22]], np.float32)
+  hand = np.array([[19, 9, 31, 21], [3.8, 29.2, 18.2, 38.8], [16.7, 7.7, 32.3, 23.3]],
+                  np.float32)  # x1.2 about the centres (25, 15), (11, 34), (24.5, 15.5)
+  fn = jax.jit(lambda l, i, b: M.mask_targets(l, i, scale_boxes(b, 1.2)))
+  got = np.asarray(fn(lm, ids, boxes))
+  np.testing.assert_array_equal(got, np.asarray(M.mask_targets(lm, ids, jnp.asarray(hand))))
+  soft = np.asarray(jax.jit(lambda l, i, b: M.mask_targets(l, i, scale_boxes(b, 1.2),
+                                                           binarize=False))(lm, ids, boxes))
+  np.testing.assert_allclose(soft, ref_mask_targets(lm, ids, hand, 28, 2), atol=1e-5)
+  # Hand case: the tight box of a square nucleus, scaled 1.2, is the frame [19, 31]; the
+  # square is separable, so the target is outer(fy, fx) >= 0.5 of 1-D RoIAlign profiles.
+  f = _roi_profile(20, 30, 19.0, 31.0, 28, 2)
+  np.testing.assert_array_equal(got[0], np.outer(f, f) >= 0.5)
+  # rows/cols 2..25 of 28 inside: the nucleus fills the middle 10/12 of the frame;
+  # the corner bins of that block, at 0.57 per axis, fall under 0.5.
+  assert np.all(got[0][:2] == 0) and np.all(got[0][26:] == 0)
+  assert np.all(got[0][3:25, 2:26] == 1) and got[0][2, 2] == 0
+  # at scale 1 the same nucleus fills the whole frame, but its corner bins still miss
+  tight = np.asarray(M.mask_targets(lm, ids[:1], jnp.asarray(boxes[:1])))[0]
+  f1 = _roi_profile(20, 30, 20.0, 30.0, 28, 2)
+  np.testing.assert_array_equal(tight, np.outer(f1, f1) >= 0.5)
+  assert tight[0, 0] == 0 and tight[0, 5] == 1 and tight.sum() == 28 * 28 - 4

@@ -1,0 +1,73 @@
+"""Model tiles of a streamed slide, at the nucleus size the model was trained at.
+
+A model trained with `data.diameter` sees every image zoomed so that its median nucleus
+has that diameter (`data.diameter`, `Predictor.predict_scored`). A slide is streamed tile
+by tile in its own pixels, so the zoom is applied per tile: the slide's zoom is fixed once
+(from `predict.diameter`, or estimated by the predictor on a window at the centre of the
+slide), the tile grid is laid out in slide pixels at `tile_size / zoom` (so that a zoomed
+tile is about `tile_size`) with `overlap / zoom`, each tile is zoomed, segmented with the
+predictor's compiled program and its label map brought back to the tile's size (nearest
+neighbour: raw labels keep their score ranks).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from pa_jax.data import diameter as diam
+
+# The window the slide's nucleus size is estimated on: large enough for dozens of nuclei at
+# 40x, small enough to cost a few seconds.
+ESTIMATE_SIDE = 1024
+
+
+def slide_zoom(predictor, sl, norm: Callable[[np.ndarray], np.ndarray]) -> float:
+  """The zoom of a slide for `predictor` (1.0 for a model trained at native scale)."""
+  if not predictor.target_diameter:
+    return 1.0
+  if predictor.diameter:
+    predictor.last_diameter = predictor.diameter
+    return diam.zoom_factor(predictor.diameter, predictor.target_diameter)
+  H, W = sl.shape
+  h, w = min(H, ESTIMATE_SIDE), min(W, ESTIMATE_SIDE)
+  y0, x0 = (H - h) // 2, (W - w) // 2
+  zoom, predictor.last_diameter, _ = predictor.estimate_zoom(norm(sl.read(y0, x0, y0 + h, x0 + w)))
+  return zoom
+
+
+def zoomed_layout(layout: dict, zoom: float) -> dict:
+  """The streaming tile grid in slide pixels for tiles that are `layout`'s once zoomed."""
+  if zoom == 1.0:
+    return layout
+  tile = max(32, int(round(layout["tile_size"] / zoom / 32)) * 32)
+  overlap = min(tile - 1, int(math.ceil(layout["overlap"] / zoom)))
+  return {**layout, "tile_size": tile, "overlap": overlap}
+
+
+def model_tiles(predictor, norm: Callable[[np.ndarray], np.ndarray], zoom: float = 1.0
+                ) -> Callable:
+  """Tiles -> [(raw label map int32 [h, w], {label: score})] with the predictor's compiled
+  program; the raw label v is the detection of score rank v - 1 (`Predictor._run_batch`).
+  Each tile is zoomed by `zoom` first and its labels brought back to [h, w]."""
+
+  def run(tiles: list[np.ndarray]) -> list:
+    imgs = [diam.zoom_image(norm(t), zoom) for t in tiles]
+    out: list = [None] * len(imgs)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, t in enumerate(imgs):
+      by_shape.setdefault(t.shape[:2], []).append(i)
+    bs = predictor.batch_size
+    for idx in by_shape.values():
+      for k in range(0, len(idx), bs):
+        chunk = idx[k:k + bs]
+        raw, scores = predictor._run_batch([imgs[i] for i in chunk], bs)
+        for i, lab, sc in zip(chunk, raw, scores):
+          lab = diam.resize_labels(lab, tiles[i].shape[:2])
+          ids = np.unique(lab)
+          out[i] = (lab, {int(v): float(sc[v - 1]) for v in ids if v})
+    return out
+
+  return run
