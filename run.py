@@ -81,6 +81,9 @@ flags.DEFINE_integer("channel", None, "predict: the channel (0-based) of multi-c
                      "(axes C, or non-colour samples); they are refused without it.")
 flags.DEFINE_integer("plane", None, "predict: the z-slice or time point (0-based) of image "
                      "stacks (axes Z, T); they are refused without it.")
+flags.DEFINE_float("diameter", None, "predict: median nucleus diameter (px) of the input "
+                   "images, for models trained at a set nucleus size (the shipped ones); "
+                   "default: estimated per image.")
 flags.DEFINE_bool("attention", False, "predict: also write attention maps (partial-annotation model).")
 flags.DEFINE_integer("level", 0, "predict: pyramid level of whole-slide TIFFs (0 = full resolution).")
 flags.DEFINE_string("region", None, "predict: segment only x,y,w,h (level-0 pixels) of a slide.")
@@ -181,7 +184,7 @@ def cmd_predict() -> int:
                                   overwrite=FLAGS.overwrite, on_error=FLAGS.on_error,
                                   channel=FLAGS.channel, plane=FLAGS.plane,
                                   level=FLAGS.level, region=FLAGS.region, stream=FLAGS.stream,
-                                  progress=sys.stderr.isatty())
+                                  diameter=FLAGS.diameter, progress=sys.stderr.isatty())
   skipped = result["skipped"]
   extra = f", {len(skipped)} skipped (see {result['skipped_csv']})" if skipped else ""
   print(f"{result['images']} images segmented{extra}; outputs in {FLAGS.output}")

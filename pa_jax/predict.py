@@ -79,8 +79,11 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
                    on_error: str = "stop", channel: int | None = None,
                    plane: int | None = None, level: int = 0,
                    region: str | tuple[int, int, int, int] | None = None,
-                   stream: bool | None = None) -> dict:
+                   stream: bool | None = None, diameter: float | None = None) -> dict:
   """Segments every image of `input_path` into the folder `output`.
+
+  `diameter`: median nucleus diameter (px) of the images, for a model trained at a set
+  nucleus size (`data.diameter`: the shipped models); None = estimated per image/slide.
 
   The model method segments with the run in `workdir`, the zoo model `model` (a shipped
   name or a .npz model file, docs/zoo.md) or, with neither, the shipped default model
@@ -137,6 +140,9 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
   if method == "classical":
     from pa_jax.infer import classical
 
+    if diameter:
+      raise InputError("diameter", "only applies to a model (the classical method has no "
+                       "training size)")
     if attention:
       raise InputError("attention", "attention maps need a partial-annotation model "
                        "(`workdir`), not the classical method")
@@ -159,6 +165,10 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
 
     cfg, net, variables, source, label = choose.open_trained(workdir, model, best)
     predictor = predictor_for(cfg, net, variables)
+    if diameter:
+      if diameter <= 0:
+        raise InputError("diameter", f"{diameter} is not a positive size in pixels")
+      predictor.diameter = float(diameter)
     segment = predictor.predict_scored
     def tiles_for(sl):  # zoomed to the model's nucleus size (pa_jax/infer/slide_zoom.py)
       norm = _slide_normalizer(sl, predictor.normalize)

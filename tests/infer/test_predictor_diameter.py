@@ -190,12 +190,19 @@ def test_a_nucleus_lost_when_zooming_back_is_dropped_from_the_table(monkeypatch)
   assert table == {k: pytest.approx(0.5 + (k + 1) / 100) for k in range(1, 7)}
 
 
-def test_dilation_comes_after_the_zoom_back(monkeypatch):
+def test_dilation_runs_at_the_zoomed_scale(monkeypatch):
+  """One pixel of dilation where the model saw its nuclei (30 px), i.e. half a pixel at
+  native scale for 15 px nuclei: equal to dilating the zoomed map, then zooming back."""
   _stub(monkeypatch)
   img, _ = _disks(d=15)
+  p = _predictor(target_diameter=30.0, diameter=15.0, dilate=True)
+  dilated = p(img)
+  zoomed, _ = p._segment(D.zoom_image(normalize_image(img), 2.0))
+  expected = P.relabel_sequential(D.resize_labels(P.dilate_labels(zoomed), img.shape[:2]))
+  np.testing.assert_array_equal(dilated, expected)
   plain = _predictor(target_diameter=30.0, diameter=15.0)(img)
-  dilated = _predictor(target_diameter=30.0, diameter=15.0, dilate=True)(img)
-  np.testing.assert_array_equal(dilated, P.dilate_labels(plain))
+  grown = np.count_nonzero(dilated) - np.count_nonzero(plain)
+  assert 0 < grown < np.count_nonzero(P.dilate_labels(plain)) - np.count_nonzero(plain)
 
 
 def test_predictor_for_reads_the_run_and_predict_config():

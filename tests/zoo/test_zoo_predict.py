@@ -94,3 +94,15 @@ def test_missing_default_model_is_one_line_and_exit_code_2(tmp_path, toy_data):
                       f"{registry.DEFAULT_MODEL} is not in this checkout yet; segment with a "
                       "trained run (--workdir) or another model file (--model)")
   assert not (tmp_path / "out").exists()
+
+
+def test_diameter_is_refused_where_it_means_nothing(toy_model, toy_data, tmp_path):
+  """--diameter sizes the input for a model trained at a set nucleus size: the classical
+  method has none, and a size must be positive; nothing is written either way."""
+  from pa_jax.predict import predict_folder
+
+  with pytest.raises(InputError, match="^diameter: only applies to a model"):
+    predict_folder(str(toy_data), str(tmp_path / "c"), method="classical", diameter=12.0)
+  with pytest.raises(InputError, match="^diameter: -3.0 is not a positive size"):
+    predict_folder(str(toy_data), str(tmp_path / "m"), model=str(toy_model), diameter=-3.0)
+  assert not (tmp_path / "c").exists() and not (tmp_path / "m").exists()
