@@ -4,7 +4,7 @@ Registered through the `napari.manifest` entry point (pyproject.toml) with the n
 manifest `napari.yaml` beside this file:
 
   reader.py           pa_jax label maps + `.nuclei.json` review states -> Labels layers
-  segment_widget.py   segment the active image: classical floor or a trained run (+ attention)
+  segment_widget.py   segment the active image: classical floor, shipped model or a trained run (+ attention)
   annotate_widget.py  the annotation assistant over `pa_jax.annotate.session.Session`
 
 The napari-free parts (state colours, layer arrays, model choices, the progress adapter)

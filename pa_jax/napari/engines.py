@@ -1,10 +1,9 @@
 """The widget's model list: what segments an image, loaded by name (napari-free).
 
-Each `Choice` says whether it needs a folder (a trained run's `--workdir`) and how to load
-a `Segmenter` from it. The list is `CHOICES`, in display order; a shipped model ("zoo")
-becomes one more entry whose `load` ignores the folder, e.g.
-
-  CHOICES["pa_jax nuclei v1 (shipped)"] = Choice(False, lambda _: load_run(zoo_path()))
+Each `Choice` says whether it needs a folder (a trained run's `--workdir`), whether it has
+an attention map, and how to load a `Segmenter`. The list is `CHOICES`, in display order:
+the classical floor, the shipped model (pa_jax/zoo, what `run.py predict` uses without
+`--workdir`) and a trained run.
 
 Segmenters call the library exactly as `run.py predict` does: the classical floor is
 `pa_jax.infer.classical.segment_classical`, a trained run is `experiment.load_run` +
@@ -22,8 +21,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pa_jax.errors import InputError
+from pa_jax.zoo.registry import DEFAULT_MODEL
 
 CLASSICAL = "classical floor (Otsu + watershed)"
+SHIPPED = f"shipped model ({DEFAULT_MODEL})"
 TRAINED_RUN = "trained run (folder)"
 
 
@@ -111,17 +112,31 @@ def _load_run_cached(path: str, stamp: int) -> RunSegmenter:
   return RunSegmenter(Path(path), cfg, model, variables, step)
 
 
+@functools.lru_cache(maxsize=1)
+def load_shipped(_folder: Path | None = None) -> RunSegmenter:
+  """The default shipped model behind the calls of a trained run (loaded once)."""
+  from pa_jax.zoo.load import open_model
+
+  zm = open_model(DEFAULT_MODEL)
+  seg = RunSegmenter(zm.path, zm.cfg, zm.model, zm.variables, int(zm.meta["step"]))
+  seg.source = f"pa_jax {zm.meta.get('name', DEFAULT_MODEL)} step {zm.meta['step']}"
+  return seg
+
+
 @dataclasses.dataclass(frozen=True)
 class Choice:
-  """One entry of the model list: `load(folder)` -> a segmenter."""
+  """One entry of the model list: `load(folder)` -> a segmenter; `attention`: whether it
+  can draw the PA attention map (the widget offers the option only then)."""
 
   needs_folder: bool
   load: Callable[[Path | None], Any]
+  attention: bool = False
 
 
 CHOICES: dict[str, Choice] = {
     CLASSICAL: Choice(False, lambda _folder: ClassicalSegmenter()),
-    TRAINED_RUN: Choice(True, load_run),
+    SHIPPED: Choice(False, load_shipped, attention=True),
+    TRAINED_RUN: Choice(True, load_run, attention=True),
 }
 
 

@@ -75,9 +75,9 @@ class SegmentWidget(Container):
       self.image.value = active
 
   def _on_model(self, _value=None) -> None:
-    needs = engines.CHOICES[self.model.value].needs_folder
-    self.folder.visible = needs
-    self.attention.visible = needs
+    choice = engines.CHOICES[self.model.value]
+    self.folder.visible = choice.needs_folder
+    self.attention.visible = choice.attention
 
   def _say(self, text: str, error: bool = False) -> None:
     self.status.value = text
@@ -97,7 +97,7 @@ class SegmentWidget(Container):
       return None
     choice = self.model.value
     folder = self.folder.value if engines.CHOICES[choice].needs_folder else None
-    want_attention = bool(self.attention.value) and engines.CHOICES[choice].needs_folder
+    want_attention = bool(self.attention.value) and engines.CHOICES[choice].attention
     job = functools.partial(engines.segment, choice, folder, image, want_attention)
     # Our own `errored` handler: napari would re-raise in the GUI thread (a traceback).
     self.worker = create_worker(progress_steps, job, _start_thread=False, _connect={
