@@ -99,11 +99,11 @@ def test_read_json_missing_is_none_bad_is_one_line(tmp_path):
 
 def test_benchmark_records_config_overrides():
   """`run.py benchmark` writes the `--config.x` overrides into its JSON: both absl forms."""
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("pa_jax_run_main", ROOT / "run.py")
-  run_main = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(run_main)
+  # One module for run.py in the whole session (tests/zoo imports it as `run`): executing
+  # the file a second time would define its absl flags twice.
+  if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+  import run as run_main
   argv = ["benchmark", "--config", "configs/dh25_pa.py:cpu", "--steps", "3",
           "--config.model.roi.mask_dim=32", "--config.train.batch_size", "4",
           "--output", "x.json"]
