@@ -9,7 +9,11 @@ haematoxylin channel on H&E). Metrics as ../shared/DESIGN.md defines them, means
 images; AJI also pooled over a set (Kumar's convention) and per image.
 
     python bench/zoo_eval.py [--model nuclei_cpu_v1 | --workdir runs/zoo_nuclei_cpu [--best]]
-        [--splits test,val] [--max-images N] [--out bench/results/zoo_eval.json]
+        [--splits test,val] [--modality M] [--max-images N] [--dilate model|on|off]
+        [--out bench/results/zoo_eval.json]
+
+`--dilate on|off` overrides the model's post-process dilation (`eval.dilate`), the
+comparison docs/zoo.md reports; `--modality` keeps only images of that index.csv modality.
 """
 
 from __future__ import annotations
@@ -54,11 +58,13 @@ def set_name(rec: readers.Record, split: str) -> str:
   return f"{dataset} {split}" + (f" {rec.modality}" if dataset == "dsb2018" else "")
 
 
-def score(cfg, model, variables, splits, max_images: int = 0) -> dict[str, list[dict]]:
+def score(cfg, model, variables, splits, max_images: int = 0, modality: str = ""
+          ) -> dict[str, list[dict]]:
   predictor = predictor_for(cfg, model, variables)
   rows: dict[str, list[dict]] = defaultdict(list)
   for split in splits:
-    records = experiment.source_records(cfg, split)
+    records = [r for r in experiment.source_records(cfg, split)
+               if not modality or r.modality == modality]
     if max_images:
       records = records[:max_images]
     for rec in records:
@@ -96,11 +102,16 @@ def main(argv=None) -> None:
   ap.add_argument("--best", action="store_true")
   ap.add_argument("--splits", default="test,val")
   ap.add_argument("--max-images", type=int, default=0)
+  ap.add_argument("--modality", default="")
+  ap.add_argument("--dilate", choices=("model", "on", "off"), default="model")
   ap.add_argument("--out", default="bench/results/zoo_eval.json")
   args = ap.parse_args(argv)
   cfg, model, variables, label = open_model(args)
+  if args.dilate != "model":
+    cfg.eval.dilate = args.dilate == "on"
+    label += f" dilate {args.dilate}"
   t0 = time.time()
-  per_set = score(cfg, model, variables, args.splits.split(","), args.max_images)
+  per_set = score(cfg, model, variables, args.splits.split(","), args.max_images, args.modality)
   results = {name: {"summary": {who: summarize([r[who] for r in rows], who)
                                 for who in ("model", "floor")},
                     "per_image_aji": {r["id"]: (r["model"]["aji"], r["floor"]["aji"])

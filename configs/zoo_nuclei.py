@@ -17,7 +17,7 @@ What makes one model fit all of them:
 * the module is trained too (centerness head and attention), so a fine-tune on partial
   labels (`--config.model.init=zoo:nuclei_cpu_v1`) has working PA boxes from step 1.
 
-Launch (2-core CPU, about 80 min; the full size is for accelerators and untrained so far):
+Launch (2-core CPU, 67 min measured for nuclei_cpu_v1 on a shared machine; the full size is for accelerators and untrained so far):
   python run.py train --config configs/zoo_nuclei.py:cpu --workdir runs/zoo_nuclei_cpu
   python run.py export-model --workdir runs/zoo_nuclei_cpu --name nuclei_cpu_v1
 """
@@ -47,7 +47,7 @@ def get_config(arg: str | None = None):
   c.model.roi.mask_box_scale = 1.2
   # No 3x3 post-process dilation: the paper's dilation corrects masks that Mask R-CNN
   # draws too small inside tight boxes; with the 1.2x mask frame they are not, and on 12
-  # dsb2018 fluorescence test images the dilation cost mAP 0.554 -> 0.375 (docs/zoo.md).
+  # dsb2018 fluorescence test images it costs mAP 0.554 -> 0.438 (docs/zoo.md, command there).
   c.eval.dilate = False
   if arg != "cpu":
     # Accelerator size: no pretrained weights exist offline, so a ResNet-50 from scratch

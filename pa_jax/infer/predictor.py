@@ -224,15 +224,19 @@ class Predictor:
     The model finds nuclei over about an octave around its training diameter, so the first
     pass runs at zoom 1, then 2 and 0.5 until one finds at least 3 nuclei; their median
     diameter (in the input's pixels; less the 2 zoomed pixels the dilation adds) gives the
-    zoom. When that zoom is within 10 % of the pass's, the pass is the result."""
+    zoom. When that zoom is within 10 % of the pass's, the pass is the result; when no
+    pass finds 3 nuclei, the zoom is 1 and the zoom-1 pass is the result."""
+    first = None
     for z in (1.0, 2.0, 0.5):
       out = self._segment_zoomed(img, z)
+      first = first or out
       d = diam.equivalent_diameters(out[0])
       if d.size >= 3:
         d_in = max(1.0, float(np.median(d)) - (2.0 / z if self.dilate else 0.0))
         zoom = diam.zoom_factor(d_in, self.target_diameter)
         return zoom, d_in, (out if abs(math.log(zoom / z)) < math.log(1.1) else None)
-    return 1.0, None, None
+    # Too few nuclei at any zoom: native scale, and its pass is already made.
+    return 1.0, None, first
 
   def predict_scored(self, image: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
     """(label map int32 [H, W], {label: detection score}); scores are known for images

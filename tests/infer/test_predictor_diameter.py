@@ -165,11 +165,15 @@ def test_no_nuclei_at_any_zoom_falls_back_to_native_scale(monkeypatch):
   calls = _stub(monkeypatch)
   img = np.full((40, 50), 20, np.uint8)
   p = _predictor(target_diameter=30.0)
-  assert p.estimate_zoom(normalize_image(img)) == (1.0, None, None)
+  zoom, d_in, native = p.estimate_zoom(normalize_image(img))
+  assert (zoom, d_in) == (1.0, None)
+  assert native[0].shape == (40, 50) and not native[0].any() and native[1] == {}  # the zoom-1 pass
   assert calls == [(40, 50), (80, 100), (20, 25)]
+  calls.clear()
   labels, table = p.predict_scored(img)
   assert labels.shape == (40, 50) and not labels.any() and table == {}
   assert p.last_diameter is None
+  assert calls == [(40, 50), (80, 100), (20, 25)]  # no fourth pass at zoom 1
 
 
 def test_a_nucleus_lost_when_zooming_back_is_dropped_from_the_table(monkeypatch):
