@@ -399,9 +399,13 @@ def agreement(cfg, model, variables, tv_model, image_batch) -> dict:
     out = m.rpn(f)
     return f, out.objectness, out.deltas
 
-  f_j, obj_j, dlt_j = jax.jit(lambda v, x: model.apply(v, x, method=feats_and_rpn))(variables, img)
-  det = jax.jit(lambda v, x, s: model.apply(v, x, s, method=MaskRCNN.predict))(
-      variables, img, jnp.asarray(b1.image_size))
+  # Full float32 matmuls and convolutions: on a GPU JAX's default is TF32 (10-bit
+  # mantissa), which would make this a check of the precision mode, not of the models.
+  with jax.default_matmul_precision("highest"):
+    f_j, obj_j, dlt_j = jax.jit(lambda v, x: model.apply(v, x, method=feats_and_rpn))(
+        variables, img)
+    det = jax.jit(lambda v, x, s: model.apply(v, x, s, method=MaskRCNN.predict))(
+        variables, img, jnp.asarray(b1.image_size))
   tv_model.eval()
   images, _ = torch_inputs(b1, "cpu", with_targets=False)
   with torch.no_grad():
@@ -903,6 +907,10 @@ def _torch_available() -> bool:
 def cmd_compare(a) -> int:
   spec, ov = preset(a.preset, a.override)
   cfg = load_config(spec, ov)
+  # The agreement check is a float32 one: paper-size configs default to bfloat16 compute,
+  # which put the FPN 1.7 % apart on an H200 (2026-11-30). The timed workers set their own
+  # dtype (--dtypes).
+  cfg.model.compute_dtype = "float32"
   out = Path(a.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   result = {"command": "python " + " ".join(sys.argv), "date_utc": _now(),

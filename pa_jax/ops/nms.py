@@ -101,8 +101,12 @@ def _iou_above(a: jnp.ndarray, area_a: jnp.ndarray, b_rows: jnp.ndarray, area_b:
                iou_threshold) -> jnp.ndarray:
   """`IoU(a[i], b[j]) > iou_threshold` for boxes `a [M, 4]` and `b_rows [4, P]` (`b.T`).
 
-  The same float32 operations as `boxes.pairwise_iou` (and the previous one-row-at-a-time
-  loop), so the kept set does not change with the tiling. Returns bool `[M, P]`.
+  Decided as `inter > iou_threshold * union` rather than `inter / union > iou_threshold`:
+  a float32 multiply is correctly rounded on every backend, while XLA's GPU division is not
+  (measured on an H200, 2026-11-30: a whole-pixel pair with IoU exactly 1/2 came out above
+  0.5 and one box too many was suppressed). For whole-pixel boxes (exact areas) the two forms
+  agree with the float64 ratio for every threshold tested (tests/ops/test_ops_nms.py), and
+  the kept set does not change with the tiling. Returns bool `[M, P]`.
   """
   w = jnp.maximum(jnp.minimum(a[:, 2:3], b_rows[2][None]) - jnp.maximum(a[:, 0:1], b_rows[0][None]),
                   0.0)
@@ -110,8 +114,8 @@ def _iou_above(a: jnp.ndarray, area_a: jnp.ndarray, b_rows: jnp.ndarray, area_b:
                   0.0)
   inter = w * h
   union = area_a[:, None] + area_b[None, :] - inter
-  iou = jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
-  return iou > iou_threshold
+  # An empty union (two zero-area boxes) never suppresses: 0 > threshold * 0 is False.
+  return (inter > iou_threshold * union) & (union > 0)
 
 
 def nms_with_turns(boxes: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray,
