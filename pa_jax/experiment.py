@@ -209,10 +209,12 @@ def training_data(cfg, process_index: int = 0, process_count: int = 1,
     stats = dataset_statistics(examples)
     examples = repeat_by_source(cfg, examples, records)
   elif reader == "tfds":
-    if float(cfg.data.diameter) or float(cfg.data.val_fraction) or len(source_paths(cfg.data.source)) > 1:
+    repeats = any(int(r) != 1 for r in cfg.data.source_repeats)
+    if (float(cfg.data.diameter) or float(cfg.data.val_fraction) or repeats
+        or len(source_paths(cfg.data.source)) > 1):
       raise InputError("data.reader", "'tfds' builds hold one source at native scale: "
-                       "data.diameter, data.val_fraction and several data.source entries need "
-                       "data.reader='folder'")
+                       "data.diameter, data.val_fraction, data.source_repeats and several "
+                       "data.source entries need data.reader='folder'")
     examples, stats = tfds_source.open_training_split(cfg)
   else:
     raise InputError("data.reader", f"{reader!r} is not 'folder' or 'tfds'")

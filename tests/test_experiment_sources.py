@@ -255,7 +255,8 @@ def test_augmentation_from_config():
   assert experiment.augmentation(base.get_config()) == pipeline.Augmentation()
 
 
-@pytest.mark.parametrize("field", [{"diameter": 30.0}, {"val_fraction": 0.2}, {"source": "a,b"}])
+@pytest.mark.parametrize("field", [{"diameter": 30.0}, {"val_fraction": 0.2}, {"source": "a,b"},
+                                   {"source_repeats": (3,)}])
 def test_tfds_reader_refuses_what_a_build_cannot_hold(field):
   cfg = _config("a", reader="tfds")
   cfg.data.update(field)

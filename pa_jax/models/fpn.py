@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pa_jax.models.layers import pointwise_conv
+
 Array = jax.Array
 
 # torchvision FPN init: kaiming_uniform_(a=1) == variance_scaling(1, fan_in, uniform); bias 0.
@@ -68,7 +70,11 @@ class FPN(nn.Module):
         if not levels:
             raise ValueError(f"FPN needs 'c<k>' inputs, got keys {sorted(features)}")
 
-        def conv(kernel: int, name: str) -> nn.Conv:
+        def conv(kernel: int, name: str) -> nn.Module:
+            if kernel == 1:  # The laterals: a matmul over channels (layers.py says why).
+                return pointwise_conv(self.out_channels, kernel_init=_fpn_init,
+                                      bias_init=nn.initializers.zeros, dtype=self.dtype,
+                                      param_dtype=jnp.float32, name=name)
             pad = kernel // 2
             return nn.Conv(
                 self.out_channels,

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pa_jax.models.layers import pointwise_conv
+
 Array = jax.Array
 
 
@@ -50,6 +52,6 @@ class CenternessHead(nn.Module):
         bias = math.log(self.prior_prob / (1.0 - self.prior_prob))
         common = dict(kernel_init=nn.initializers.normal(stddev=0.01), dtype=self.dtype, param_dtype=jnp.float32)
         h = hidden.astype(self.dtype)
-        logits = nn.Conv(1, (1, 1), bias_init=nn.initializers.constant(bias), name="centerness", **common)(h)
-        deltas = nn.Conv(4, (1, 1), bias_init=nn.initializers.zeros, name="box", **common)(h)
+        logits = pointwise_conv(1, bias_init=nn.initializers.constant(bias), name="centerness", **common)(h)
+        deltas = pointwise_conv(4, bias_init=nn.initializers.zeros, name="box", **common)(h)
         return CenternessOutput(logits[..., 0].astype(jnp.float32), deltas.astype(jnp.float32))

@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pa_jax.models.layers import pointwise_conv
 from pa_jax.models.norm import make_norm
 
 Array = jax.Array
@@ -67,7 +68,10 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _conv(features: int, kernel: int, stride: int, name: str, groups: int = 1, dtype=jnp.float32) -> nn.Conv:
-    """Bias-free conv with PyTorch's symmetric padding ``kernel // 2``."""
+    """Bias-free conv with PyTorch's symmetric padding ``kernel // 2`` (1x1: a matmul, layers.py)."""
+    if kernel == 1 and groups == 1:
+        return pointwise_conv(features, strides=stride, use_bias=False, kernel_init=_conv_init,
+                              dtype=dtype, param_dtype=jnp.float32, name=name)
     pad = kernel // 2
     return nn.Conv(
         features,

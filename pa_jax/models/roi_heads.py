@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pa_jax.models.layers import pointwise_conv
+
 Array = jax.Array
 
 # detectron2 initialisations: c2_xavier_fill for FCs (== kaiming_uniform(a=1)), c2_msra_fill
@@ -111,5 +113,5 @@ class MaskHead(nn.Module):
                              name="conv5_mask", **common)(x)
         x = nn.relu(x)
         out = 1 if self.class_agnostic else self.num_classes - 1
-        x = nn.Conv(out, (1, 1), kernel_init=nn.initializers.normal(0.001), name="mask_logits", **common)(x)
+        x = pointwise_conv(out, kernel_init=nn.initializers.normal(0.001), name="mask_logits", **common)(x)
         return x.astype(jnp.float32)

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pa_jax.models.layers import pointwise_conv
+
 Array = jax.Array
 
 _head_init = nn.initializers.normal(stddev=0.01)  # torchvision / detectron2 RPN init
@@ -63,8 +65,8 @@ class RPNHead(nn.Module):
         common = dict(kernel_init=_head_init, bias_init=nn.initializers.zeros, dtype=self.dtype, param_dtype=jnp.float32)
         # Created once, called per level: linen shares the parameters across calls.
         conv = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), name="conv", **common)
-        cls = nn.Conv(self.num_anchors, (1, 1), name="objectness", **common)
-        reg = nn.Conv(4 * self.num_anchors, (1, 1), name="deltas", **common)
+        cls = pointwise_conv(self.num_anchors, name="objectness", **common)
+        reg = pointwise_conv(4 * self.num_anchors, name="deltas", **common)
         objectness, deltas, hidden = {}, {}, {}
         for name in names:
             t = nn.relu(conv(features[name].astype(self.dtype)))
