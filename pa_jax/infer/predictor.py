@@ -5,7 +5,8 @@ to a multiple of 32: one compile per distinct size; with `canvas_octaves > 0`, t
 half-octave buckets below `tile_size`, `bucket_sides`, a bounded number of programs, 5 for
 square images; larger images are tiled), runs the jitted `MaskRCNN.predict` (one compile
 per model and canvas shape, shared by every Predictor of the process), renders the detections into one label map on device
-(`ops.masks.masks_to_label_map`: overlaps go to the higher score, no [K, H, W] mask stack),
+(`ops.masks.masks_to_label_map`: overlaps go to the higher score, and with `mask_overlap` < 1
+a detection mostly covered by higher-scoring ones is dropped; no [K, H, W] mask stack),
 crops back to the image and applies the paper's post-process on the host: every nucleus
 dilated once with a 3x3 square.
 
@@ -51,7 +52,8 @@ def predictor_for(cfg, model, variables) -> "Predictor":
                    cfg.eval.dilate, p.get("score_threshold", 0.5), p.tile_size,
                    p.tile_overlap, p.batch_size, canvas_octaves=p.get("canvas_octaves", 0),
                    target_diameter=float(cfg.data.get("diameter", 0.0)),
-                   diameter=float(p.get("diameter", 0.0)))
+                   diameter=float(p.get("diameter", 0.0)),
+                   mask_overlap=float(p.get("mask_overlap", 1.0)))
 
 
 def canvas_for(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
@@ -79,7 +81,8 @@ def bucket_canvas(height: int, width: int, sides: tuple[int, ...]) -> tuple[int,
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted_predict(model, canvas: tuple[int, int], threshold: float, min_score: float) -> Callable:
+def _jitted_predict(model, canvas: tuple[int, int], threshold: float, min_score: float,
+                    overlap: float | None = None) -> Callable:
   """One jitted predict + render program per (model, canvas, thresholds), shared process-wide.
 
   Module level on purpose: periodic evaluation and every annotation round build a new
@@ -90,7 +93,7 @@ def _jitted_predict(model, canvas: tuple[int, int], threshold: float, min_score:
   from pa_jax.models.mask_rcnn import MaskRCNN
 
   render = functools.partial(mask_ops.masks_to_label_map, height=canvas[0], width=canvas[1],
-                             threshold=threshold)
+                             threshold=threshold, overlap_threshold=overlap)
 
   @jax.jit
   def run(variables, image, image_size):
@@ -129,13 +132,17 @@ class Predictor:
       (`config.data.diameter`); 0 = no zoom.
     diameter: the median nucleus diameter of the input images (px); 0 = estimate it per
       image from a first pass (`estimate_zoom`). Only used with `target_diameter`.
+    mask_overlap: a detection with at least this fraction of its mask already claimed by
+      higher-scoring ones is not drawn (`masks_to_label_map`'s `overlap_threshold`);
+      1.0 = only the fully covered, i.e. overlaps simply go to the higher score.
   """
 
   def __init__(self, model, variables, normalize: str = "percentile",
                mask_threshold: float = 0.5, dilate: bool = True, min_score: float = 0.5,
                tile_size: int = 512, overlap: int = 96, batch_size: int = 1,
                progress: bool = False, canvas_octaves: int = 0,
-               target_diameter: float = 0.0, diameter: float = 0.0):
+               target_diameter: float = 0.0, diameter: float = 0.0,
+               mask_overlap: float = 1.0):
     self.model = model
     self.target_diameter = float(target_diameter)
     self.diameter = float(diameter)
@@ -145,6 +152,8 @@ class Predictor:
     self.mask_threshold = mask_threshold
     self.dilate = dilate
     self.min_score = min_score
+    # 1.0 (or more) drops nothing that would show: the plain overwrite program, compiled once.
+    self.mask_overlap = None if mask_overlap >= 1.0 else float(mask_overlap)
     self.tile_size = tile_size
     self.overlap = overlap
     self.batch_size = max(1, int(batch_size))
@@ -164,7 +173,8 @@ class Predictor:
     for i, img in enumerate(images):
       padded[i, :h, :w] = img
     sizes = np.tile(np.array([[h, w]], np.int32), (padded.shape[0], 1))
-    run = _jitted_predict(self.model, canvas, float(self.mask_threshold), float(self.min_score))
+    run = _jitted_predict(self.model, canvas, float(self.mask_threshold), float(self.min_score),
+                          self.mask_overlap)
     raw, det = run(self.variables, jnp.asarray(padded), jnp.asarray(sizes))
     return np.asarray(raw)[:n, :h, :w], np.asarray(det.scores)[:n]
 

@@ -39,7 +39,7 @@ def test_new_predictor_on_new_variables_reuses_the_compiled_program():
   assert info.misses == misses and info.hits >= 1
   # ... and the shared jitted function itself traced once (a cache hit on a function that
   # retraces would still recompile).
-  assert P._jitted_predict(model, (64, 64), 0.5, 0.0)._cache_size() == 1
+  assert P._jitted_predict(model, (64, 64), 0.5, 0.0, None)._cache_size() == 1
 
 
 def test_single_image_result_does_not_depend_on_the_tile_batch_size():
@@ -65,6 +65,20 @@ def test_single_image_result_does_not_depend_on_the_tile_batch_size():
                    mask_threshold=0.4)(img)
   np.testing.assert_array_equal(t1, t4)
   assert t1.max() > 0
+
+
+def test_mask_overlap_drops_whole_detections():
+  """With mask_overlap < 1 some heavily overlapped detections of the untrained net go
+  (raw label = score rank + 1); a pixel changes hands only where the detection it had was
+  dropped (a lower-scoring one may then take it), and never becomes background otherwise."""
+  model, v, img = _model_and_variables(0)
+  x = pipeline.normalize_image(img)
+  off, _ = P.Predictor(model, v, min_score=0.0, mask_threshold=0.4)._run_batch([x], 1)
+  on, _ = P.Predictor(model, v, min_score=0.0, mask_threshold=0.4,
+                      mask_overlap=0.5)._run_batch([x], 1)
+  dropped = np.setdiff1d(np.unique(off), np.unique(on))
+  assert 0 < len(dropped) < len(np.unique(off)) - 1
+  assert np.all((on == off) | np.isin(off, dropped))
 
 
 def test_dilate_labels_hand_case():
@@ -111,4 +125,4 @@ def test_many_image_sizes_compile_once_per_canvas_bucket():
   # One jitted program per bucket canvas, each traced and compiled exactly once.
   assert P._jitted_predict.cache_info().misses == len(buckets)
   for canvas in buckets:
-    assert P._jitted_predict(model, canvas, 0.5, 0.0)._cache_size() == 1
+    assert P._jitted_predict(model, canvas, 0.5, 0.0, None)._cache_size() == 1

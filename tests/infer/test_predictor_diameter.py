@@ -220,10 +220,13 @@ def test_predictor_for_reads_the_run_and_predict_config():
 
   cfg = base.get_config()
   cfg.data.diameter, cfg.predict.diameter = 30.0, 12.5
+  cfg.predict.mask_overlap = 0.4
   p = P.predictor_for(cfg, None, None)
-  assert (p.target_diameter, p.diameter) == (30.0, 12.5)
+  assert (p.target_diameter, p.diameter, p.mask_overlap) == (30.0, 12.5, 0.4)
+  cfg.predict.mask_overlap = 1.0  # off: the plain overwrite program
+  assert P.predictor_for(cfg, None, None).mask_overlap is None
   old = base.get_config()  # a run stored before the fields existed
-  del old.data["diameter"], old.predict["diameter"]
+  del old.data["diameter"], old.predict["diameter"], old.predict["mask_overlap"]
   p = P.predictor_for(old, None, None)
-  assert (p.target_diameter, p.diameter) == (0.0, 0.0)
+  assert (p.target_diameter, p.diameter, p.mask_overlap) == (0.0, 0.0, None)  # as before
   assert math.isclose(D.zoom_factor(12.5, 30.0), 2.4)
