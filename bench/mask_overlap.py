@@ -23,7 +23,7 @@ read in training.
 3. A before/after figure (`--figure`, '' = none): the crop of a `--figure-set` image where
    the `--chosen` threshold removes the most predicted nuclei (then pixels).
 
-    python bench/mask_overlap.py [--model nuclei_cpu_v1 | --workdir runs/demo/model]
+    python bench/mask_overlap.py [--model nuclei_cpu_v2 | --workdir runs/demo/model]
         [--sets dh360,val] [--thresholds 0.3,0.5,0.7] [--chosen 0.5] [--max-images N]
         [--figure docs/figures/mask_overlap.png] [--out bench/results/mask_overlap_<model>.json]
 """
@@ -57,6 +57,7 @@ from pa_jax.evaluation import metrics  # noqa: E402
 from pa_jax.infer import predictor as P  # noqa: E402
 from pa_jax.infer import tiling  # noqa: E402
 from pa_jax.ops import masks as mask_ops  # noqa: E402
+from pa_jax.zoo.registry import DEFAULT_MODEL  # noqa: E402
 
 DSB = tuple(float(t) for t in metrics.DSB_THRESHOLDS)
 CONTAIN = 0.5  # "mostly inside": the diagnosis' pair criterion and the containment variant's
@@ -415,7 +416,7 @@ def open_model(args):
 
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--model", default="nuclei_cpu_v1")
+  ap.add_argument("--model", default=DEFAULT_MODEL)
   ap.add_argument("--workdir", default="", help="a trained run instead of --model")
   ap.add_argument("--sets", default="dh360,val")
   ap.add_argument("--thresholds", default="0.3,0.5,0.7")

@@ -8,7 +8,7 @@ same images, the classical floor (`infer.classical.segment_classical`, stain='au
 haematoxylin channel on H&E). Metrics as ../shared/DESIGN.md defines them, means over
 images; AJI also pooled over a set (Kumar's convention) and per image.
 
-    python bench/zoo_eval.py [--model nuclei_cpu_v1 | --workdir runs/zoo_nuclei_cpu [--best]]
+    python bench/zoo_eval.py [--model nuclei_cpu_v2 | --workdir runs/zoo_nuclei_cpu [--best]]
         [--splits test,val] [--modality M] [--max-images N] [--dilate model|on|off]
         [--out bench/results/zoo_eval.json]
 
@@ -35,6 +35,7 @@ from pa_jax.evaluation.metrics import image_metrics  # noqa: E402
 from pa_jax.evaluation.report import summarize  # noqa: E402
 from pa_jax.infer import classical  # noqa: E402
 from pa_jax.infer.predictor import predictor_for  # noqa: E402
+from pa_jax.zoo.registry import DEFAULT_MODEL  # noqa: E402
 
 ROW_KEYS = ("map", "aji", "ncs", "precision", "recall", "f1", "pq", "n_gt", "n_pred",
             "aji_c", "aji_u")
@@ -97,7 +98,7 @@ def markdown(results: dict, label: str) -> str:
 
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--model", default="nuclei_cpu_v1")
+  ap.add_argument("--model", default=DEFAULT_MODEL)
   ap.add_argument("--workdir", default="")
   ap.add_argument("--best", action="store_true")
   ap.add_argument("--splits", default="test,val")

@@ -43,6 +43,9 @@ def get_config(arg: str | None = None):
   # Proposals are reviewed by a person, so they are drawn from a lower score than a final
   # label map (base: 0.5): a short CPU schedule is under-confident (docs/annotate.md).
   c.predict.score_threshold = 0.2
+  # Proposals without the crescents a lower-scoring duplicate leaves beside a nucleus
+  # (docs/outlines.md): each one is a proposal the reviewer would have to delete.
+  c.predict.mask_overlap = 0.5
 
   c.annotate = ml_collections.ConfigDict()
   c.annotate.finetune_steps = 150  # rounds >= 2: steps of fine-tuning from the previous round

@@ -29,6 +29,6 @@ def get_config(arg: str | None = None):
     # labels (except its validation quarter): a partial-label result from it is not a clean
     # Table 3/4 result; --config.model.init='' --config.model.roi.mask_dim=64 trains from
     # scratch (the ablation).
-    c.model.init = "zoo:nuclei_cpu_v1"
+    c.model.init = "zoo:nuclei_cpu_v2"
     c.model.roi.mask_dim = 32
   return c

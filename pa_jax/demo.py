@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 from pathlib import Path
@@ -76,6 +77,10 @@ def run(workdir: str | Path, sample: str | Path = SAMPLE, steps: int | None = No
   # 3. fine-tune it (resumes from workdir/model if interrupted; a finished run is reused)
   print(f"[3/5] fine-tuning it with the partial-annotation module on {spec.name} labels "
         f"({cfg.train.steps} steps, batch {cfg.train.batch_size}, canvas {cfg.data.canvas_size})")
+  moved = set_aside_other_start(workdir / "model", str(cfg.model.init))
+  if moved is not None:
+    print(f"      {workdir / 'model'} was fine-tuned from another starting model; kept as "
+          f"{moved}, fine-tuning afresh")
   experiment.train(cfg, workdir / "model")
   cfg, model, variables, step = experiment.load_run(workdir / "model")
   predictor = predictor_for(cfg, model, variables)
@@ -116,6 +121,27 @@ def run(workdir: str | Path, sample: str | Path = SAMPLE, steps: int | None = No
         f"{workdir / 'overlay.png'}, predictions: {pred_dir}/, report: "
         f"{workdir / 'evaluation'}/, model: {workdir / 'model'}/")
   return 0
+
+
+def set_aside_other_start(model_dir: Path, init: str) -> Path | None:
+  """Moves a demo run fine-tuned from another starting model out of the way.
+
+  A newer shipped model changes the demo config's `model.init`, and a run cannot resume
+  under another starting point (train refuses the changed config). The old run is kept,
+  renamed `model.from_<its start>` (`.1`, `.2`, ... if taken), never deleted. Returns the
+  new path, or None when there is nothing to move (no run yet, or the same start)."""
+  cfg_path = model_dir / "config.json"
+  if not cfg_path.is_file():
+    return None
+  old = str(json.loads(cfg_path.read_text()).get("model", {}).get("init", ""))
+  if old == init:
+    return None
+  stem = old.split(":")[-1].replace("/", "_").replace(".", "_") or "scratch"
+  dest, k = model_dir.with_name(f"model.from_{stem}"), 1
+  while dest.exists():
+    dest, k = model_dir.with_name(f"model.from_{stem}.{k}"), k + 1
+  model_dir.rename(dest)
+  return dest
 
 
 def _write_overlay(path: Path, items) -> None:

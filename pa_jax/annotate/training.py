@@ -2,7 +2,7 @@
 fine-tune the previous round.
 
 Round 1 starts from the zoo model `model.init` names, if any (docs/zoo.md). When that is
-the shipped default (`zoo:nuclei_cpu_v1`) and it cannot start this config's model (not in
+the shipped default (`zoo:nuclei_cpu_v2`) and it cannot start this config's model (not in
 the checkout yet, damaged, another architecture), the round trains from scratch and one
 log line says why; any other `model.init` fails as `run.py train` does.
 

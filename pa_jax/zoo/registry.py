@@ -17,7 +17,7 @@ from pathlib import Path
 from pa_jax.errors import InputError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL = "nuclei_cpu_v1"
+DEFAULT_MODEL = "nuclei_cpu_v2"
 ZOO_PREFIX = "zoo:"
 SUFFIXES = (".npz", ".json")
 

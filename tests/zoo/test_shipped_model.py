@@ -23,6 +23,7 @@ def test_shipped_default_loads_with_its_card_and_frame():
   # What the weights mean travels with them: the nucleus size, the mask frame, no dilation.
   assert zm.cfg.data.diameter == 30.0 and zm.cfg.model.roi.mask_box_scale == 1.2
   assert zm.cfg.eval.dilate is False and zm.model.spec.partial
+  assert zm.cfg.predict.mask_overlap == 0.5  # docs/outlines.md
   card = zm.meta["card"]
   assert "CC BY-NC-SA 4.0" in card["license"] and "configs/zoo_nuclei.py" in card["command"]
   assert all(v.dtype == np.float32 for v in _leaves(zm.variables))
@@ -47,6 +48,11 @@ def test_napari_lists_the_shipped_model_and_it_segments_a_held_out_image():
   rec = next(r for r in readers.read_dataset_folder(SAMPLE, split="test"))
   ex = readers.load_example(rec)
   out = engines.segment(engines.SHIPPED, None, ex.image)
-  assert out.source == f"pa_jax {registry.DEFAULT_MODEL} step 1500"
+  assert out.source == f"pa_jax {registry.DEFAULT_MODEL} step {zm_step()}"
   assert out.labels.shape == ex.labels.shape and set(out.scores) == set(np.unique(out.labels)) - {0}
   assert image_metrics(ex.labels, out.labels)["recall"] > 0.5
+
+
+def zm_step() -> int:
+  """The training step the default model's file records (its card and its label source)."""
+  return int(open_model(registry.DEFAULT_MODEL).meta["step"])
