@@ -102,9 +102,10 @@ def _iou_above(a: jnp.ndarray, area_a: jnp.ndarray, b_rows: jnp.ndarray, area_b:
   """`IoU(a[i], b[j]) > iou_threshold` for boxes `a [M, 4]` and `b_rows [4, P]` (`b.T`).
 
   Decided as `inter > iou_threshold * union` rather than `inter / union > iou_threshold`:
-  a float32 multiply is correctly rounded on every backend, while XLA's GPU division is not
-  (measured on an H200, 2026-11-30: a whole-pixel pair with IoU exactly 1/2 came out above
-  0.5 and one box too many was suppressed). For whole-pixel boxes (exact areas) the two forms
+  a float32 multiply is correctly rounded on every backend, while XLA's GPU division need not
+  be (on an H200, 2026-11-30, the division form kept one box fewer than greedy NMS on
+  whole-pixel boxes, where IoU ties such as exactly 1/2 are common; the division is its one
+  inexact step, and the multiply form passes there). For whole-pixel boxes (exact areas) the two forms
   agree with the float64 ratio for every threshold tested (tests/ops/test_ops_nms.py), and
   the kept set does not change with the tiling. Returns bool `[M, P]`.
   """

@@ -53,6 +53,12 @@ def random_detections(rng, r, h, w, s, max_side):
   return masks, boxes
 
 
+def random_scored(rng, r, h, w, s, max_side):
+  """`random_detections` plus uniform float32 scores, drawn in that order."""
+  masks, boxes = random_detections(rng, r, h, w, s, max_side)
+  return masks, boxes, rng.uniform(size=r).astype(np.float32)
+
+
 def test_lower_scoring_box_mostly_inside_a_bigger_one_is_dropped():
   # Big 12 x 12 (score 0.9); small 8 x 8 (0.5) with 36 of its 64 pixels inside the big.
   boxes, scores = [[2, 2, 14, 14], [8, 8, 16, 16]], [0.9, 0.5]
@@ -114,8 +120,7 @@ def test_threshold_one_is_the_old_map_bit_for_bit(window):
   h, w, s, r = 24, 21, 5, 12
   for seed in range(3):
     rng = np.random.default_rng(seed)
-    masks, boxes = random_detections(rng, r, h, w, s, 9.0)
-    scores = rng.uniform(size=r).astype(np.float32)
+    masks, boxes, scores = random_scored(rng, r, h, w, s, 9.0)
     scores[3] = scores[4]  # a tie
     valid = rng.uniform(size=r) > 0.15
     args = (masks, boxes, scores, valid)
@@ -128,8 +133,7 @@ def test_window_path_equals_full_path():
   # Boxes of at most 9 px: inside the 16-px window ((16 - 3) / (1 + 2 / 5) = 9.3 px).
   h, w, s, r = 40, 37, 5, 16
   rng = np.random.default_rng(7)
-  masks, boxes = random_detections(rng, r, h, w, s, 9.0)
-  scores = rng.uniform(size=r).astype(np.float32)
+  masks, boxes, scores = random_scored(rng, r, h, w, s, 9.0)
   valid = np.ones(r, bool)
   for overlap in (0.3, 0.6):
     full = np.asarray(label_map_fn(h, w, overlap)(masks, boxes, scores, valid))
@@ -140,8 +144,7 @@ def test_window_path_equals_full_path():
 def test_against_numpy_reference_under_jit_and_vmap():
   h, w, s, r = 22, 25, 4, 14
   rng = np.random.default_rng(3)
-  masks, boxes = random_detections(rng, r, h, w, s, 12.0)
-  scores = rng.uniform(size=r).astype(np.float32)
+  masks, boxes, scores = random_scored(rng, r, h, w, s, 12.0)
   valid = np.ones(r, bool)
   valid[5] = False
   probs = np.asarray(jax.jit(lambda m, b: M.paste_masks_soft(m, b, h, w))(masks, boxes))

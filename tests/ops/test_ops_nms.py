@@ -353,3 +353,20 @@ def test_sequential_depth_on_10k_proposals(k):
   check((idx, ok), ref_nms_np(boxes, scores, np.ones(n, bool), 0.7, k), k)
   depth = int(turns.blocks) + int(turns.fixed_point)
   assert depth <= n / 128, turns
+
+
+def test_whole_pixel_iou_decisions_equal_the_exact_ratio():
+  # Every (intersection, union) pair of whole-pixel areas up to 400: box a = [0,0,u,1] and
+  # b = [0,0,i,1] overlap by min(u, i) over max(u, i). The decision must be the exact
+  # (float64) ratio's, including IoU == threshold exactly (1/2, 3/10, 7/10 ...): a GPU's
+  # inexact float32 division once flipped such a tie (docs/performance.md).
+  from pa_jax.ops.nms import _iou_above
+
+  sides = np.arange(0, 401, dtype=np.float32)
+  boxes = np.stack([np.zeros_like(sides), np.zeros_like(sides), sides, np.ones_like(sides)], 1)
+  area = sides.copy()
+  lo, hi = np.minimum.outer(sides, sides), np.maximum.outer(sides, sides)
+  for thr in (0.05, 0.3, 0.5, 0.7, 0.9):
+    got = np.asarray(jax.jit(_iou_above)(boxes, area, boxes.T, area, np.float32(thr)))
+    ratio = np.where(hi > 0, lo.astype(np.float64) / np.where(hi > 0, hi, 1), 0.0)
+    np.testing.assert_array_equal(got, ratio > thr)
