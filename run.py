@@ -83,7 +83,11 @@ flags.DEFINE_integer("plane", None, "predict: the z-slice or time point (0-based
                      "stacks (axes Z, T); they are refused without it.")
 flags.DEFINE_float("diameter", None, "predict: median nucleus diameter (px) of the input "
                    "images, for models trained at a set nucleus size (the shipped ones); "
-                   "default: estimated per image.")
+                   "default: estimated per image. What each image was segmented at is in "
+                   "OUTPUT/predict.json and report.html.")
+flags.DEFINE_float("mask_overlap", None, "predict: in (0, 1], overrides the model's "
+                   "predict.mask_overlap: a detection with at least this fraction of its mask "
+                   "under higher-scoring ones is not drawn (1 = off); default: the model's.")
 flags.DEFINE_bool("attention", False, "predict: also write attention maps (partial-annotation model).")
 flags.DEFINE_integer("level", 0, "predict: pyramid level of whole-slide TIFFs (0 = full resolution).")
 flags.DEFINE_string("region", None, "predict: segment only x,y,w,h (level-0 pixels) of a slide.")
@@ -184,7 +188,8 @@ def cmd_predict() -> int:
                                   overwrite=FLAGS.overwrite, on_error=FLAGS.on_error,
                                   channel=FLAGS.channel, plane=FLAGS.plane,
                                   level=FLAGS.level, region=FLAGS.region, stream=FLAGS.stream,
-                                  diameter=FLAGS.diameter, progress=sys.stderr.isatty())
+                                  diameter=FLAGS.diameter, mask_overlap=FLAGS.mask_overlap,
+                                  progress=sys.stderr.isatty())
   skipped = result["skipped"]
   extra = f", {len(skipped)} skipped (see {result['skipped_csv']})" if skipped else ""
   print(f"{result['images']} images segmented{extra}; outputs in {FLAGS.output}")

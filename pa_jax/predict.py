@@ -18,8 +18,15 @@ stitching (pa_jax/infer/streaming.py); finished rows and nuclei are written as t
 `label` / `ome-tiff` as a tiled OME-TIFF label image `{id}_labels.ome.tif`, `ome-zarr` as
 `{id}.ome.zarr` (image + NGFF labels), `geojson` / `csv` through the streaming writers of
 pa_jax/annotate/stream_export.py, plus `{id}.slide.json` (level, region, pixel size,
-tiling counts) and a per-slide report. `coco` and `roi` need the whole label map and are
-refused for a streamed image.
+tiling counts, nucleus diameter and zoom) and a per-slide report. `coco` and `roi` need
+the whole label map and are refused for a streamed image.
+
+Every run also writes `predict.json`: the method, the model, its training nucleus diameter,
+the diameter mode ('given' | 'estimated' | null), the mask-overlap threshold used and, per
+image, {id, diameter_px, diameter_source, zoom, streamed}: the nucleus diameter (input
+pixels) the image was segmented at, null when the model has no training diameter, when the
+estimate found too few nuclei, or for the classical method. report.html's table shows the
+same per image.
 
 The output folder follows pa_jax.outputs: never the input or inside it, a non-empty folder
 only with `overwrite` (then replaced as a whole), and written into a temporary folder that
@@ -52,6 +59,8 @@ STREAM_ABOVE_PIXELS = 4096 * 4096
 # The classical floor estimates its threshold and nucleus size per call, so it is given
 # large tiles; 128 px of overlap covers nuclei (or clumps) up to ~120 px.
 CLASSICAL_TILE, CLASSICAL_OVERLAP = 1024, 128
+# What predict.json and {id}.slide.json say of the nucleus size where no model zoomed.
+NO_SCALE = {"diameter_px": None, "diameter_source": None, "zoom": None}
 
 
 def _input_folders(input_path: str, records: Sequence[readers.Record]) -> list[Path]:
@@ -79,11 +88,16 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
                    on_error: str = "stop", channel: int | None = None,
                    plane: int | None = None, level: int = 0,
                    region: str | tuple[int, int, int, int] | None = None,
-                   stream: bool | None = None, diameter: float | None = None) -> dict:
+                   stream: bool | None = None, diameter: float | None = None,
+                   mask_overlap: float | None = None) -> dict:
   """Segments every image of `input_path` into the folder `output`.
 
   `diameter`: median nucleus diameter (px) of the images, for a model trained at a set
   nucleus size (`data.diameter`: the shipped models); None = estimated per image/slide.
+  What each image was segmented at is written to `output/predict.json` (module docstring).
+  `mask_overlap`: in (0, 1], overrides the model's `predict.mask_overlap` (a detection with
+  at least this fraction of its mask under higher-scoring ones is not drawn; 1.0 = off);
+  None = the model's own value.
 
   The model method segments with the run in `workdir`, the zoo model `model` (a shipped
   name or a .npz model file, docs/zoo.md) or, with neither, the shipped default model
@@ -126,6 +140,10 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     raise InputError("method", f"unknown method {method!r} (model, classical)")
   if method == "classical" and model:
     raise InputError("model", "only applies to the model method")
+  if mask_overlap is not None and not 0.0 < mask_overlap <= 1.0:
+    raise InputError("mask_overlap", f"{mask_overlap} is not in (0, 1] (the fraction of a "
+                     "detection's mask under higher-scoring ones at which it is dropped; "
+                     "1 = off)")
   # Checked (and the default model found) before anything is read or computed.
   zoo_file = choose.model_path(workdir, model, best) if method == "model" else None
   records = readers.open_dataset(input_path, split=split, group=group)
@@ -143,6 +161,9 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     if diameter:
       raise InputError("diameter", "only applies to a model (the classical method has no "
                        "training size)")
+    if mask_overlap is not None:
+      raise InputError("mask_overlap", "only applies to a model (the classical method draws "
+                       "no overlapping detections)")
     if attention:
       raise InputError("attention", "attention maps need a partial-annotation model "
                        "(`workdir`), not the classical method")
@@ -152,6 +173,11 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
       raise InputError("classical_params", str(e)) from None
     segment = lambda image: (classical.segment_classical(image, **params), {})  # noqa: E731
     tiles_for = lambda sl: (_classical_tiles(params), layout)  # noqa: E731
+    scale_of = lambda: dict(NO_SCALE)  # noqa: E731
+    run_doc = {"method": "classical", "model": None, "source": "classical",
+               "training_diameter_px": None, "diameter_mode": None, "diameter_px": None,
+               "mask_overlap": None}
+    report_meta = None
     layout = dict(tile_size=CLASSICAL_TILE, overlap=CLASSICAL_OVERLAP, batch_size=1,
                   dilate=False)
     source = "classical"
@@ -169,7 +195,11 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
       if diameter <= 0:
         raise InputError("diameter", f"{diameter} is not a positive size in pixels")
       predictor.diameter = float(diameter)
+    if mask_overlap is not None:  # as `Predictor`: 1.0 is the plain overwrite program
+      predictor.mask_overlap = None if mask_overlap >= 1.0 else float(mask_overlap)
     segment = predictor.predict_scored
+    scale_of = lambda: _scale(predictor)  # noqa: E731
+    run_doc, report_meta = _model_doc(predictor, label, source)
     def tiles_for(sl):  # zoomed to the model's nucleus size (pa_jax/infer/slide_zoom.py)
       norm = _slide_normalizer(sl, predictor.normalize)
       zoom = slide_zoom.slide_zoom(predictor, sl, norm)
@@ -182,7 +212,7 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
       raise InputError("attention", f"{label} was trained without the partial-annotation "
                        "module (model.partial.enabled=False): it has no attention")
 
-  done, skipped, streamed = 0, [], set()
+  done, skipped, streamed, scales = 0, [], set(), []
   with outputs.staged_output(output, inputs, overwrite=overwrite, nest_ok=nest_ok) as out:
     for name, doc in side_files.items():
       fileio.write_json(out / name, doc)
@@ -199,9 +229,11 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
       if sl is not None:
         _check_streamable(formats, attention)
         with sl:
-          _predict_slide(out, rec.id, sl, *tiles_for(sl), formats, slide_formats,
-                         source, contours, progress)
+          segment_tiles, tiled = tiles_for(sl)  # a model's: its zoom is fixed here
+          _predict_slide(out, rec.id, sl, segment_tiles, tiled, formats, slide_formats,
+                         source, contours, progress, scale=scale_of())
         streamed.add(rec.image_path)
+        scales.append({"id": rec.id, **scale_of(), "streamed": True})
         done += 1
         continue
       try:
@@ -212,11 +244,13 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
         skipped.append((str(rec.image_path), e.problem))
         continue
       labels, scores = segment(image)
+      scales.append({"id": rec.id, **scale_of(), "streamed": False})
       nuclei = {k: Nucleus(k, state="proposed", score=scores.get(k), source=source)
                 for k in map(int, np.unique(labels)) if k}
       fmt.export_all(out, rec.id, labels, nuclei, formats, contours, coco=coco,
                      file_name=rec.image_path.name, image=image)
-      report.add_labels(rec.id, labels, nuclei, image)
+      report.add_labels(rec.id, labels, nuclei, image,
+                        scale=scales[-1] if method == "model" else None)
       if attention:
         from pa_jax.infer.attention import attention_map, write_attention_png
 
@@ -228,11 +262,34 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     if coco is not None:
       coco.write()
     # Streamed slides have their own {id}_report.html; report.html holds the other images.
-    report.write(out, skipped)
+    report.write(out, skipped, meta=report_meta)
+    fileio.write_json(out / "predict.json", {**run_doc, "images": scales})
     csv_path = outputs.write_skipped(out, skipped)
   final = Path(output)
   return {"images": done, "skipped": skipped, "output": str(final),
           "skipped_csv": None if csv_path is None else str(final / csv_path.name)}
+
+
+def _scale(predictor) -> dict:
+  """predict.json's per-image fields: the nucleus size the predictor's latest image or
+  slide was segmented at (`Predictor.last_*`)."""
+  return {"diameter_px": predictor.last_diameter,
+          "diameter_source": predictor.last_diameter_source, "zoom": predictor.last_zoom}
+
+
+def _model_doc(predictor, label: str, source: str) -> tuple[dict, dict]:
+  """(predict.json's run fields, report.html's header table) of a model's run."""
+  target, given = predictor.target_diameter, predictor.diameter
+  mode = None if not target else "given" if given else "estimated"
+  doc = {"method": "model", "model": label, "source": source,
+         "training_diameter_px": target or None, "diameter_mode": mode,
+         "diameter_px": given if mode == "given" else None,
+         "mask_overlap": 1.0 if predictor.mask_overlap is None else predictor.mask_overlap}
+  size = ("not used (the model was trained at native scale)" if mode is None else
+          f"given: {given:g} px" if mode == "given" else "estimated per image")
+  if mode:
+    size += f" (the model's training size: {target:g} px)"
+  return doc, {"model": label, "nuclei source": source, "nucleus diameter": size}
 
 
 # ----------------------------------------------------------------------------- slides
@@ -316,8 +373,12 @@ def _sample(sl: slide_io.Slide, side: int = 256, grid: int = 8) -> np.ndarray:
 
 def _predict_slide(out: Path, image_id: str, sl: slide_io.Slide, segment_tiles: Callable,
                    layout: dict, formats: Sequence[str], slide_formats: Sequence[str],
-                   source: str, contours: str, progress: bool) -> dict:
-  """Streams one slide into the outputs asked for; returns what `{id}.slide.json` says."""
+                   source: str, contours: str, progress: bool,
+                   scale: dict | None = None) -> dict:
+  """Streams one slide into the outputs asked for; returns what `{id}.slide.json` says.
+
+  `scale`: {"diameter_px", "diameter_source", "zoom"} the slide was segmented at (a model's,
+  `slide_zoom.slide_zoom`); None / all null for the classical method."""
   from tqdm import tqdm
 
   from pa_jax.annotate.stream_export import (CSVStreamWriter, GeoJSONStreamWriter,
@@ -385,7 +446,8 @@ def _predict_slide(out: Path, image_id: str, sl: slide_io.Slide, segment_tiles: 
                             "width": W * sl.downsample[1]},
           "shape": [H, W], "pixel_size_um": None if ps is None else list(ps),
           "nuclei": stats.kept, "tiling": {**vars(stats), **layout},
-          "seconds": round(seconds, 3), "source": source, "files": files}
+          "seconds": round(seconds, 3), "source": source, **(scale or NO_SCALE),
+          "files": files}
   fileio.write_json(out / f"{image_id}.slide.json", info)
   slide_figures.write_overlay_png(out / f"{image_id}_overlay.png", summary)
   slide_figures.write_density_png(out / f"{image_id}_density.png", summary)
@@ -393,5 +455,6 @@ def _predict_slide(out: Path, image_id: str, sl: slide_io.Slide, segment_tiles: 
                                  title=f"pa_jax slide report: {image_id}",
                                  meta={k: info[k] for k in ("file", "level", "shape",
                                                             "pixel_size_um", "nuclei",
-                                                            "source")})
+                                                            "source") + (
+                                     tuple(NO_SCALE) if info["zoom"] is not None else ())})
   return info

@@ -8,7 +8,8 @@ from a file manager, a mail attachment or an air-gapped machine.
   counts, thumbnail overlays by state and by score, density heat map, histograms.
 * `PredictReport`: a folder run of `run.py predict`, fed image by image from predict's loop
   (the label map, nuclei and pixels it already holds): one row per image (counts, mean
-  area, mean score), the histograms over all images and the overlays of the first
+  area, mean score and, for a model, the nucleus diameter and zoom it was segmented at),
+  the histograms over all images and the overlays of the first
   `MAX_THUMBNAILS` images. `write_predict_report(out, records)` builds the same page for an
   output folder written earlier, re-reading it.
 """
@@ -150,22 +151,29 @@ class PredictReport:
   """`report.html` of a folder run, built image by image while predict has each image and
   its nuclei in memory (nothing is decoded or rasterised again).
 
-  add(image_id, stats, summary=None): one image's `NucleusStats` (and, for its overlay, its
-  `SlideSummary`); write(out, skipped): the page (module docstring).
+  add(image_id, stats, summary=None, scale=None): one image's `NucleusStats` (and, for its
+  overlay, its `SlideSummary`; `scale`: {"diameter_px", "diameter_source", "zoom"} of a
+  model's pass, shown as three more columns); write(out, skipped): the page (module
+  docstring).
   """
+
+  SCALE_HEADER = ("diameter (px)", "diameter from", "zoom")
+  SCALE_KEYS = ("diameter_px", "diameter_source", "zoom")
 
   def __init__(self):
     self.total: SF.NucleusStats | None = None
     self.rows: list[list[Any]] = []
+    self.scales: list[Mapping[str, Any] | None] = []  # one per row
     self.figures: list[str] = []
     self._ranges: set[tuple] = set()
 
   def add_labels(self, image_id: str, labels: np.ndarray, nuclei: Mapping[int, Any] | None,
-                 image: np.ndarray) -> None:
+                 image: np.ndarray, scale: Mapping[str, Any] | None = None) -> None:
     summary = summary_from_labels(labels, nuclei, image)
-    self.add(image_id, summary.stats, summary)
+    self.add(image_id, summary.stats, summary, scale)
 
-  def add(self, image_id: str, stats: SF.NucleusStats, summary=None) -> None:
+  def add(self, image_id: str, stats: SF.NucleusStats, summary=None,
+          scale: Mapping[str, Any] | None = None) -> None:
     edges = tuple(stats.intensity_edges[[0, -1]])
     self._ranges.add(edges)
     if self.total is None:
@@ -173,6 +181,7 @@ class PredictReport:
     if len(self._ranges) == 1:  # images of one bit depth share the intensity bins
       self.total.merge(stats)
     self.rows.append(_counts_row(image_id, stats))
+    self.scales.append(scale)
     if summary is not None and len(self.figures) < MAX_THUMBNAILS:
       self.figures.append(f'<figure>{_img(SF.overlay_png(summary, "state", image_id), image_id)}'
                           f'<figcaption>{html.escape(image_id)}</figcaption></figure>')
@@ -181,8 +190,13 @@ class PredictReport:
             title: str = "pa_jax prediction report", meta: Mapping[str, Any] | None = None
             ) -> Path:
     total = self.total or SF.NucleusStats()
-    sections = [("Counts", _table(_COUNT_HEADER + ["mean area (px)", "mean score"],
-                                  [_counts_row("all images", total)] + self.rows))]
+    header = _COUNT_HEADER + ["mean area (px)", "mean score"]
+    rows = [_counts_row("all images", total)] + self.rows
+    if any(s is not None for s in self.scales):  # a model's run: the size it segmented at
+      header += list(self.SCALE_HEADER)
+      rows = [rows[0] + [None] * 3] + [
+          r + [(s or {}).get(k) for k in self.SCALE_KEYS] for r, s in zip(self.rows, self.scales)]
+    sections = [("Counts", _table(header, rows))]
     if total.total:
       sections.append(("Measurements (all images)", _img(SF.histograms_png(total), "histograms")))
     if self.figures:

@@ -137,6 +137,8 @@ class Predictor:
       1.0 = only the fully covered, i.e. overlaps simply go to the higher score.
   """
 
+  TRIAL_ZOOMS = (1.0, 2.0, 0.5)  # the passes `estimate_zoom` tries, in this order
+
   def __init__(self, model, variables, normalize: str = "percentile",
                mask_threshold: float = 0.5, dilate: bool = True, min_score: float = 0.5,
                tile_size: int = 512, overlap: int = 96, batch_size: int = 1,
@@ -146,7 +148,12 @@ class Predictor:
     self.model = model
     self.target_diameter = float(target_diameter)
     self.diameter = float(diameter)
-    self.last_diameter: float | None = None  # of the latest image: given or estimated
+    # Of the latest image (or slide, `slide_zoom`): its nucleus diameter in input pixels
+    # (None: no `target_diameter`, or too few nuclei to estimate it), where that came from
+    # ('given' | 'estimated' | None) and the zoom its pass ran at.
+    self.last_diameter: float | None = None
+    self.last_diameter_source: str | None = None
+    self.last_zoom: float | None = None
     self.variables = variables
     self.normalize = normalize
     self.mask_threshold = mask_threshold
@@ -237,7 +244,7 @@ class Predictor:
     zoom. When that zoom is within 10 % of the pass's, the pass is the result; when no
     pass finds 3 nuclei, the zoom is 1 and the zoom-1 pass is the result."""
     first = None
-    for z in (1.0, 2.0, 0.5):
+    for z in self.TRIAL_ZOOMS:
       out = self._segment_zoomed(img, z)
       first = first or out
       d = diam.equivalent_diameters(out[0])
@@ -254,11 +261,16 @@ class Predictor:
     img = normalize_image(image, self.normalize)
     done = None
     if not self.target_diameter:
-      zoom = 1.0
+      zoom, self.last_diameter, self.last_diameter_source = 1.0, None, None
     elif self.diameter:
       zoom, self.last_diameter = diam.zoom_factor(self.diameter, self.target_diameter), self.diameter
+      self.last_diameter_source = "given"
     else:
       zoom, self.last_diameter, done = self.estimate_zoom(img)
+      self.last_diameter_source = "estimated"
+      if done is not None:  # the estimate's own pass, at the trial zoom within 10 % of zoom
+        zoom = min(self.TRIAL_ZOOMS, key=lambda z: abs(math.log(zoom / z)))
+    self.last_zoom = zoom
     return done or self._segment_zoomed(img, zoom)
 
   def __call__(self, image: np.ndarray) -> np.ndarray:

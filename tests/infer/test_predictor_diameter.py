@@ -83,7 +83,7 @@ def test_given_diameter_sets_the_zoom_and_returns_the_input_shape(monkeypatch):
   p = _predictor(target_diameter=30.0, diameter=15.0)
   labels, table = p.predict_scored(img)
   assert calls == [(200, 240)]  # one pass, at zoom 30 / 15 = 2
-  assert p.last_diameter == 15.0
+  assert (p.last_diameter, p.last_diameter_source, p.last_zoom) == (15.0, "given", 2.0)
   assert labels.shape == img.shape and labels.dtype == np.int32
   assert labels.max() == 6 and set(np.unique(labels)) == set(range(7))
   _matches(labels, truth)
@@ -108,7 +108,7 @@ def test_without_target_diameter_there_is_no_zoom(monkeypatch):
     labels = p(img)
     assert calls.pop() == img.shape and not calls
     np.testing.assert_array_equal(labels > 0, truth > 0)
-    assert p.last_diameter is None
+    assert (p.last_diameter, p.last_diameter_source, p.last_zoom) == (None, None, 1.0)
 
 
 def test_estimate_zoom_measures_the_nuclei_of_a_first_pass(monkeypatch):
@@ -126,6 +126,7 @@ def test_estimate_zoom_measures_the_nuclei_of_a_first_pass(monkeypatch):
   labels, table = p.predict_scored(img)
   assert calls == [(100, 120), tuple(round(s * zoom) for s in (100, 120))]
   assert p.last_diameter == pytest.approx(d_in)
+  assert p.last_diameter_source == "estimated" and p.last_zoom == zoom
   assert labels.shape == img.shape and labels.max() == 6 and len(table) == 6
   _matches(labels, truth)
 
@@ -141,6 +142,7 @@ def test_estimate_within_ten_percent_reuses_the_first_pass(monkeypatch):
   calls.clear()
   labels, _ = p.predict_scored(img)
   assert calls == [(100, 120)]  # the estimate's pass is the result
+  assert p.last_zoom == 1.0  # the zoom that pass ran at, not the estimate's 1.05
   assert _same_partition(labels, truth)
 
 
@@ -172,7 +174,7 @@ def test_no_nuclei_at_any_zoom_falls_back_to_native_scale(monkeypatch):
   calls.clear()
   labels, table = p.predict_scored(img)
   assert labels.shape == (40, 50) and not labels.any() and table == {}
-  assert p.last_diameter is None
+  assert (p.last_diameter, p.last_diameter_source, p.last_zoom) == (None, "estimated", 1.0)
   assert calls == [(40, 50), (80, 100), (20, 25)]  # no fourth pass at zoom 1
 
 

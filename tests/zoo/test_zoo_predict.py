@@ -5,11 +5,13 @@ default is not in the checkout."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pa_jax
@@ -43,7 +45,8 @@ def test_predict_with_model_writes_label_maps(toy_model, toy_data, tmp_path, cap
       f"3 images segmented; outputs in {tmp_path / 'zoo'}"]  # a named model: no notice
   ids = ("syn_0000", "syn_0001", "syn_0002")
   assert _files(tmp_path / "zoo") == sorted(
-      ["report.html"] + [f"{i}.png" for i in ids] + [f"{i}.nuclei.json" for i in ids])
+      ["predict.json", "report.html"] + [f"{i}.png" for i in ids]
+      + [f"{i}.nuclei.json" for i in ids])
   for i in ids:
     assert readers.read_label_map(tmp_path / "zoo" / f"{i}.png").shape == (64, 64)
   # Every nucleus names where it came from: the model's name and step (not a run's).
@@ -106,3 +109,154 @@ def test_diameter_is_refused_where_it_means_nothing(toy_model, toy_data, tmp_pat
   with pytest.raises(InputError, match="^diameter: -3.0 is not a positive size"):
     predict_folder(str(toy_data), str(tmp_path / "m"), model=str(toy_model), diameter=-3.0)
   assert not (tmp_path / "c").exists() and not (tmp_path / "m").exists()
+
+
+# ------------------------------------------- predict.json: the nucleus size of each image
+
+IDS = ("syn_0000", "syn_0001", "syn_0002")
+RUN_FIELDS = ("method", "model", "source", "training_diameter_px", "diameter_mode",
+              "diameter_px", "mask_overlap")
+
+
+def _zooming(monkeypatch, target: float = 30.0) -> list:
+  """`predictor_for` as predict calls it, the toy model given a training diameter
+  (`data.diameter`) of `target` px; returns the predictors it makes."""
+  from pa_jax.infer import predictor as P
+
+  made, real = [], P.predictor_for
+
+  def make(cfg, net, variables):
+    made.append(real(cfg, net, variables))
+    made[-1].target_diameter = target
+    return made[-1]
+
+  monkeypatch.setattr(P, "predictor_for", make)
+  return made
+
+
+def _blobs(monkeypatch) -> None:
+  """The network pass replaced by 'label the bright blobs' (no compile): the estimate
+  then measures the synthetic nuclei themselves."""
+  from scipy import ndimage
+
+  from pa_jax.infer import predictor as P
+
+  def segment(self, img):
+    return ndimage.label(img[..., 0] > 0.5)[0].astype(np.int32), {}
+
+  def run_batch(self, images, batch):
+    labs = [segment(self, im)[0] for im in images]
+    return labs, [np.ones(max(1, int(l.max())), np.float32) for l in labs]
+
+  monkeypatch.setattr(P.Predictor, "_segment", segment)
+  monkeypatch.setattr(P.Predictor, "_run_batch", run_batch)
+
+
+def _doc(out: Path) -> dict:
+  return json.loads((out / "predict.json").read_text())
+
+
+def test_predict_json_records_a_given_diameter_and_mask_overlap(toy_model, toy_data,
+                                                                tmp_path, monkeypatch):
+  from pa_jax.predict import predict_folder
+
+  made = _zooming(monkeypatch)
+  out = tmp_path / "o"
+  predict_folder(str(toy_data), str(out), model=str(toy_model), diameter=15.0,
+                 mask_overlap=0.5, progress=False)
+  assert len(made) == 1 and made[0].mask_overlap == 0.5  # --mask_overlap reached the predictor
+  doc = _doc(out)
+  assert {k: doc[k] for k in RUN_FIELDS} == {
+      "method": "model", "model": "toy", "source": "pa_jax toy step 2",
+      "training_diameter_px": 30.0, "diameter_mode": "given", "diameter_px": 15.0,
+      "mask_overlap": 0.5}
+  assert doc["images"] == [{"id": i, "diameter_px": 15.0, "diameter_source": "given",
+                            "zoom": 2.0, "streamed": False} for i in IDS]  # 30 / 15
+  page = (out / "report.html").read_text()
+  assert "<th>diameter (px)</th><th>diameter from</th><th>zoom</th>" in page
+  assert page.count("<td>15</td><td>given</td><td>2</td>") == 3
+  assert "given: 15 px (the model&#x27;s training size: 30 px)" in page
+
+
+def test_predict_json_records_an_estimated_diameter(toy_model, toy_data, tmp_path,
+                                                    monkeypatch):
+  from pa_jax.data import diameter as D
+  from pa_jax.infer.predictor import Predictor
+  from pa_jax.predict import predict_folder
+
+  made = _zooming(monkeypatch)
+  _blobs(monkeypatch)
+  out = tmp_path / "o"
+  predict_folder(str(toy_data), str(out), model=str(toy_model), mask_overlap=1.0,
+                 progress=False)
+  assert made[0].mask_overlap is None  # 1.0 = off: the plain overwrite program
+  doc = _doc(out)
+  assert (doc["diameter_mode"], doc["diameter_px"], doc["mask_overlap"]) == ("estimated",
+                                                                             None, 1.0)
+  assert [r["id"] for r in doc["images"]] == list(IDS)
+  for row in doc["images"]:
+    assert row["diameter_source"] == "estimated" and row["streamed"] is False
+    assert 4.0 < row["diameter_px"] < 20.0  # the synthetic nuclei: radius 4-8 px
+    z = D.zoom_factor(row["diameter_px"], 30.0)
+    # the zoom applied: the estimate's, or the trial pass's it was within 10 % of
+    assert row["zoom"] == pytest.approx(z) or (
+        row["zoom"] in Predictor.TRIAL_ZOOMS and abs(math.log(z / row["zoom"])) < math.log(1.1))
+  assert (out / "report.html").read_text().count("<td>estimated</td>") == 3
+
+
+def test_slide_json_records_the_diameter(toy_model, toy_data, tmp_path, monkeypatch):
+  import tifffile
+
+  from pa_jax.data import readers
+  from pa_jax.predict import predict_folder
+
+  _zooming(monkeypatch)
+  _blobs(monkeypatch)
+  tif = tmp_path / "in" / "s.tif"
+  tif.parent.mkdir()
+  tifffile.imwrite(tif, readers.read_image(toy_data / "images" / "syn_0000.png"))
+  out = tmp_path / "o"
+  predict_folder(str(tif), str(out), model=str(toy_model), diameter=20.0, stream=True,
+                 progress=False)
+  info = json.loads((out / "s.slide.json").read_text())
+  assert (info["diameter_px"], info["diameter_source"], info["zoom"]) == (20.0, "given", 1.5)
+  assert _doc(out)["images"] == [{"id": "s", "diameter_px": 20.0, "diameter_source": "given",
+                                  "zoom": 1.5, "streamed": True}]
+
+
+def test_classical_predict_json_has_no_diameter(toy_data, tmp_path):
+  from pa_jax.predict import predict_folder
+
+  out = tmp_path / "c"
+  predict_folder(str(toy_data), str(out), method="classical", progress=False)
+  doc = _doc(out)
+  assert {k: doc[k] for k in RUN_FIELDS} == {
+      "method": "classical", "model": None, "source": "classical",
+      "training_diameter_px": None, "diameter_mode": None, "diameter_px": None,
+      "mask_overlap": None}
+  assert doc["images"] == [{"id": i, "diameter_px": None, "diameter_source": None,
+                            "zoom": None, "streamed": False} for i in IDS]
+  assert "diameter" not in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("value", [0.0, -0.25, 1.5, float("nan")])
+def test_mask_overlap_out_of_range_is_refused(value, toy_data, tmp_path):
+  from pa_jax.predict import predict_folder
+
+  with pytest.raises(InputError, match=r"^mask_overlap: .* is not in \(0, 1\]") as e:
+    predict_folder(str(toy_data), str(tmp_path / "m"), mask_overlap=value)
+  assert "\n" not in str(e.value)
+  with pytest.raises(InputError, match="^mask_overlap: only applies to a model"):
+    predict_folder(str(toy_data), str(tmp_path / "c"), method="classical", mask_overlap=0.5)
+  assert not (tmp_path / "m").exists() and not (tmp_path / "c").exists()
+
+
+def test_mask_overlap_out_of_range_is_one_cli_line(toy_data, tmp_path):
+  proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "predict", "--input",
+                         str(toy_data), "--output", str(tmp_path / "out"),
+                         "--mask_overlap=1.5"], cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+  assert lines[0].startswith("error: --mask-overlap: 1.5 is not in (0, 1]"), lines[0]
+  assert not (tmp_path / "out").exists()
