@@ -9,7 +9,8 @@ nucleus (0.95, DESIGN.md; 0.9 and 0.5 shown for scale), and is the box decoded f
 component's peak good (box IoU >= 0.5 with the nucleus)? Also counts PA boxes that lie on
 no nucleus at all (box IoU < 0.3 with every true nucleus). Prints one markdown table.
 
-`--thresholds` re-runs the PA-box stage at other centerness thresholds than the run's
+`--diameter` zooms the images to another median nucleus size than the run's
+`data.diameter`. `--thresholds` re-runs the PA-box stage at other centerness thresholds than the run's
 (one table row each): what a lower threshold would have given the same weights. It reads
 the hidden full labels of the training images, so it explains a run; it is not a way to
 pick the threshold of a partial-label run, which has no such labels.
@@ -37,12 +38,30 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.asarray(pairwise_iou(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
 
 
-def probe(workdir: Path, max_images: int, threshold: float | None = None) -> dict:
+def _at_training_zoom(ex):
+  """`ex` with image and both label maps zoomed by `ex.zoom` (the size normalisation that
+  training applies at crop time, `pipeline.canvas_example`), as the network saw them."""
+  import dataclasses as dc
+
+  from pa_jax.data import diameter as diam
+
+  if ex.zoom == 1.0:
+    return ex
+  image = diam.zoom_image(ex.image, ex.zoom)
+  return dc.replace(ex, image=image, zoom=1.0,
+                    labels=diam.resize_labels(ex.labels, image.shape[:2]),
+                    full_labels=diam.resize_labels(ex.full_labels, image.shape[:2]))
+
+
+def probe(workdir: Path, max_images: int, threshold: float | None = None,
+          diameter: float | None = None) -> dict:
   from pa_jax import experiment
   from pa_jax.data.pipeline import instance_boxes
   from pa_jax.infer.predictor import canvas_for
 
   cfg, model, variables, step = experiment.load_run(workdir)
+  if diameter is not None:  # the training images zoomed to another nucleus size
+    cfg.data.diameter = float(diameter)
   # Whole training images hold far more nuclei than a training crop (a zoomed Kumar tile
   # ~1,000): lift the crop-sized cap on PA boxes so that it does not hide coverage.
   changes = {"max_pa_boxes": max(model.spec.max_pa_boxes, 4096)}
@@ -70,6 +89,7 @@ def probe(workdir: Path, max_images: int, threshold: float | None = None) -> dic
   n = dict(unannotated=0, above_threshold=0, above_95=0, above_90=0, above_50=0, covered=0,
            annotated=0, annotated_covered=0, pa_boxes=0, pa_on_no_nucleus=0)
   for ex in examples:
+    ex = _at_training_zoom(ex)
     h, w = ex.labels.shape
     ch, cw = canvas_for(h, w)
     x = np.zeros((1, ch, cw, 3), np.float32)
@@ -108,12 +128,14 @@ def main(argv: list[str]) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("workdir", type=Path)
   p.add_argument("--images", type=int, default=60)
+  p.add_argument("--diameter", type=float, default=None,
+                 help="zoom the images to this median nucleus diameter instead of the run's")
   p.add_argument("--thresholds", default="",
                  help="comma-separated PA-box thresholds to try (default: the run's own)")
   a = p.parse_args(argv)
   thresholds = [float(t) for t in a.thresholds.split(",") if t.strip()] or [None]
   for i, t in enumerate(thresholds):
-    n = probe(a.workdir, a.images, t)
+    n = probe(a.workdir, a.images, t, a.diameter)
     u = max(n["unannotated"], 1)
     if i == 0:
       print(f"{a.workdir}, {n['images']} training images, "
