@@ -14,7 +14,7 @@
 #   3 train      dh25_pa at full size (ResNeXt-101, batch 8, 384) for STEPS steps:
 #                images/s and peak memory
 # Output: $OUT (the device tool's folder) or bench/gpu/out-<UTC date>; summary.json lists
-# every step's status and seconds, *.log hold each step's output.
+# every step's status and seconds, logs.tar.gz holds each step's whole output.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax, torch, torchvision but no ml_collections
 # (configs use it) and no network: put its wheel in .whl/ first (bench/gpu/fetch_wheels.sh,
@@ -47,6 +47,11 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-bench/gpu/out-$(date -u +%Y%m%dT%H%M%SZ)$([ "$DRY" = 1 ] && echo -dry)}
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.tsv"
+# The device tool returns at most 8 files from $OUT (the 2026-11-30 second lease lost its
+# summary and test log to that): each step's full log goes to $LOGS and, after every step,
+# into one $OUT/logs.tar.gz. $OUT then holds 7 files: check.log, summary.tsv, summary.json,
+# logs.tar.gz and the three result JSONs.
+LOGS=$(mktemp -d)
 : > "$SUMMARY"
 T_START=$(date +%s)
 
@@ -66,6 +71,10 @@ else
   # on an H200 (2026-11-30): R50 agreement 25 s, pa_jax float32 worker 72 s (42 s of it the
   # first step's compile), torchvision 17 s; dh25_pa's first step (compile) 81 s + init 19 s.
   # ResNeXt-101 in the comparison (X101=1) needs another ~250 s: a second call.
+  # Tried and dropped (second lease, 2026-11-30): compiling all five JAX programs at once in
+  # parallel processes into JAX's persistent compilation cache, for the steps to read back.
+  # Beside the tests, none of the five had finished after 200 s on the 16 cores (sequential:
+  # 42-87 s each), so the steps compiled again: a net loss. Compiles stay sequential.
   T_ENV=30; T_TESTS=60; T_CMP_R50=270; T_CMP_X101=250; T_TRAIN=190
   TESTS="tests/ops/test_ops_nms.py tests/ops/test_ops_roi_align.py tests/models/test_models_weights.py tests/models/test_models_mask_rcnn.py tests/test_bench_frameworks.py"
   CMP_ARGS="--steps 5 --warmup 1 --predict-images 5"; DTYPES="float32,bfloat16"
@@ -77,15 +86,16 @@ step() {  # step NAME LIMIT_S COMMAND...
   local name=$1 limit=$2; shift 2
   local t0=$(date +%s) rc
   echo "=== $name (limit ${limit}s): $*" | tee -a "$OUT/check.log"
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout --kill-after=10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
   rc=$?
   local dt=$(( $(date +%s) - t0 ))
   local status=ok
   [ $rc = 124 ] || [ $rc = 137 ] && status=timeout
   [ $rc != 0 ] && [ $status = ok ] && status=failed
-  if grep -q '^SKIPPED:' "$OUT/$name.log" 2>/dev/null; then status=skipped; fi
+  if grep -q '^SKIPPED:' "$LOGS/$name.log" 2>/dev/null; then status=skipped; fi
   printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$dt" >> "$SUMMARY"
-  tail -n 25 "$OUT/$name.log" | sed "s/^/[$name] /" | tee -a "$OUT/check.log"
+  tail -n 25 "$LOGS/$name.log" | sed "s/^/[$name] /" | tee -a "$OUT/check.log"
+  tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
   echo "=== $name: $status (rc $rc, ${dt}s)" | tee -a "$OUT/check.log"
 }
 
