@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import math
 import os
 import platform
 import sys
@@ -194,12 +193,11 @@ class VariantPredictor(P.Predictor):
 
   def estimate_zoom(self, img):
     if self.variant[0] != "off":
-      return self.used_zoom, self.last_diameter, None
-    zoom, d_in, done = super().estimate_zoom(img)
-    # A reused pass ran at the trial zoom (1, 2 or 0.5) within 10 % of the estimate.
-    self.used_zoom = zoom if done is None else min((1.0, 2.0, 0.5),
-                                                   key=lambda z: abs(math.log(zoom / z)))
-    return zoom, d_in, done
+      return P.ZoomEstimate(self.used_zoom, self.last_diameter, None, None)
+    est = super().estimate_zoom(img)
+    # A reused pass ran at its trial zoom (1, 2 or 0.5), within 10 % of the estimate.
+    self.used_zoom = est.zoom if est.result is None else est.result_zoom
+    return est
 
   def _segment_zoomed(self, img, zoom):
     self.zoom_now = zoom

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,22 @@ def dilate_labels(labels: np.ndarray) -> np.ndarray:
     return labels
   grown = ndimage.grey_dilation(labels, size=(3, 3))
   return np.where(labels == 0, grown, labels).astype(labels.dtype)
+
+
+class ZoomEstimate(NamedTuple):
+  """What `Predictor.estimate_zoom` found on a first pass of the model.
+
+  zoom: the zoom that brings the estimated `diameter` to the model's (1.0 when too few
+    nuclei were found at every trial zoom).
+  diameter: the median nucleus diameter in the input's pixels, or None (too few nuclei).
+  result: a trial pass that can stand as the prediction: (label map int32 [H, W],
+    {label: score}) made at `result_zoom`, which is within 10 % of `zoom`; else None.
+  result_zoom: the trial zoom (one of `Predictor.TRIAL_ZOOMS`) `result` ran at, or None.
+  """
+  zoom: float
+  diameter: float | None
+  result: tuple | None
+  result_zoom: float | None
 
 
 def predictor_for(cfg, model, variables) -> "Predictor":
@@ -235,8 +251,8 @@ class Predictor:
       table = {i + 1: table[int(v)] for i, v in enumerate(old) if int(v) in table}
     return kept, table
 
-  def estimate_zoom(self, img: np.ndarray):
-    """(zoom, estimated input diameter or None, the pass already made at that zoom or None).
+  def estimate_zoom(self, img: np.ndarray) -> ZoomEstimate:
+    """The zoom for normalised float32 [H, W, 3] `img`, from a first pass of the model.
 
     The model finds nuclei over about an octave around its training diameter, so the first
     pass runs at zoom 1, then 2 and 0.5 until one finds at least 3 nuclei; their median
@@ -251,26 +267,40 @@ class Predictor:
       if d.size >= 3:
         d_in = max(1.0, float(np.median(d)) - (2.0 / z if self.dilate else 0.0))
         zoom = diam.zoom_factor(d_in, self.target_diameter)
-        return zoom, d_in, (out if abs(math.log(zoom / z)) < math.log(1.1) else None)
+        if abs(math.log(zoom / z)) < math.log(1.1):
+          return ZoomEstimate(zoom, d_in, out, z)
+        return ZoomEstimate(zoom, d_in, None, None)
     # Too few nuclei at any zoom: native scale, and its pass is already made.
-    return 1.0, None, first
+    return ZoomEstimate(1.0, None, first, self.TRIAL_ZOOMS[0])
+
+  def choose_zoom(self, estimate_on: Callable[[], np.ndarray]) -> tuple[float, tuple | None]:
+    """(zoom, a pass already made at that zoom or None) for the next image or slide.
+
+    No `target_diameter`: 1.0. A given `diameter`: the zoom that brings it to the model's.
+    Else `estimate_zoom` on the normalised image `estimate_on()` returns (called only
+    then); when one of its trial passes is within 10 % of the estimate, that pass's zoom
+    is the one used (and the pass is returned), so that its result stands as is.
+    Sets `last_diameter`, `last_diameter_source` ('given' | 'estimated' | None) and
+    `last_zoom`, which then describe this image or slide (predict.json, report.html).
+    """
+    done = None
+    if not self.target_diameter:
+      zoom, self.last_diameter, self.last_diameter_source = 1.0, None, None
+    elif self.diameter:
+      zoom = diam.zoom_factor(self.diameter, self.target_diameter)
+      self.last_diameter, self.last_diameter_source = self.diameter, "given"
+    else:
+      est = self.estimate_zoom(estimate_on())
+      self.last_diameter, self.last_diameter_source = est.diameter, "estimated"
+      zoom, done = (est.result_zoom, est.result) if est.result is not None else (est.zoom, None)
+    self.last_zoom = zoom
+    return zoom, done
 
   def predict_scored(self, image: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
     """(label map int32 [H, W], {label: detection score}); scores are known for images
     up to `tile_size` after zooming (tiled images give an empty score table)."""
     img = normalize_image(image, self.normalize)
-    done = None
-    if not self.target_diameter:
-      zoom, self.last_diameter, self.last_diameter_source = 1.0, None, None
-    elif self.diameter:
-      zoom, self.last_diameter = diam.zoom_factor(self.diameter, self.target_diameter), self.diameter
-      self.last_diameter_source = "given"
-    else:
-      zoom, self.last_diameter, done = self.estimate_zoom(img)
-      self.last_diameter_source = "estimated"
-      if done is not None:  # the estimate's own pass, at the trial zoom within 10 % of zoom
-        zoom = min(self.TRIAL_ZOOMS, key=lambda z: abs(math.log(zoom / z)))
-    self.last_zoom = zoom
+    zoom, done = self.choose_zoom(lambda: img)
     return done or self._segment_zoomed(img, zoom)
 
   def __call__(self, image: np.ndarray) -> np.ndarray:

@@ -25,20 +25,18 @@ ESTIMATE_SIDE = 1024
 
 
 def slide_zoom(predictor, sl, norm: Callable[[np.ndarray], np.ndarray]) -> float:
-  """The zoom of a slide for `predictor` (1.0 for a model trained at native scale)."""
-  if not predictor.target_diameter:
-    zoom, predictor.last_diameter, predictor.last_diameter_source = 1.0, None, None
-  elif predictor.diameter:
-    predictor.last_diameter, predictor.last_diameter_source = predictor.diameter, "given"
-    zoom = diam.zoom_factor(predictor.diameter, predictor.target_diameter)
-  else:
+  """The zoom of a slide for `predictor` (1.0 for a model trained at native scale), chosen
+  as for an image (`Predictor.choose_zoom`: an estimate within 10 % of a trial zoom takes
+  that zoom) on the window at the slide's centre; the predictor's last_* then describe
+  this slide."""
+
+  def centre_window() -> np.ndarray:
     H, W = sl.shape
     h, w = min(H, ESTIMATE_SIDE), min(W, ESTIMATE_SIDE)
     y0, x0 = (H - h) // 2, (W - w) // 2
-    zoom, predictor.last_diameter, _ = predictor.estimate_zoom(
-        norm(sl.read(y0, x0, y0 + h, x0 + w)))
-    predictor.last_diameter_source = "estimated"
-  predictor.last_zoom = zoom  # the predictor's last_* then describe this slide
+    return norm(sl.read(y0, x0, y0 + h, x0 + w))
+
+  zoom, _ = predictor.choose_zoom(centre_window)  # the window's pass is not the slide's
   return zoom
 
 

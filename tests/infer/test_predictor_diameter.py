@@ -115,12 +115,12 @@ def test_estimate_zoom_measures_the_nuclei_of_a_first_pass(monkeypatch):
   calls = _stub(monkeypatch)
   img, truth = _disks(d=15)
   p = _predictor(target_diameter=30.0)
-  zoom, d_in, done = p.estimate_zoom(normalize_image(img))
+  zoom, d_in, done, done_zoom = p.estimate_zoom(normalize_image(img))
   # the first pass at zoom 1 finds the disks themselves: their median diameter, exactly
   assert d_in == pytest.approx(D.median_diameter(truth), rel=1e-12)
   assert d_in == pytest.approx(15.0, abs=0.3)
   assert zoom == pytest.approx(30.0 / d_in, rel=1e-12) and zoom == pytest.approx(2.0, abs=0.05)
-  assert done is None  # 2x is far from the pass's 1x: predict again at 2x
+  assert done is None and done_zoom is None  # 2x is far from the pass's 1x: predict again at 2x
   assert calls == [(100, 120)]
   calls.clear()
   labels, table = p.predict_scored(img)
@@ -136,8 +136,8 @@ def test_estimate_within_ten_percent_reuses_the_first_pass(monkeypatch):
   img, truth = _disks(d=15)
   d = D.median_diameter(truth)
   p = _predictor(target_diameter=1.05 * d)
-  zoom, _, done = p.estimate_zoom(normalize_image(img))
-  assert zoom == pytest.approx(1.05) and done is not None
+  zoom, _, done, done_zoom = p.estimate_zoom(normalize_image(img))
+  assert zoom == pytest.approx(1.05) and done is not None and done_zoom == 1.0
   assert _same_partition(done[0], truth)
   calls.clear()
   labels, _ = p.predict_scored(img)
@@ -167,8 +167,8 @@ def test_no_nuclei_at_any_zoom_falls_back_to_native_scale(monkeypatch):
   calls = _stub(monkeypatch)
   img = np.full((40, 50), 20, np.uint8)
   p = _predictor(target_diameter=30.0)
-  zoom, d_in, native = p.estimate_zoom(normalize_image(img))
-  assert (zoom, d_in) == (1.0, None)
+  zoom, d_in, native, native_zoom = p.estimate_zoom(normalize_image(img))
+  assert (zoom, d_in, native_zoom) == (1.0, None, 1.0)
   assert native[0].shape == (40, 50) and not native[0].any() and native[1] == {}  # the zoom-1 pass
   assert calls == [(40, 50), (80, 100), (20, 25)]
   calls.clear()
@@ -232,3 +232,42 @@ def test_predictor_for_reads_the_run_and_predict_config():
   p = P.predictor_for(old, None, None)
   assert (p.target_diameter, p.diameter, p.mask_overlap) == (0.0, 0.0, None)  # as before
   assert math.isclose(D.zoom_factor(12.5, 30.0), 2.4)
+
+
+class _Slide:
+  """The two members `slide_zoom` reads of a streamed slide: shape and read(y0, x0, y1, x1)."""
+
+  def __init__(self, image):
+    self.image, self.shape, self.reads = image, image.shape[:2], []
+
+  def read(self, y0, x0, y1, x1):
+    self.reads.append((y0, x0, y1, x1))
+    return self.image[y0:y1, x0:x1]
+
+
+def test_a_slide_takes_its_zoom_as_an_image_does(monkeypatch):
+  """`slide_zoom` goes through `Predictor.choose_zoom`: an estimate within 10 % of a trial
+  zoom takes that zoom (as `predict_scored` would for the same pixels), a given diameter
+  reads nothing, no target diameter means zoom 1."""
+  from pa_jax.infer.slide_zoom import slide_zoom
+
+  calls = _stub(monkeypatch)
+  img, truth = _disks(d=15)
+  d = D.median_diameter(truth)
+  norm = lambda a: normalize_image(a)  # noqa: E731
+  p = _predictor(target_diameter=1.05 * d)
+  sl = _Slide(img)
+  assert slide_zoom(p, sl, norm) == 1.0 and sl.reads == [(0, 0, 100, 120)]
+  assert (p.last_diameter_source, p.last_zoom) == ("estimated", 1.0)
+  assert p.last_diameter == pytest.approx(d)
+  p.predict_scored(img)
+  assert p.last_zoom == 1.0  # the same choice for the image itself
+  p = _predictor(target_diameter=2.0 * d)  # far from the zoom-1 pass that measured it
+  assert slide_zoom(p, _Slide(img), norm) == pytest.approx(2.0, rel=1e-9)
+  calls.clear()
+  p, sl = _predictor(target_diameter=30.0, diameter=20.0), _Slide(img)
+  assert slide_zoom(p, sl, norm) == 1.5 and sl.reads == [] and calls == []
+  assert (p.last_diameter, p.last_diameter_source, p.last_zoom) == (20.0, "given", 1.5)
+  p, sl = _predictor(), _Slide(img)
+  assert slide_zoom(p, sl, norm) == 1.0 and sl.reads == []
+  assert (p.last_diameter, p.last_diameter_source, p.last_zoom) == (None, None, 1.0)
