@@ -88,6 +88,9 @@ flags.DEFINE_float("diameter", None, "predict: median nucleus diameter (px) of t
 flags.DEFINE_float("mask_overlap", None, "predict: in (0, 1], overrides the model's "
                    "predict.mask_overlap: a detection with at least this fraction of its mask "
                    "under higher-scoring ones is not drawn (1 = off); default: the model's.")
+flags.DEFINE_float("score_threshold", None, "evaluate --workdir: draw detections scoring at least "
+                   "this into the label maps (default: the run's predict.score_threshold, 0.5; "
+                   "DESIGN.md's 0.05 gives mAP comparable with the paper's Table 1).")
 flags.DEFINE_bool("attention", False, "predict: also write attention maps (partial-annotation model).")
 flags.DEFINE_integer("level", 0, "predict: pyramid level of whole-slide TIFFs (0 = full resolution).")
 flags.DEFINE_string("region", None, "predict: segment only x,y,w,h (level-0 pixels) of a slide.")
@@ -140,6 +143,11 @@ def cmd_partial() -> int:
 def cmd_evaluate() -> int:
   if FLAGS.predictions or FLAGS.ground_truth:
     _require(predictions=FLAGS.predictions, ground_truth=FLAGS.ground_truth)
+    if FLAGS.score_threshold is not None:
+      from pa_jax.errors import InputError
+
+      raise InputError("score_threshold", "only applies to --workdir (label maps in "
+                       "--predictions are already drawn)")
     from pa_jax.evaluation import report
 
     out = FLAGS.output or os.path.join(FLAGS.predictions, "evaluation")
@@ -154,7 +162,8 @@ def cmd_evaluate() -> int:
   from pa_jax import experiment
 
   summary = experiment.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.output, best=FLAGS.best,
-                                    overwrite=FLAGS.overwrite)
+                                    overwrite=FLAGS.overwrite,
+                                    score_threshold=FLAGS.score_threshold)
   _print_summary(summary, summary["output"])
   return 0
 

@@ -21,7 +21,8 @@ FLAG_OF = {name: "--" + name.replace("_", "-") for name in (
     "on_error", "predictions", "ground_truth", "best", "allow_missing", "input", "method",
     "classical_params", "format", "contours", "attention", "images", "annotations",
     "rounds", "target_recall", "accept_proposals", "steps", "channel", "plane", "level",
-    "region", "stream", "model", "name", "from_scratch", "diameter", "mask_overlap")}
+    "region", "stream", "model", "name", "from_scratch", "diameter", "mask_overlap",
+    "score_threshold")}
 FLAG_OF["classical_params"] = "--classical_params"  # as documented in the README
 # Parameters whose values are paths: an error's `where` equal to one of these names is far
 # more likely a folder called so ("images: folder not found") than the parameter.

@@ -225,8 +225,13 @@ def training_data(cfg, process_index: int = 0, process_count: int = 1,
 
 
 def evaluate_variables(cfg, model: MaskRCNN, variables, split: str, output_dir=None,
-                       max_images: int = 0, progress: bool = True, title: str = "") -> dict:
-  """Predicts every image of `split` and scores it against the full labels."""
+                       max_images: int = 0, progress: bool = True, title: str = "",
+                       score_threshold: float | None = None) -> dict:
+  """Predicts every image of `split` and scores it against the full labels.
+
+  `score_threshold`: draw detections scoring at least this into the label maps instead of
+  the run's `predict.score_threshold` (0.5); DESIGN.md's 0.05 is the paper's Table 1 setting.
+  """
   from pa_jax.evaluation import report
   from pa_jax.infer.predictor import predictor_for
 
@@ -234,6 +239,8 @@ def evaluate_variables(cfg, model: MaskRCNN, variables, split: str, output_dir=N
   if max_images:
     records = records[:max_images]
   predictor = predictor_for(cfg, model, variables)
+  if score_threshold is not None:
+    predictor.min_score = float(score_threshold)
   items = []
   for rec in records:
     ex = readers.load_example(rec)
@@ -415,8 +422,11 @@ def _empty_example(canvas: int, max_instances: int) -> dict:
 
 def evaluate_run(workdir: os.PathLike | str, split: str | None = None,
                  output_dir: os.PathLike | str | None = None, best: bool = False,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, score_threshold: float | None = None) -> dict:
   """Scores the run's checkpoint on `split` against the full labels.
+
+  `score_threshold` (in [0, 1]) replaces the run's `predict.score_threshold` for the label
+  maps; the default report folder then says so (`eval_<split>_step<k>_score<t>/`).
 
   The report goes to `output_dir`, which follows pa_jax.outputs (never the run's data or
   the run itself, nor a folder holding them; it may lie inside the run; a non-empty folder
@@ -425,18 +435,25 @@ def evaluate_run(workdir: os.PathLike | str, split: str | None = None,
   this one and a failure leaves it as it was."""
   from pa_jax import outputs
 
+  if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+    raise InputError("score_threshold", f"{score_threshold} is not in [0, 1]")
   if output_dir:  # a refused folder costs nothing: checked before the run is loaded
     outputs.check_output(output_dir, [workdir], overwrite=overwrite, nest_ok=[workdir])
   cfg, model, variables, step = load_run(workdir, best=best)
   split = split or cfg.eval.split
   title = f"{Path(workdir).name} step {step}, {split}"
+  suffix = ""
+  if score_threshold is not None:
+    title += f", score >= {score_threshold:g}"
+    suffix = f"_score{score_threshold:g}"
   t0 = time.time()
-  out = Path(output_dir) if output_dir else Path(workdir) / f"eval_{split}_step{step}"
+  out = Path(output_dir) if output_dir else Path(workdir) / f"eval_{split}_step{step}{suffix}"
   # The ground truth is read from the run's data: an output that is or holds it would be
   # swapped away with the old report.
   with outputs.staged_output(out, [workdir, *source_paths(cfg.data.source)], nest_ok=[workdir],
                              overwrite=overwrite or not output_dir) as tmp:
-    result = evaluate_variables(cfg, model, variables, split, tmp, title=title)
+    result = evaluate_variables(cfg, model, variables, split, tmp, title=title,
+                                score_threshold=score_threshold)
   summary = report_summary(result)
   summary["seconds"] = time.time() - t0
   summary["output"] = str(out)
