@@ -11,15 +11,13 @@ confirm or delete in QuPath/Fiji and feed to `run.py annotate`. `--attention`
 (partial-annotation model) also writes the merged attention of the predicted nuclei (the
 paper's Fig. 1) as `{id}_attention.png`.
 
-Whole slides (docs/tiling.md, "Streaming"): a TIFF larger than `STREAM_ABOVE_PIXELS` at the
-level read, or any image when `stream`, a `level` / `region` or an OME format is asked for,
-is read window by window (pa_jax/data/slide.py) and segmented tile by tile with streaming
-stitching (pa_jax/infer/streaming.py); finished rows and nuclei are written as they come:
-`label` / `ome-tiff` as a tiled OME-TIFF label image `{id}_labels.ome.tif`, `ome-zarr` as
-`{id}.ome.zarr` (image + NGFF labels), `geojson` / `csv` through the streaming writers of
-pa_jax/annotate/stream_export.py, plus `{id}.slide.json` (level, region, pixel size,
-tiling counts, nucleus diameter and zoom) and a per-slide report. `coco` and `roi` need
-the whole label map and are refused for a streamed image.
+Whole slides (docs/tiling.md, "Streaming"; pa_jax/infer/slide_predict.py): a TIFF larger
+than `STREAM_ABOVE_PIXELS` at the level read, or any image when `stream`, a `level` /
+`region` or an OME format is asked for, is read window by window and segmented tile by tile
+with streaming stitching; finished rows and nuclei are written as they come, plus
+`{id}.slide.json` (level, region, pixel size, tiling counts, nucleus diameter and zoom) and a
+per-slide report. `coco` and `roi` need the whole label map and are refused for a streamed
+image.
 
 Every run also writes `predict.json`: the method, the model, its training nucleus diameter,
 the diameter mode ('given' | 'estimated' | null), the mask-overlap threshold used and, per
@@ -36,8 +34,6 @@ bad image does: end the command with nothing written, or be listed in `skipped.c
 
 from __future__ import annotations
 
-import contextlib
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -48,19 +44,13 @@ from pa_jax.data import readers
 from pa_jax.data import slide as slide_io
 from pa_jax.errors import InputError
 from pa_jax.infer.html_report import PredictReport
+from pa_jax.infer.slide_predict import (NO_SCALE, STREAM_FORMATS, check_streamable,
+                                        open_streamed, predict_slide, slide_normalizer)
 from pa_jax.zoo import choose
 
-# Formats only a streamed image writes (the label image in a slide viewer's format).
-STREAM_FORMATS = ("ome-tiff", "ome-zarr")
-# A TIFF with more pixels than this (at the level and region read) is streamed: below it
-# the whole image, the model's float32 copy (12 bytes a pixel) and the int32 label map
-# stay under ~0.4 GB; above it they grow with the slide.
-STREAM_ABOVE_PIXELS = 4096 * 4096
 # The classical floor estimates its threshold and nucleus size per call, so it is given
 # large tiles; 128 px of overlap covers nuclei (or clumps) up to ~120 px.
 CLASSICAL_TILE, CLASSICAL_OVERLAP = 1024, 128
-# What predict.json and {id}.slide.json say of the nucleus size where no model zoomed.
-NO_SCALE = {"diameter_px": None, "diameter_source": None, "zoom": None}
 
 
 def _input_folders(input_path: str, records: Sequence[readers.Record]) -> list[Path]:
@@ -201,7 +191,7 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     scale_of = lambda: _scale(predictor)  # noqa: E731
     run_doc, report_meta = _model_doc(predictor, label, source)
     def tiles_for(sl):  # zoomed to the model's nucleus size (pa_jax/infer/slide_zoom.py)
-      norm = _slide_normalizer(sl, predictor.normalize)
+      norm = slide_normalizer(sl, predictor.normalize)
       zoom = slide_zoom.slide_zoom(predictor, sl, norm)
       return slide_zoom.model_tiles(predictor, norm, zoom), slide_zoom.zoomed_layout(layout, zoom)
 
@@ -220,17 +210,17 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     report = PredictReport()  # report.html, from the arrays in hand (no second read)
     for rec in tqdm(records, desc="predict", unit="image", disable=not progress):
       try:
-        sl = _open_streamed(rec.image_path, stream, forced, level, region, channel, plane)
+        sl = open_streamed(rec.image_path, stream, forced, level, region, channel, plane)
       except InputError as e:
         if on_error == "stop":
           raise
         skipped.append((str(rec.image_path), e.problem))
         continue
       if sl is not None:
-        _check_streamable(formats, attention)
+        check_streamable(formats, attention)
         with sl:
           segment_tiles, tiled = tiles_for(sl)  # a model's: its zoom is fixed here
-          _predict_slide(out, rec.id, sl, segment_tiles, tiled, formats, slide_formats,
+          predict_slide(out, rec.id, sl, segment_tiles, tiled, formats, slide_formats,
                          source, contours, progress, scale=scale_of())
         streamed.add(rec.image_path)
         scales.append({"id": rec.id, **scale_of(), "streamed": True})
@@ -305,156 +295,7 @@ def _split_formats(formats: str | Sequence[str]) -> tuple[tuple[str, ...], tuple
   return (fmt.parse_formats(rest) if rest or not slide else ()), slide
 
 
-def _check_streamable(formats: Sequence[str], attention: bool) -> None:
-  whole = [f for f in formats if f in ("coco", "roi")]
-  if whole:
-    raise InputError("format", f"{', '.join(whole)} need the whole label map in memory; a "
-                     "streamed slide writes label (an OME-TIFF), ome-tiff, ome-zarr, geojson, "
-                     "csv")
-  if attention:
-    raise InputError("attention", "attention maps are not written for streamed slides")
-
-
-def _open_streamed(path: Path, stream: bool | None, forced: bool, level: int, region,
-                   channel, plane) -> slide_io.Slide | None:
-  """The image opened for streaming, or None when it takes the in-memory path."""
-  if stream is False or (not forced and not slide_io.is_tiff(path)):
-    return None
-  try:
-    sl = slide_io.open_slide(path, level=level, region=region, channel=channel, plane=plane)
-  except InputError:
-    if forced:
-      raise
-    return None  # the in-memory reader decides (and words) what is wrong with the file
-  if forced or sl.shape[0] * sl.shape[1] > STREAM_ABOVE_PIXELS:
-    return sl
-  sl.close()
-  return None
-
-
 def _classical_tiles(params: dict) -> Callable:
   from pa_jax.infer import classical
 
   return lambda tiles: [classical.segment_classical(t, **params) for t in tiles]
-
-
-def _slide_normalizer(sl: slide_io.Slide, mode: str) -> Callable[[np.ndarray], np.ndarray]:
-  """Tile → float32 [h, w, 3] in [0, 1] with ONE scale for the whole slide.
-
-  `normalize_image` takes its percentiles from the image it is given; a tile's own would
-  make neighbouring tiles disagree, so 'percentile' takes the 0.5 / 99.5 % per channel of
-  a sample of the region (`_sample`) once. 'dtype' divides by the dtype's maximum."""
-  if mode == "dtype":
-    lo, hi = 0.0, 65535.0 if sl.dtype == np.uint16 else 255.0
-  elif mode == "percentile":
-    sample = _sample(sl).astype(np.float32)
-    lo = np.percentile(sample, 0.5, axis=0)
-    hi = np.percentile(sample, 99.5, axis=0)
-  else:
-    raise InputError("data.normalize", f"unknown normalisation {mode!r} (percentile, dtype)")
-  scale = np.maximum(np.asarray(hi, np.float32) - lo, 1e-6)
-
-  def norm(tile: np.ndarray) -> np.ndarray:
-    img = tile[..., None] if tile.ndim == 2 else tile
-    out = np.clip((img.astype(np.float32) - lo) / scale, 0.0, 1.0)
-    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
-
-  return norm
-
-
-def _sample(sl: slide_io.Slide, side: int = 256, grid: int = 8) -> np.ndarray:
-  """Pixels [N, C] of up to grid x grid evenly spaced side² windows of the region."""
-  H, W = sl.shape
-  ys = np.unique(np.linspace(0, max(H - side, 0), grid).astype(int))
-  xs = np.unique(np.linspace(0, max(W - side, 0), grid).astype(int))
-  parts = [sl.read(y, x, min(H, y + side), min(W, x + side)) for y in ys for x in xs]
-  return np.concatenate([p.reshape(-1, sl.channels) for p in parts])
-
-
-def _predict_slide(out: Path, image_id: str, sl: slide_io.Slide, segment_tiles: Callable,
-                   layout: dict, formats: Sequence[str], slide_formats: Sequence[str],
-                   source: str, contours: str, progress: bool,
-                   scale: dict | None = None) -> dict:
-  """Streams one slide into the outputs asked for; returns what `{id}.slide.json` says.
-
-  `scale`: {"diameter_px", "diameter_source", "zoom"} the slide was segmented at (a model's,
-  `slide_zoom.slide_zoom`); None / all null for the classical method."""
-  from tqdm import tqdm
-
-  from pa_jax.annotate.stream_export import (CSVStreamWriter, GeoJSONStreamWriter,
-                                             NucleusRecord)
-  from pa_jax.infer import html_report, slide_figures
-  from pa_jax.infer.label_writers import OmeTiffLabelWriter, OmeZarrWriter
-  from pa_jax.infer.streaming import stream_segment
-
-  H, W = sl.shape
-  ds = float(np.mean(sl.downsample))
-  off, ps, ps_level = sl.offset_level0, sl.pixel_size_um, sl.pixel_size_level_um
-  band_sinks: list[Callable] = []
-  nucleus_sinks: list[Callable] = []
-  files = []
-  summary = slide_figures.SlideSummary(
-      (round(H * sl.downsample[0]), round(W * sl.downsample[1])), offset=off, downsample=ds,
-      pixel_size_um=ps, intensity_range=(0.0, 65536.0 if sl.dtype == np.uint16 else 256.0))
-  t0 = time.perf_counter()
-  with contextlib.ExitStack() as stack:
-    if "label" in formats or "ome-tiff" in slide_formats:
-      files.append(f"{image_id}_labels.ome.tif")
-      w = stack.enter_context(OmeTiffLabelWriter(out / files[-1], (H, W), name=image_id,
-                                                 pixel_size_um=ps_level))
-      band_sinks.append(w.write)
-    if "ome-zarr" in slide_formats:
-      files.append(f"{image_id}.ome.zarr")
-      z = stack.enter_context(OmeZarrWriter(out / files[-1], (H, W), channels=sl.channels,
-                                            dtype=sl.dtype, pixel_size_um=ps_level,
-                                            image_name=image_id))
-      band_sinks.append(z.write)
-    vector = dict(downsample=ds, offset=off, pixel_size_um=ps, contours=contours)
-    if "geojson" in formats:
-      files.append(f"{image_id}.geojson")
-      g = stack.enter_context(GeoJSONStreamWriter(out / files[-1], image_id=image_id,
-                                                  **vector))
-      nucleus_sinks.append(g.add)
-    if "csv" in formats:
-      files.append(f"{image_id}.csv")
-      c = stack.enter_context(CSVStreamWriter(out / files[-1], **vector))
-      nucleus_sinks.append(c.add)
-    nucleus_sinks.append(summary.add)
-    band_sinks.append(lambda b: summary.add_thumbnail_tile(off[0] + b.y0 * sl.downsample[0],
-                                                           off[1], b.image))
-    bar = stack.enter_context(tqdm(desc=image_id[:24], unit="tile", disable=not progress))
-
-    def on_nucleus(n) -> None:
-      rec = NucleusRecord(n.id, n.box, n.mask, n.score, "proposed", source, n.mean_intensity)
-      for sink in nucleus_sinks:
-        sink(rec)
-
-    def on_band(b) -> None:
-      for sink in band_sinks:
-        sink(b)
-
-    def on_progress(done: int, total: int) -> None:
-      bar.total = total
-      bar.update(done - bar.n)
-
-    stats = stream_segment(sl.read, H, W, segment_tiles, on_band=on_band,
-                           on_nucleus=on_nucleus, on_progress=on_progress, **layout)
-  seconds = time.perf_counter() - t0
-  info = {"file": str(sl.path), "level": sl.level, "levels": sl.levels,
-          "level_shape": list(sl.level_shape), "downsample": list(sl.downsample),
-          "region_level0": {"y": off[0], "x": off[1], "height": H * sl.downsample[0],
-                            "width": W * sl.downsample[1]},
-          "shape": [H, W], "pixel_size_um": None if ps is None else list(ps),
-          "nuclei": stats.kept, "tiling": {**vars(stats), **layout},
-          "seconds": round(seconds, 3), "source": source, **(scale or NO_SCALE),
-          "files": files}
-  fileio.write_json(out / f"{image_id}.slide.json", info)
-  slide_figures.write_overlay_png(out / f"{image_id}_overlay.png", summary)
-  slide_figures.write_density_png(out / f"{image_id}_density.png", summary)
-  html_report.write_slide_report(out / f"{image_id}_report.html", summary,
-                                 title=f"pa_jax slide report: {image_id}",
-                                 meta={k: info[k] for k in ("file", "level", "shape",
-                                                            "pixel_size_um", "nuclei",
-                                                            "source") + (
-                                     tuple(NO_SCALE) if info["zoom"] is not None else ())})
-  return info
