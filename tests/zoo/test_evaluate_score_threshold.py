@@ -4,6 +4,7 @@ threshold than the run's (DESIGN.md's 0.05 for the paper's Table 1), in a folder
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +23,6 @@ def test_score_threshold_changes_what_is_drawn(toy_run):
   low = experiment.evaluate_run(toy_run, score_threshold=0.0)
   high = experiment.evaluate_run(toy_run, score_threshold=1.0)
   assert low["output"].endswith("_score0") and high["output"].endswith("_score1")
-  from pathlib import Path
-
   assert _n_predicted(Path(low["output"])) > 0
   assert _n_predicted(Path(high["output"])) == 0
   assert high["recall"] == 0.0
