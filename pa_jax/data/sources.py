@@ -80,10 +80,16 @@ def augmentation(cfg) -> pipeline.Augmentation:
 
 def training_examples(cfg, progress: bool = True) -> list[pipeline.TrainExample]:
   """Decoded training images of this host with the partial view applied."""
+  return _load_training_split(cfg, progress)[0]
+
+
+def _load_training_split(cfg, progress: bool):
+  """(examples, their records) of the folder reader's training split."""
   records = source_records(cfg, cfg.data.train_split)
-  return pipeline.load_training_examples(records, view_spec(cfg), cfg.data.normalize,
-                                         progress=progress,
-                                         target_diameter=float(cfg.data.diameter))
+  examples = pipeline.load_training_examples(records, view_spec(cfg), cfg.data.normalize,
+                                             progress=progress,
+                                             target_diameter=float(cfg.data.diameter))
+  return examples, records
 
 
 def dataset_statistics(examples: list[pipeline.TrainExample]) -> dict:
@@ -119,10 +125,7 @@ def training_data(cfg, process_index: int = 0, process_count: int = 1,
   """
   reader = cfg.data.reader
   if reader == "folder":
-    records = source_records(cfg, cfg.data.train_split)
-    examples = pipeline.load_training_examples(records, view_spec(cfg), cfg.data.normalize,
-                                               progress=progress,
-                                               target_diameter=float(cfg.data.diameter))
+    examples, records = _load_training_split(cfg, progress)
     stats = dataset_statistics(examples)
     examples = repeat_by_source(cfg, examples, records)
   elif reader == "tfds":

@@ -201,19 +201,25 @@ class Predictor:
     raw, det = run(self.variables, jnp.asarray(padded), jnp.asarray(sizes))
     return np.asarray(raw)[:n, :h, :w], np.asarray(det.scores)[:n]
 
-  def segment_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
-    """`tiling.predict_tiled` callback: normalised tiles → label maps (no dilation)."""
-    out = [None] * len(tiles)
+  def run_tiles(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Normalised float32 [h, w, 3] tiles of any shapes → [(raw label map int32 [h, w],
+    scores float32 [max_detections])], in `batch_size` batches of equal-shape tiles (one
+    compile per canvas bucket). Raw label v is the detection `scores[v - 1]`."""
+    out: list = [None] * len(tiles)
     by_shape: dict[tuple, list[int]] = {}
     for i, t in enumerate(tiles):
       by_shape.setdefault(t.shape[:2], []).append(i)
     for idx in by_shape.values():
       for k in range(0, len(idx), self.batch_size):
         chunk = idx[k:k + self.batch_size]
-        raw, _ = self._run_batch([tiles[i] for i in chunk], self.batch_size)
-        for i, lab in zip(chunk, raw):
-          out[i] = lab
+        raw, scores = self._run_batch([tiles[i] for i in chunk], self.batch_size)
+        for i, lab, sc in zip(chunk, raw, scores):
+          out[i] = (lab, sc)
     return out
+
+  def segment_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
+    """`tiling.predict_tiled` callback: normalised tiles → label maps (no dilation)."""
+    return [lab for lab, _ in self.run_tiles(tiles)]
 
   def _segment(self, img: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
     """Normalised float32 [H, W, 3] -> (label map int32 [H, W] labelled 1..N, {label:

@@ -56,20 +56,11 @@ def model_tiles(predictor, norm: Callable[[np.ndarray], np.ndarray], zoom: float
   Each tile is zoomed by `zoom` first and its labels brought back to [h, w]."""
 
   def run(tiles: list[np.ndarray]) -> list:
-    imgs = [diam.zoom_image(norm(t), zoom) for t in tiles]
-    out: list = [None] * len(imgs)
-    by_shape: dict[tuple, list[int]] = {}
-    for i, t in enumerate(imgs):
-      by_shape.setdefault(t.shape[:2], []).append(i)
-    bs = predictor.batch_size
-    for idx in by_shape.values():
-      for k in range(0, len(idx), bs):
-        chunk = idx[k:k + bs]
-        raw, scores = predictor._run_batch([imgs[i] for i in chunk], bs)
-        for i, lab, sc in zip(chunk, raw, scores):
-          lab = diam.resize_labels(lab, tiles[i].shape[:2])
-          ids = np.unique(lab)
-          out[i] = (lab, {int(v): float(sc[v - 1]) for v in ids if v})
+    out = []
+    for tile, (lab, scores) in zip(tiles, predictor.run_tiles(
+        [diam.zoom_image(norm(t), zoom) for t in tiles])):
+      lab = diam.resize_labels(lab, tile.shape[:2])
+      out.append((lab, {int(v): float(scores[v - 1]) for v in np.unique(lab) if v}))
     return out
 
   return run
