@@ -77,10 +77,10 @@ def run(workdir: str | Path, sample: str | Path = SAMPLE, steps: int | None = No
   # 3. fine-tune it (resumes from workdir/model if interrupted; a finished run is reused)
   print(f"[3/5] fine-tuning it with the partial-annotation module on {spec.name} labels "
         f"({cfg.train.steps} steps, batch {cfg.train.batch_size}, canvas {cfg.data.canvas_size})")
-  moved = set_aside_other_start(workdir / "model", str(cfg.model.init))
+  moved = set_aside_other_run(workdir / "model", cfg)
   if moved is not None:
-    print(f"      {workdir / 'model'} was fine-tuned from another starting model; kept as "
-          f"{moved}, fine-tuning afresh")
+    print(f"      {workdir / 'model'} was fine-tuned with another recipe or starting model; "
+          f"kept as {moved}, fine-tuning afresh")
   experiment.train(cfg, workdir / "model")
   cfg, model, variables, step = experiment.load_run(workdir / "model")
   predictor = predictor_for(cfg, model, variables)
@@ -123,23 +123,30 @@ def run(workdir: str | Path, sample: str | Path = SAMPLE, steps: int | None = No
   return 0
 
 
-def set_aside_other_start(model_dir: Path, init: str) -> Path | None:
-  """Moves a demo run fine-tuned from another starting model out of the way.
+def set_aside_other_run(model_dir: Path, cfg) -> Path | None:
+  """Moves a demo run trained under another config out of the way.
 
-  A newer shipped model changes the demo config's `model.init`, and a run cannot resume
-  under another starting point (train refuses the changed config). The old run is kept,
-  renamed `model.from_<its start>` (`.1`, `.2`, ... if taken), never deleted. Returns the
-  new path, or None when there is nothing to move (no run yet, or the same start)."""
+  A newer pa_jax can change the demo's recipe (configs/demo.py) or its shipped model
+  (`model.init`), and a run cannot resume under another config (train refuses it). The old
+  run is kept, renamed `model.from_<its start>` when it started from another model, else
+  `model.old_recipe` (`.1`, `.2`, ... if taken), never deleted. Returns the new path, or
+  None when there is nothing to move (no run yet, or the same config)."""
+  from pa_jax.train.run_config import config_changes
+
   cfg_path = model_dir / "config.json"
   if not cfg_path.is_file():
     return None
-  old = str(json.loads(cfg_path.read_text()).get("model", {}).get("init", ""))
-  if old == init:
+  stored = json.loads(cfg_path.read_text())
+  old = str(stored.get("model", {}).get("init", ""))
+  if old != str(cfg.model.init):
+    stem = "from_" + (old.split(":")[-1].replace("/", "_").replace(".", "_") or "scratch")
+  elif config_changes(stored, cfg):
+    stem = "old_recipe"
+  else:
     return None
-  stem = old.split(":")[-1].replace("/", "_").replace(".", "_") or "scratch"
-  dest, k = model_dir.with_name(f"model.from_{stem}"), 1
+  dest, k = model_dir.with_name(f"model.{stem}"), 1
   while dest.exists():
-    dest, k = model_dir.with_name(f"model.from_{stem}.{k}"), k + 1
+    dest, k = model_dir.with_name(f"model.{stem}.{k}"), k + 1
   model_dir.rename(dest)
   return dest
 
