@@ -16,7 +16,8 @@ from flax import struct
 class Batch:
   """A static-shape training/eval batch (B images on a canvas of H x W pixels).
 
-  image:        float32 [B, H, W, 3], intensities scaled to [0, 1]; padding is 0.
+  image:        float32 [B, H, W, 3], intensities scaled to [0, 1]; padding is 0. Or the
+                raw uint8/uint16 pixels, with `intensity` (below).
   labels:       int32 [B, H, W] *annotated* instance label map of the canvas, relabelled so
                 that value k (1..M) is instance slot k-1; 0 = background OR unannotated.
   boxes:        float32 [B, M, 4] (x0, y0, x1, y1) of each annotated instance, pixel edges
@@ -32,6 +33,9 @@ class Batch:
                 nuclei the PA boxes cover.
   unannotated_valid: bool [B, M].
   has_full:     bool [B] whether full labels were known for the image.
+  intensity:    None when `image` holds float32 [0, 1] pixels; else float32 [B, 2, 3], the
+                range of each image's raw uint8/uint16 pixels that `pixels()` stretches to
+                [0, 1] on the device (row 0 low, row 1 high; `ops.intensity`).
   """
 
   image: jax.Array | np.ndarray
@@ -44,4 +48,16 @@ class Batch:
   unannotated_boxes: jax.Array | np.ndarray
   unannotated_valid: jax.Array | np.ndarray
   has_full: jax.Array | np.ndarray
+  intensity: jax.Array | np.ndarray | None = None
+
+  def pixels(self) -> jax.Array:
+    """float32 [B, H, W, 3] in [0, 1]: `image`, stretched by `intensity` when it holds
+    integers (inside the compiled step, so the integers are what crosses to the device)."""
+    import jax.numpy as jnp
+
+    if self.intensity is None:
+      return jnp.asarray(self.image, jnp.float32)
+    from pa_jax.ops.intensity import scale_intensities
+
+    return scale_intensities(self.image, self.intensity, self.image_size)
 

@@ -39,6 +39,23 @@ from pa_jax.structures import Batch
 # ------------------------------------------------------------------ intensity scaling
 
 
+def intensity_range(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
+  """The values `normalize_image` maps to 0 and 1: float32 [2, C] (row 0 low, row 1 high)
+  of an (H, W) or (H, W, C) image; C = 1 for a grey image."""
+  img = np.asarray(image)
+  if img.ndim == 2:
+    img = img[..., None]
+  if mode == "dtype":
+    scale = 65535.0 if img.dtype == np.uint16 else 255.0
+    return np.array([[0.0] * img.shape[-1], [scale] * img.shape[-1]], np.float32)
+  if mode == "percentile":
+    img = img.astype(np.float32)
+    lo = np.percentile(img, 0.5, axis=(0, 1))
+    hi = np.percentile(img, 99.5, axis=(0, 1))
+    return np.stack([lo, hi]).astype(np.float32)
+  raise ValueError(f"unknown normalisation {mode!r} (percentile, dtype)")
+
+
 def normalize_image(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
   """uint8/uint16 (H, W) or (H, W, 3) → float32 (H, W, 3) in [0, 1].
 
@@ -49,20 +66,32 @@ def normalize_image(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
   img = np.asarray(image)
   if img.ndim == 2:
     img = img[..., None]
-  img = img.astype(np.float32)
-  if mode == "dtype":
-    scale = 65535.0 if np.asarray(image).dtype == np.uint16 else 255.0
-    out = img / scale
-  elif mode == "percentile":
-    lo = np.percentile(img, 0.5, axis=(0, 1), keepdims=True)
-    hi = np.percentile(img, 99.5, axis=(0, 1), keepdims=True)
-    out = (img - lo) / np.maximum(hi - lo, 1e-6)
-  else:
-    raise ValueError(f"unknown normalisation {mode!r} (percentile, dtype)")
+  lo, hi = intensity_range(img, mode)
+  out = (img.astype(np.float32) - lo) / np.maximum(hi - lo, np.float32(1e-6))
   out = np.clip(out, 0.0, 1.0)
   if out.shape[-1] == 1:
     out = np.repeat(out, 3, axis=-1)
   return out.astype(np.float32)
+
+
+INTEGER_DTYPES = (np.uint8, np.uint16)
+
+
+def integer_image(image: np.ndarray, mode: str = "percentile"
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+  """An image as it travels to the device: (its own uint8/uint16 pixels (H, W, 3), grey
+  repeated; float32 [2, 3] `intensity_range`), so that
+  `pa_jax.ops.intensity.scale_intensities` of the pair equals `normalize_image(image)`.
+  None for other dtypes, which are normalised on the host."""
+  img = np.asarray(image)
+  if img.dtype not in INTEGER_DTYPES:
+    return None
+  if img.ndim == 2:
+    img = img[..., None]
+  rng = intensity_range(img, mode)
+  if img.shape[-1] == 1:
+    img, rng = np.repeat(img, 3, axis=-1), np.repeat(rng, 3, axis=-1)
+  return np.ascontiguousarray(img), rng
 
 
 # ------------------------------------------------------------------ instance geometry
@@ -95,6 +124,8 @@ class TrainExample:
   the annotation loop: hard negatives), else None;
   zoom: the size normalisation of this image (`data.diameter` / its median nucleus
   diameter; 1.0 = native scale), applied when crops are cut.
+  intensity: None, or float32 [2, 3] when `image` holds the raw uint8/uint16 pixels
+  (`integer_image`): the range the device stretches to [0, 1] (`ops.intensity`).
   """
 
   id: str
@@ -103,6 +134,7 @@ class TrainExample:
   full_labels: np.ndarray | None
   negatives: np.ndarray | None = None
   zoom: float = 1.0
+  intensity: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +154,13 @@ class Augmentation:
 
 def load_training_examples(records: Sequence[readers.Record], view: partial_views.ViewSpec,
                            normalize: str = "percentile", progress: bool = False,
-                           target_diameter: float = 0.0) -> list[TrainExample]:
+                           target_diameter: float = 0.0,
+                           keep_integers: bool = False) -> list[TrainExample]:
   """Reads records, applies the partial view, normalises intensities.
+
+  `keep_integers`: 8/16-bit images stay integers with their `intensity` range (`integer_image`),
+  normalised on the device; needs a training crop without photometric jitter, which runs
+  on float pixels on the host.
 
   `target_diameter` > 0: each example's `zoom` brings the median (equivalent-circle)
   diameter of its annotated nuclei to this many pixels; an image without annotated nuclei
@@ -141,7 +178,11 @@ def load_training_examples(records: Sequence[readers.Record], view: partial_view
       raise InputError(rec.image_path, "training image has no label map (an image without "
                        "nuclei needs an all-zero label map)")
     image, labels, full = partial_views.apply_view(ex.image, ex.labels, rec.id, view)
-    out.append(TrainExample(rec.id, normalize_image(image, normalize), labels, full))
+    raw = integer_image(image, normalize) if keep_integers else None
+    if raw is not None:
+      out.append(TrainExample(rec.id, raw[0], labels, full, intensity=raw[1]))
+    else:
+      out.append(TrainExample(rec.id, normalize_image(image, normalize), labels, full))
   if target_diameter > 0:
     measured = [diameter.median_diameter(ex.labels) for ex in out]
     known = [d for d in measured if d is not None]
@@ -168,7 +209,8 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
   rotations and intensity/stain jitter of `aug`, which overrides flip_h/flip_v) + padded
   instances.
 
-  Returns numpy arrays: image [C, C, 3] f32, labels [C, C] i32 (slot k-1 ↔ value k),
+  Returns numpy arrays: image [C, C, 3] f32 (or the example's uint8/uint16 with
+  intensity [2, 3] f32 beside it, when the example holds integers), labels [C, C] i32 (slot k-1 ↔ value k),
   boxes [M, 4] f32, valid [M] bool, negative_boxes [M, 4] f32 + negative_valid [M] bool
   (rejected regions), image_size [2] i32, unannotated_boxes [M, 4] f32 and
   unannotated_valid [M] bool (full-label nuclei absent from the partial labels, at most M
@@ -187,7 +229,7 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
   full = ex.full_labels[y0:y0 + ch, x0:x0 + cw] if ex.full_labels is not None else None
   neg = ex.negatives[y0:y0 + ch, x0:x0 + cw] if ex.negatives is not None else None
   if zoom != 1.0:
-    image = diameter.zoom_image(image, zoom)
+    image = _zoom_pixels(image, zoom, ex.intensity)
     # Labels to the whole zoomed size, then the same crop: ceil(canvas / zoom) * zoom can
     # exceed the canvas, and resizing to the cropped size would stretch them off the image.
     shape = image.shape[:2]
@@ -208,6 +250,13 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
     image, labels = np.rot90(image, k), np.rot90(labels, k)
     full = np.rot90(full, k) if full is not None else None
     neg = np.rot90(neg, k) if neg is not None else None
+  intensity = ex.intensity
+  if intensity is not None and (aug.intensity > 0 or aug.stain > 0):
+    # Photometric jitter runs on float pixels here: this crop is normalised on the host.
+    lo, hi = intensity
+    image = np.clip((image.astype(np.float32) - lo) / np.maximum(hi - lo, np.float32(1e-6)),
+                    0.0, 1.0)
+    intensity = None
   if aug.intensity > 0 or aug.stain > 0:
     image = augment.jitter_stain(np.ascontiguousarray(image), rng, aug.stain)
     image = augment.jitter_intensity(image, rng, aug.intensity)
@@ -222,7 +271,7 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
     seq = (np.searchsorted(ids, labels) + 1).astype(np.int32)
     seq[labels == 0] = 0
 
-  out_img = np.zeros((canvas, canvas, 3), np.float32)
+  out_img = np.zeros((canvas, canvas, 3), image.dtype if intensity is not None else np.float32)
   out_img[:ch, :cw] = image
   out_lab = np.zeros((canvas, canvas), np.int32)
   out_lab[:ch, :cw] = seq
@@ -248,7 +297,20 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
   return dict(image=out_img, labels=out_lab, boxes=out_boxes, valid=valid,
               negative_boxes=neg_boxes, negative_valid=neg_valid,
               image_size=np.array([ch, cw], np.int32), unannotated_boxes=un_boxes,
-              unannotated_valid=un_valid, has_full=np.bool_(full is not None))
+              unannotated_valid=un_valid, has_full=np.bool_(full is not None),
+              **({} if intensity is None else {"intensity": intensity}))
+
+
+def _zoom_pixels(image: np.ndarray, zoom: float, intensity: np.ndarray | None) -> np.ndarray:
+  """`diameter.zoom_image` of a crop. An integer crop (`intensity` [2, 3] its range) is
+  clipped to its range first, as the float path interpolates already clipped [0, 1]
+  pixels (linear interpolation commutes with the linear stretch, not with the clip), and
+  rounded back to its dtype: at most half a grey level from the float path."""
+  if intensity is None:
+    return diameter.zoom_image(image, zoom)
+  clipped = np.clip(image.astype(np.float32), intensity[0], intensity[1])
+  top = np.iinfo(image.dtype).max
+  return np.clip(np.rint(diameter.zoom_image(clipped, zoom)), 0, top).astype(image.dtype)
 
 
 def stack_batch(items: Sequence[dict]) -> Batch:

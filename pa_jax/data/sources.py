@@ -83,12 +83,21 @@ def training_examples(cfg, progress: bool = True) -> list[pipeline.TrainExample]
   return _load_training_split(cfg, progress)[0]
 
 
-def _load_training_split(cfg, progress: bool):
+def integer_transfer(cfg) -> bool:
+  """Whether training images stay uint8/uint16 up to the device (`ops.intensity`): always,
+  except with photometric jitter (`data.intensity_jitter`, `data.stain_jitter`), which runs
+  on float pixels on the host."""
+  aug = augmentation(cfg)
+  return aug.intensity <= 0 and aug.stain <= 0
+
+
+def _load_training_split(cfg, progress: bool, keep_integers: bool = False):
   """(examples, their records) of the folder reader's training split."""
   records = source_records(cfg, cfg.data.train_split)
   examples = pipeline.load_training_examples(records, view_spec(cfg), cfg.data.normalize,
                                              progress=progress,
-                                             target_diameter=float(cfg.data.diameter))
+                                             target_diameter=float(cfg.data.diameter),
+                                             keep_integers=keep_integers)
   return examples, records
 
 
@@ -125,7 +134,7 @@ def training_data(cfg, process_index: int = 0, process_count: int = 1,
   """
   reader = cfg.data.reader
   if reader == "folder":
-    examples, records = _load_training_split(cfg, progress)
+    examples, records = _load_training_split(cfg, progress, integer_transfer(cfg))
     stats = dataset_statistics(examples)
     examples = repeat_by_source(cfg, examples, records)
   elif reader == "tfds":

@@ -66,6 +66,7 @@ class BuildExamples(Sequence):
   records: Sequence[Mapping[str, Any]]
   where: str
   normalize: str = "percentile"
+  keep_integers: bool = False  # as `pipeline.load_training_examples`
 
   def __len__(self) -> int:
     return len(self.records)
@@ -74,12 +75,16 @@ class BuildExamples(Sequence):
     i = int(i)  # global_indices gives numpy integers
     try:
       ex = decode_record(self.records[i])
-      image = pipeline.normalize_image(ex["image"], self.normalize)
+      raw = (pipeline.integer_image(ex["image"], self.normalize) if self.keep_integers
+             else None)
+      image = raw[0] if raw is not None else pipeline.normalize_image(ex["image"],
+                                                                      self.normalize)
     except Exception as e:  # noqa: BLE001 - any failure of one record becomes one line
       raise InputError(f"{self.where} record {i}", f"cannot be read ({type(e).__name__}: "
                        f"{e}); rebuild it with data/tfds_nuclei.py") from e
     return pipeline.TrainExample(ex["id"], image, np.asarray(ex["labels"], np.int32),
-                                 np.asarray(ex["full_labels"], np.int32))
+                                 np.asarray(ex["full_labels"], np.int32),
+                                 intensity=raw[1] if raw is not None else None)
 
 
 # ------------------------------------------------------------------- split statistics
@@ -150,8 +155,8 @@ def check_view(meta: dict, spec: partial_views.ViewSpec, group: str, where: str)
                      f"the config asks for {group!r}")
 
 
-def open_split(tfds_dir: str, name: str, split: str,
-               normalize: str = "percentile") -> tuple[BuildExamples, dict]:
+def open_split(tfds_dir: str, name: str, split: str, normalize: str = "percentile",
+               keep_integers: bool = False) -> tuple[BuildExamples, dict]:
   """(lazy examples, metadata) of one split of a build; nothing is decoded yet."""
   import tensorflow_datasets as tfds  # heavy import: only runs that read a build pay it
 
@@ -161,7 +166,7 @@ def open_split(tfds_dir: str, name: str, split: str,
     raise InputError("data.train_split", f"{split!r} is not a split of the build {path} "
                      f"({', '.join(sorted(meta['splits']))})")
   source = tfds.builder_from_directory(str(path)).as_data_source()[split]
-  return BuildExamples(source, f"{path}[{split}]", normalize), meta
+  return BuildExamples(source, f"{path}[{split}]", normalize, keep_integers), meta
 
 
 def open_training_split(cfg) -> tuple[BuildExamples, dict]:
@@ -171,7 +176,10 @@ def open_training_split(cfg) -> tuple[BuildExamples, dict]:
   if not d.tfds_dir or not d.tfds_name:
     raise InputError("data.tfds_name", "data.reader='tfds' needs data.tfds_dir and "
                      "data.tfds_name (e.g. 'dsb2018/dh25_seed0')")
-  examples, meta = open_split(d.tfds_dir, d.tfds_name, d.train_split, d.normalize)
+  from pa_jax.data.sources import integer_transfer
+
+  examples, meta = open_split(d.tfds_dir, d.tfds_name, d.train_split, d.normalize,
+                              integer_transfer(cfg))
   check_view(meta, partial_views.ViewSpec(d.view, d.view_fraction, d.view_seed), d.group,
              examples.where)
   stats = dict(meta["splits"][d.train_split])

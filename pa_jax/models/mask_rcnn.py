@@ -452,7 +452,7 @@ class MaskRCNN(nn.Module):
     # streams are the same with the module on or off.
     k_rpn, k_roi, k_pix = jax.random.split(rng, 3)
 
-    feats = self.features(batch.image.astype(jnp.float32), batch.image_size)
+    feats = self.features(batch.pixels(), batch.image_size)
     rpn_out, names, obj, dlt = self._rpn(feats)
     anchors_per_level, _ = level_anchors(s, canvas_hw)
     obj_all = jnp.concatenate(obj, axis=1)
