@@ -144,7 +144,7 @@ def training_data(cfg, process_index: int = 0, process_count: int = 1,
       raise InputError("data.reader", "'tfds' builds hold one source at native scale: "
                        "data.diameter, data.val_fraction, data.source_repeats and several "
                        "data.source entries need data.reader='folder'")
-    examples, stats = tfds_source.open_training_split(cfg)
+    examples, stats = tfds_source.open_training_split(cfg, integer_transfer(cfg))
   else:
     raise InputError("data.reader", f"{reader!r} is not 'folder' or 'tfds'")
   return batch_source(cfg, examples, process_index, process_count), stats

@@ -169,17 +169,16 @@ def open_split(tfds_dir: str, name: str, split: str, normalize: str = "percentil
   return BuildExamples(source, f"{path}[{split}]", normalize, keep_integers), meta
 
 
-def open_training_split(cfg) -> tuple[BuildExamples, dict]:
+def open_training_split(cfg, keep_integers: bool = False) -> tuple[BuildExamples, dict]:
   """(lazy training examples, dataset statistics) of `config.data`'s build, checked
-  against the config's partial view and group."""
+  against the config's partial view and group. `keep_integers`: as
+  `pipeline.load_training_examples`."""
   d = cfg.data
   if not d.tfds_dir or not d.tfds_name:
     raise InputError("data.tfds_name", "data.reader='tfds' needs data.tfds_dir and "
                      "data.tfds_name (e.g. 'dsb2018/dh25_seed0')")
-  from pa_jax.data.sources import integer_transfer
-
   examples, meta = open_split(d.tfds_dir, d.tfds_name, d.train_split, d.normalize,
-                              integer_transfer(cfg))
+                              keep_integers)
   check_view(meta, partial_views.ViewSpec(d.view, d.view_fraction, d.view_seed), d.group,
              examples.where)
   stats = dict(meta["splits"][d.train_split])

@@ -4,8 +4,8 @@ Training batches travel from host to device in the images' own integer dtype (ui
 uint16, 1/4 or 1/2 of float32's bytes per pixel) with each image's intensity range beside
 them; the stretch to [0, 1] runs here, inside the compiled step, where it fuses into the
 first convolution's input. The host keeps the training set as integers too (4x less
-memory for 8-bit images). `pa_jax.data.pipeline.integer_image` computes the range, and
-`scale_intensities(*integer_image(x))` equals `pipeline.normalize_image(x)`.
+memory for 8-bit images). `pa_jax.data.intensity.integer_image` computes the range, and
+`scale_intensities(*integer_image(x))` equals `intensity.normalize_image(x)`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Integer images to the device: `ops.intensity.scale_intensities` against the host's
-`pipeline.normalize_image`, and training batches that carry uint8/uint16 pixels."""
+`intensity.normalize_image`, and training batches that carry uint8/uint16 pixels."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pa_jax.data import pipeline
+from pa_jax.data import intensity, pipeline
 from pa_jax.ops.intensity import scale_intensities
 
 
@@ -25,19 +25,19 @@ def _image(dtype, shape, seed=0):
     (np.uint8, (16, 16), "dtype")])
 def test_device_stretch_equals_the_host_normalisation(dtype, shape, mode):
   img = _image(dtype, shape)
-  raw, rng = pipeline.integer_image(img, mode)
+  raw, rng = intensity.integer_image(img, mode)
   assert raw.dtype == dtype and raw.shape == shape[:2] + (3,) and rng.shape == (2, 3)
   got = jax.jit(scale_intensities)(raw[None], rng[None])[0]
-  want = pipeline.normalize_image(img, mode)
+  want = intensity.normalize_image(img, mode)
   np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-6)
   assert got.dtype == jnp.float32
 
 
 def test_constant_image_and_padding():
   flat = np.full((8, 8), 7, np.uint8)  # hi == lo: the 1e-6 floor, as on the host
-  raw, rng = pipeline.integer_image(flat)
+  raw, rng = intensity.integer_image(flat)
   np.testing.assert_array_equal(np.asarray(scale_intensities(raw[None], rng[None]))[0],
-                                pipeline.normalize_image(flat))
+                                intensity.normalize_image(flat))
   # On a canvas, pixels beyond image_size are 0 whatever the range maps 0 to.
   canvas = np.zeros((2, 12, 12, 3), np.uint8)
   canvas[:, :8, :8] = raw
@@ -48,7 +48,7 @@ def test_constant_image_and_padding():
 
 
 def test_non_integer_images_stay_on_the_host():
-  assert pipeline.integer_image(np.zeros((4, 4), np.float32)) is None
+  assert intensity.integer_image(np.zeros((4, 4), np.float32)) is None
 
 
 def _examples(keep_integers, dtype=np.uint8, zoom=1.0):
@@ -58,12 +58,12 @@ def _examples(keep_integers, dtype=np.uint8, zoom=1.0):
     lab = np.zeros((90, 70), np.int32)
     lab[10 + seed:30, 20:35] = 1
     lab[50:70, 40 + seed:60] = 2
-    raw = pipeline.integer_image(img) if keep_integers else None
+    raw = intensity.integer_image(img) if keep_integers else None
     if raw is not None:
       out.append(pipeline.TrainExample(f"e{seed}", raw[0], lab, lab.copy(), zoom=zoom,
                                        intensity=raw[1]))
     else:
-      out.append(pipeline.TrainExample(f"e{seed}", pipeline.normalize_image(img), lab,
+      out.append(pipeline.TrainExample(f"e{seed}", intensity.normalize_image(img), lab,
                                        lab.copy(), zoom=zoom))
   return out
 

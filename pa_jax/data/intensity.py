@@ -1,0 +1,69 @@
+"""Intensity scaling of microscopy images: raw uint8/uint16 pixels to float32 [0, 1].
+
+Two places do it, with the same numbers:
+* the host, `normalize_image`: prediction, evaluation, and training crops that get
+  photometric jitter (which runs on float pixels);
+* the device, inside the compiled training step: a training batch carries each image's
+  own integer pixels and its `intensity_range` (`integer_image`), and
+  `pa_jax.ops.intensity.scale_intensities` stretches them there, so a quarter (uint8) or
+  half (uint16) of float32's bytes cross to the device and stay in host memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def intensity_range(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
+  """The values `normalize_image` maps to 0 and 1: float32 [2, C] (row 0 low, row 1 high)
+  of an (H, W) or (H, W, C) image; C = 1 for a grey image."""
+  img = np.asarray(image)
+  if img.ndim == 2:
+    img = img[..., None]
+  if mode == "dtype":
+    scale = 65535.0 if img.dtype == np.uint16 else 255.0
+    return np.array([[0.0] * img.shape[-1], [scale] * img.shape[-1]], np.float32)
+  if mode == "percentile":
+    img = img.astype(np.float32)
+    lo = np.percentile(img, 0.5, axis=(0, 1))
+    hi = np.percentile(img, 99.5, axis=(0, 1))
+    return np.stack([lo, hi]).astype(np.float32)
+  raise ValueError(f"unknown normalisation {mode!r} (percentile, dtype)")
+
+
+def normalize_image(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
+  """uint8/uint16 (H, W) or (H, W, 3) → float32 (H, W, 3) in [0, 1].
+
+  'percentile': per-channel 0.5–99.5 % stretch; robust to 16-bit images whose signal uses
+  a small part of the range and to hot pixels. 'dtype': divide by the dtype's maximum.
+  Gray images are repeated to 3 channels so that RGB-pretrained backbones import as is.
+  """
+  img = np.asarray(image)
+  if img.ndim == 2:
+    img = img[..., None]
+  lo, hi = intensity_range(img, mode)
+  out = (img.astype(np.float32) - lo) / np.maximum(hi - lo, np.float32(1e-6))
+  out = np.clip(out, 0.0, 1.0)
+  if out.shape[-1] == 1:
+    out = np.repeat(out, 3, axis=-1)
+  return out.astype(np.float32)
+
+
+INTEGER_DTYPES = (np.uint8, np.uint16)
+
+
+def integer_image(image: np.ndarray, mode: str = "percentile"
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+  """An image as it travels to the device: (its own uint8/uint16 pixels (H, W, 3), grey
+  repeated; float32 [2, 3] `intensity_range`), so that
+  `pa_jax.ops.intensity.scale_intensities` of the pair equals `normalize_image(image)`.
+  None for other dtypes, which are normalised on the host."""
+  img = np.asarray(image)
+  if img.dtype not in INTEGER_DTYPES:
+    return None
+  if img.ndim == 2:
+    img = img[..., None]
+  rng = intensity_range(img, mode)
+  if img.shape[-1] == 1:
+    img, rng = np.repeat(img, 3, axis=-1), np.repeat(rng, 3, axis=-1)
+  return np.ascontiguousarray(img), rng
