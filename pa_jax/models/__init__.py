@@ -3,7 +3,9 @@
 One concept per file: ``norm`` (frozen BN / BN / GroupNorm factory), ``resnet``
 (ResNet-18..101, ResNeXt-101), ``fpn`` (P2..P6), ``attention`` (factorized self-attention
 and its Fig. 1 renderer), ``rpn`` (shared RPN head), ``partial`` (centerness head),
-``roi_heads`` (box and mask heads), ``params`` (parameter counting).
+``roi_heads`` (box and mask heads), ``params`` (parameter counting), ``spec`` (the
+model's static `ModelSpec` and its `Detections`), ``proposals`` (the per-image stages:
+anchors, RPN targets, proposals, RoI sampling), ``mask_rcnn`` (the model that joins them).
 """
 
 from pa_jax.models.attention import FactorizedAttention, render_attention

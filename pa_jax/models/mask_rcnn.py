@@ -6,7 +6,7 @@
     probabilities of up to `max_detections` nuclei per image, plus the PA boxes.
 
 The per-image stages (anchor targets, proposal generation, RoI sampling) are pure
-functions of ONE image written below and lifted over the batch with `jax.vmap` (scenic
+functions of ONE image (`pa_jax.models.proposals`) lifted over the batch with `jax.vmap` (scenic
 style) inside `jax.shard_map` over "data" in training (`pa_jax.ops.per_device.per_image`:
 each device runs the loops of its own images, no collective inside a loop); ops (IoU, NMS, RoIAlign, …) come from `pa_jax.ops`, losses from `pa_jax.losses`,
 and everything specific to partial labels from `pa_jax.partial`, reached only when
@@ -19,296 +19,35 @@ Boxes are float32 `(x0, y0, x1, y1)` absolute pixels of the canvas everywhere.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from pa_jax import losses
 from pa_jax.models.attention import FactorizedAttention, padding_mask
 from pa_jax.models.fpn import FPN
 from pa_jax.models.partial import CenternessHead
+# The spec, the output and the per-image stages have their own modules; imported from here too.
+from pa_jax.models.proposals import (generate_proposals, level_anchors, rpn_targets,  # noqa: F401
+                                     sample_rois)
 from pa_jax.models.resnet import resnet
 from pa_jax.models.roi_heads import BoxHead, MaskHead
 from pa_jax.models.rpn import RPNHead
+from pa_jax.models.spec import Detections, ModelSpec
 from pa_jax.ops import anchors as anchor_ops
 from pa_jax.ops import boxes as box_ops
 from pa_jax.ops import masks as mask_ops
 from pa_jax.ops import nms as nms_ops
 from pa_jax.ops import roi_align as roi_ops
-from pa_jax.ops.matching import Assignment, match
 from pa_jax.ops.per_device import per_image
-from pa_jax.ops.sampling import sample_balanced
 from pa_jax.structures import Batch
 
 ROI_LEVELS = (2, 3, 4, 5)  # RoIAlign reads P2..P5 (P6 only feeds the RPN), as in FPN.
 RPN_BOX_BETA = 1.0 / 9.0  # torchvision's smooth-L1 beta for the RPN
 ROI_BOX_BETA = 1.0 / 9.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """Static (hashable) description of the network, built from `config.model`.
-
-  Use `ModelSpec.from_config(config.model, anchor_wh=...)`. All fields are Python values so
-  that shapes are known at trace time.
-  """
-
-  backbone: str = "resnet18"
-  backbone_width: int = 64
-  norm: str = "frozen_bn"
-  freeze_at: int = 0
-  fpn_channels: int = 256
-  num_classes: int = 2
-  compute_dtype: str = "float32"
-  anchor_sizes: tuple = (8, 16, 32, 64, 128)
-  anchor_strides: tuple = (4, 8, 16, 32, 64)
-  anchor_ratios: tuple = (0.5, 1.0, 2.0)
-  rpn_fg_iou: float = 0.7
-  rpn_bg_iou: float = 0.3
-  rpn_batch_per_image: int = 256
-  rpn_positive_fraction: float = 0.5
-  rpn_pre_nms_topk_train: int = 2000
-  rpn_post_nms_topk_train: int = 1000
-  rpn_pre_nms_topk_test: int = 1000
-  rpn_post_nms_topk_test: int = 1000
-  rpn_nms_iou: float = 0.7
-  rpn_loss_weight: float = 1.0
-  roi_fg_iou: float = 0.5
-  roi_batch_per_image: int = 512
-  roi_positive_fraction: float = 0.25
-  box_weights: tuple = (10.0, 10.0, 5.0, 5.0)
-  pooler_size: int = 7
-  mask_pooler_size: int = 14
-  sampling_ratio: int = 2
-  fc_dim: int = 1024
-  mask_dim: int = 256
-  score_threshold: float = 0.05
-  nms_iou: float = 0.5
-  max_detections: int = 1000
-  mask_box_scale: float = 1.0
-  box_loss_weight: float = 1.0
-  mask_loss_weight: float = 1.0
-  # partial-annotation module
-  partial: bool = False
-  attention_levels: tuple = ("p2",)
-  key_channels: int = 64
-  value_channels: int = 64
-  center_scale: float = 0.3
-  pa_num_pixels: int = 128
-  pa_positive_fraction: float = 0.5
-  pa_threshold: float = 0.95
-  max_pa_boxes: int = 256
-  anchor_wh: tuple = (32.0, 32.0)
-  components_backend: str = "device"
-  rpn_ignore_iou: float = 0.3
-  roi_ignore_iou: float = 0.5
-  centerness_loss_weight: float = 1.0
-  centerbox_loss_weight: float = 1.0
-  hard_negatives: bool = False
-  centerbox_weights: tuple = (10.0, 10.0, 5.0, 5.0)
-  centerbox_beta: float = 1.0 / 9.0
-  connectivity: int = 4
-  attention_zero_init: bool = False
-  attention_mask_padding: bool = True
-  # Inference: detections per mask-head call (`config.model.roi.mask_batch`); more valid
-  # detections run in further chunks of this size, see `masks_in_chunks`.
-  mask_batch: int = 256
-
-  @classmethod
-  def from_config(cls, m, anchor_wh: Sequence[float] | None = None) -> "ModelSpec":
-    """From `config.model` (ml_collections). `anchor_wh` = dataset median (w, h) for the
-    'median' centerness anchor; ignored when `model.partial.anchor == 'fixed'`."""
-    p = m.partial
-    if int(m.num_classes) != 2:
-      # The heads read class 1 as "nucleus" throughout (one foreground class).
-      raise ValueError(f"model.num_classes={m.num_classes}: only 2 (background + nucleus) "
-                       "is implemented")
-    if p.anchor not in ("median", "fixed"):
-      raise ValueError(f"model.partial.anchor must be 'median' or 'fixed', got {p.anchor!r}")
-    if int(p.connectivity) not in (4, 8):
-      raise ValueError(f"model.partial.connectivity must be 4 or 8, got {p.connectivity!r}")
-    if p.anchor == "median" and p.enabled:
-      # No silent fallback: a run trained with its dataset's median anchor but rebuilt
-      # with the fixed window would decode different PA boxes than it learned.
-      if anchor_wh is None:
-        raise ValueError("model.partial.anchor='median' needs the dataset's median nucleus "
-                         "width/height (saved in the run's run.json 'dataset')")
-      wh = (float(anchor_wh[0]), float(anchor_wh[1]))
-    else:  # 'fixed', or the module is off and the anchor is never used
-      wh = (float(p.fixed_anchor_size), float(p.fixed_anchor_size))
-    return cls(
-        backbone=m.backbone, backbone_width=m.backbone_width, norm=m.norm,
-        freeze_at=m.freeze_at, fpn_channels=m.fpn_channels, num_classes=m.num_classes,
-        compute_dtype=m.compute_dtype, anchor_sizes=tuple(tuple(x) if isinstance(x, (tuple, list)) else x
-                                                      for x in m.anchor_sizes),
-        anchor_strides=tuple(m.anchor_strides), anchor_ratios=tuple(m.anchor_ratios),
-        rpn_fg_iou=m.rpn.fg_iou, rpn_bg_iou=m.rpn.bg_iou,
-        rpn_batch_per_image=m.rpn.batch_per_image,
-        rpn_positive_fraction=m.rpn.positive_fraction,
-        rpn_pre_nms_topk_train=m.rpn.pre_nms_topk_train,
-        rpn_post_nms_topk_train=m.rpn.post_nms_topk_train,
-        rpn_pre_nms_topk_test=m.rpn.pre_nms_topk_test,
-        rpn_post_nms_topk_test=m.rpn.post_nms_topk_test, rpn_nms_iou=m.rpn.nms_iou,
-        rpn_loss_weight=m.rpn.loss_weight, roi_fg_iou=m.roi.fg_iou,
-        roi_batch_per_image=m.roi.batch_per_image,
-        roi_positive_fraction=m.roi.positive_fraction, box_weights=tuple(m.roi.box_weights),
-        pooler_size=m.roi.pooler_size, mask_pooler_size=m.roi.mask_pooler_size,
-        sampling_ratio=m.roi.sampling_ratio, fc_dim=m.roi.fc_dim, mask_dim=m.roi.mask_dim,
-        score_threshold=m.roi.score_threshold, nms_iou=m.roi.nms_iou,
-        max_detections=m.roi.max_detections,
-        mask_box_scale=float(m.roi.get("mask_box_scale", 1.0)), box_loss_weight=m.roi.box_loss_weight,
-        mask_loss_weight=m.roi.mask_loss_weight, partial=bool(p.enabled),
-        attention_levels=tuple(p.attention_levels), key_channels=p.key_channels,
-        value_channels=p.value_channels, center_scale=p.center_scale,
-        pa_num_pixels=p.num_pixels, pa_positive_fraction=p.positive_fraction,
-        pa_threshold=p.threshold, max_pa_boxes=p.max_pa_boxes, anchor_wh=wh,
-        components_backend=p.components_backend, rpn_ignore_iou=p.rpn_ignore_iou,
-        roi_ignore_iou=p.roi_ignore_iou, centerness_loss_weight=p.centerness_loss_weight,
-        centerbox_loss_weight=p.centerbox_loss_weight,
-        hard_negatives=bool(p.get("hard_negatives", False)),
-        centerbox_weights=tuple(float(x) for x in p.centerbox_weights),
-        centerbox_beta=float(p.centerbox_beta), connectivity=int(p.connectivity),
-        attention_zero_init=bool(p.attention_zero_init),
-        attention_mask_padding=bool(p.attention_mask_padding),
-        # Runs saved before the field existed lack it; 256 is base.py's default.
-        mask_batch=int(m.roi.get("mask_batch", 256)))
-
-  @property
-  def dtype(self):
-    return jnp.bfloat16 if self.compute_dtype == "bfloat16" else jnp.float32
-
-  @property
-  def num_pa_boxes(self) -> int:
-    return self.max_pa_boxes if self.partial else 0
-
-
-@struct.dataclass
-class Detections:
-  """Detections of a batch (static K = max_detections).
-
-  boxes:     float32 [B, K, 4] (x0, y0, x1, y1) canvas pixels, clipped to the image.
-  scores:    float32 [B, K] nucleus probability; sorted descending, padding last.
-  masks:     float32 [B, K, 28, 28] mask probabilities inside each `mask_boxes` box;
-             exactly 0 where `valid` is False (the mask head only runs on the valid
-             detections).
-  mask_boxes: float32 [B, K, 4] (x0, y0, x1, y1) the frame of `masks`: `boxes` scaled by
-             `model.roi.mask_box_scale` about their centres (equal to `boxes` at 1.0).
-  valid:     bool [B, K].
-  pa_boxes:  float32 [B, P, 4] partial-annotation boxes (P = 0 without the module).
-  pa_valid:  bool [B, P].
-  """
-
-  boxes: jax.Array
-  scores: jax.Array
-  masks: jax.Array
-  mask_boxes: jax.Array
-  valid: jax.Array
-  pa_boxes: jax.Array
-  pa_valid: jax.Array
-
-
-# ----------------------------------------------------------------------- per image stages
-
-
-def level_anchors(spec: ModelSpec, canvas_hw: tuple[int, int]) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
-  """Anchors per FPN level (numpy constants) and the level feature shapes."""
-  shapes = anchor_ops.feature_shapes(canvas_hw[0], canvas_hw[1], spec.anchor_strides)
-  per_level = anchor_ops.generate_anchors(shapes, spec.anchor_strides, spec.anchor_sizes,
-                                          spec.anchor_ratios)
-  return per_level, shapes
-
-
-def rpn_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, key: jax.Array,
-                spec: ModelSpec, pa_boxes: jax.Array | None = None,
-                pa_valid: jax.Array | None = None):
-  """Sampled anchors of one image and their objectness / box targets.
-
-  Args:
-    anchors: f32 [A, 4]; gt_boxes: f32 [M, 4]; gt_valid: bool [M]; key: PRNG key.
-    pa_boxes/pa_valid: f32 [K, 4] / bool [K] — with the partial module, background anchors
-      with IoU >= rpn_ignore_iou with a PA box are IGNORED (never sampled as negatives).
-  Returns:
-    (indices [S] int32, sampled bool [S], is_positive bool [S], box_targets f32 [S, 4],
-    ignored_by_pa int32 scalar: negatives turned IGNORE by PA boxes), S = rpn_batch_per_image.
-  """
-  iou = box_ops.pairwise_iou(gt_boxes, anchors)
-  matched, assignment = match(iou, gt_valid, spec.rpn_fg_iou, spec.rpn_bg_iou, True)
-  ignored = jnp.int32(0)
-  if pa_boxes is not None:
-    from pa_jax.partial.ignore import ignore_near_pa_boxes
-
-    before = assignment
-    assignment = ignore_near_pa_boxes(assignment, anchors, pa_boxes, pa_valid,
-                                      spec.rpn_ignore_iou)
-    ignored = jnp.sum(assignment != before).astype(jnp.int32)
-  idx, sampled = sample_balanced(key, assignment, spec.rpn_batch_per_image,
-                                 spec.rpn_positive_fraction)
-  positive = sampled & (assignment[idx] == Assignment.POSITIVE)
-  targets = box_ops.encode_boxes(gt_boxes[matched[idx]], anchors[idx])
-  return idx, sampled, positive, targets, ignored
-
-
-def generate_proposals(objectness: Sequence[jax.Array], deltas: Sequence[jax.Array],
-                       anchors: Sequence[np.ndarray], image_hw: jax.Array, pre_nms_topk: int,
-                       post_nms_topk: int, nms_iou: float):
-  """RPN proposals of one image: per-level top-k, decode, clip, per-level NMS, top-k.
-
-  Args:
-    objectness: per level f32 [n_l] logits; deltas: per level f32 [n_l, 4];
-    anchors: per level [n_l, 4]; image_hw: int32 [2] real image size inside the canvas.
-  Returns:
-    (boxes f32 [P, 4], scores f32 [P] logits, valid bool [P]), P = post_nms_topk, sorted by
-    score. Proposals carry no gradient (as in Faster R-CNN's approximate joint training).
-  """
-  all_boxes, all_scores, all_levels = [], [], []
-  for lvl, (obj, dlt, anc) in enumerate(zip(objectness, deltas, anchors)):
-    k = min(pre_nms_topk, obj.shape[0])
-    scores, idx = jax.lax.top_k(obj, k)
-    boxes = box_ops.decode_deltas(dlt[idx], jnp.asarray(anc)[idx])
-    boxes = box_ops.clip_boxes(boxes, image_hw[0], image_hw[1])
-    all_boxes.append(boxes)
-    all_scores.append(scores)
-    all_levels.append(jnp.full((k,), lvl, jnp.int32))
-  boxes = jax.lax.stop_gradient(jnp.concatenate(all_boxes))
-  scores = jax.lax.stop_gradient(jnp.concatenate(all_scores))
-  levels = jnp.concatenate(all_levels)
-  wh = boxes[:, 2:] - boxes[:, :2]
-  valid = jnp.all(wh > 1e-3, axis=-1) & jnp.isfinite(scores)
-  keep, keep_valid = nms_ops.grouped_nms(boxes, scores, valid, levels, nms_iou,
-                                         min(post_nms_topk, boxes.shape[0]))
-  return boxes[keep], jnp.where(keep_valid, scores[keep], -jnp.inf), keep_valid
-
-
-def sample_rois(rois: jax.Array, roi_valid: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array,
-                key: jax.Array, spec: ModelSpec, pa_boxes: jax.Array | None = None,
-                pa_valid: jax.Array | None = None):
-  """Samples the RoIs of one image for the box and mask heads.
-
-  Args:
-    rois: f32 [R, 4] proposals + ground-truth boxes (+ PA boxes); roi_valid: bool [R].
-  Returns:
-    (boxes f32 [S, 4], sampled bool [S], positive bool [S], matched_gt int32 [S],
-    ignored_by_pa int32 scalar) with the sampled positives first (`sample_balanced`
-    order), S = roi_batch_per_image.
-  """
-  iou = box_ops.pairwise_iou(gt_boxes, rois)
-  matched, assignment = match(iou, gt_valid, spec.roi_fg_iou, spec.roi_fg_iou, False)
-  ignored = jnp.int32(0)
-  if pa_boxes is not None:
-    from pa_jax.partial.ignore import ignore_near_pa_boxes
-
-    before = assignment
-    assignment = ignore_near_pa_boxes(assignment, rois, pa_boxes, pa_valid, spec.roi_ignore_iou)
-    ignored = jnp.sum((assignment != before) & roi_valid).astype(jnp.int32)
-  idx, sampled = sample_balanced(key, assignment, spec.roi_batch_per_image,
-                                 spec.roi_positive_fraction, valid=roi_valid)
-  positive = sampled & (assignment[idx] == Assignment.POSITIVE)
-  return rois[idx], sampled, positive, matched[idx], ignored
 
 
 def masks_in_chunks(mask_fn: Callable[[jax.Array], jax.Array], boxes: jax.Array,
