@@ -15,8 +15,11 @@ from pa_jax.napari.segment_widget import SegmentWidget
 def _run(widget, qtbot, timeout=120_000):
   worker = widget.start()
   assert worker is not None, widget.status.value
-  with qtbot.waitSignal(worker.finished, timeout=timeout):
-    pass
+  # Not qtbot.waitSignal(worker.finished): a worker that fails at once (a folder that is no
+  # run) can finish before the test connects to it, and the signal is lost (a 120 s timeout
+  # in a loaded CI run). The widget disables its button before the worker starts and its
+  # own `finished` handler, connected before the start, enables it again.
+  qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=timeout)
   return worker
 
 
