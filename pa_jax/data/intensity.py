@@ -41,12 +41,18 @@ def normalize_image(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
   img = np.asarray(image)
   if img.ndim == 2:
     img = img[..., None]
-  lo, hi = intensity_range(img, mode)
-  out = (img.astype(np.float32) - lo) / np.maximum(hi - lo, np.float32(1e-6))
-  out = np.clip(out, 0.0, 1.0)
+  out = stretch(img, intensity_range(img, mode))
   if out.shape[-1] == 1:
     out = np.repeat(out, 3, axis=-1)
   return out.astype(np.float32)
+
+
+def stretch(image: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+  """(H, W, C) pixels and their float32 [2, C] range → float32 (H, W, C) in [0, 1]: the host
+  twin of `pa_jax.ops.intensity.scale_intensities` (same float32 arithmetic)."""
+  lo, hi = intensity
+  out = (np.asarray(image).astype(np.float32) - lo) / np.maximum(hi - lo, np.float32(1e-6))
+  return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 INTEGER_DTYPES = (np.uint8, np.uint16)

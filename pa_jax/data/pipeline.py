@@ -34,7 +34,7 @@ from scipy import ndimage
 from pa_jax.data import augment, diameter, partial_views, readers
 # Re-exported: the pipeline's callers have always found the host normalisation here.
 from pa_jax.data.intensity import (INTEGER_DTYPES, integer_image, intensity_range,  # noqa: F401
-                                   normalize_image)
+                                   normalize_image, stretch)
 from pa_jax.errors import InputError
 from pa_jax.structures import Batch
 
@@ -198,10 +198,7 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
   intensity = ex.intensity
   if intensity is not None and (aug.intensity > 0 or aug.stain > 0):
     # Photometric jitter runs on float pixels here: this crop is normalised on the host.
-    lo, hi = intensity
-    image = np.clip((image.astype(np.float32) - lo) / np.maximum(hi - lo, np.float32(1e-6)),
-                    0.0, 1.0)
-    intensity = None
+    image, intensity = stretch(image, intensity), None
   if aug.intensity > 0 or aug.stain > 0:
     image = augment.jitter_stain(np.ascontiguousarray(image), rng, aug.stain)
     image = augment.jitter_intensity(image, rng, aug.intensity)
