@@ -52,7 +52,7 @@ def zoomed_layout(layout: dict, zoom: float) -> dict:
 def model_tiles(predictor, norm: Callable[[np.ndarray], np.ndarray], zoom: float = 1.0
                 ) -> Callable:
   """Tiles -> [(raw label map int32 [h, w], {label: score})] with the predictor's compiled
-  program; the raw label v is the detection of score rank v - 1 (`Predictor._run_batch`).
+  program; the raw label v is the detection of score rank v - 1 (`Predictor.run_tiles`).
   Each tile is zoomed by `zoom` first and its labels brought back to [h, w]."""
 
   def run(tiles: list[np.ndarray]) -> list:
