@@ -10,10 +10,13 @@ images; AJI also pooled over a set (Kumar's convention) and per image.
 
     python bench/zoo_eval.py [--model nuclei_cpu_v2 | --workdir runs/zoo_nuclei_cpu [--best]]
         [--splits test,val] [--modality M] [--max-images N] [--dilate model|on|off]
-        [--out bench/results/zoo_eval.json]
+        [--images-of configs/zoo_nuclei.py:cpu] [--out bench/results/zoo_eval.json]
 
 `--dilate on|off` overrides the model's post-process dilation (`eval.dilate`), the
 comparison docs/zoo.md reports; `--modality` keeps only images of that index.csv modality.
+`--images-of CONFIG` scores on that config's splits instead of the model's own: a model
+trained without Kumar and TNBC (`configs/zoo_nuclei.py:cpu_dsb2018`) carves no validation
+tiles of its own, and `--images-of configs/zoo_nuclei.py:cpu` gives it the shipped model's.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_config import write_result  # noqa: E402
+from bench_config import load_config, write_result  # noqa: E402
 from pa_jax import experiment  # noqa: E402
 from pa_jax.data import readers  # noqa: E402
 from pa_jax.evaluation.metrics import image_metrics  # noqa: E402
@@ -59,12 +62,26 @@ def set_name(rec: readers.Record, split: str) -> str:
   return f"{dataset} {split}" + (f" {rec.modality}" if dataset == "dsb2018" else "")
 
 
-def score(cfg, model, variables, splits, max_images: int = 0, modality: str = ""
-          ) -> dict[str, list[dict]]:
+# The fields of `data` that say which images a split holds (not how they are prepared).
+SPLIT_FIELDS = ("source", "group", "train_split", "eval_split", "val_fraction", "val_seed",
+                "val_sources")
+
+
+def with_images_of(cfg, spec: str):
+  """A copy of `cfg` whose splits are those of the config `spec` ('configs/x.py[:arg]')."""
+  other, cfg = load_config(spec), cfg.copy_and_resolve_references()
+  for name in SPLIT_FIELDS:
+    cfg.data[name] = other.data[name]
+  return cfg
+
+
+def score(cfg, model, variables, splits, max_images: int = 0, modality: str = "",
+          images_cfg=None) -> dict[str, list[dict]]:
+  """Per set name, one row per image of `splits` (of `images_cfg`, default `cfg`)."""
   predictor = predictor_for(cfg, model, variables)
   rows: dict[str, list[dict]] = defaultdict(list)
   for split in splits:
-    records = [r for r in experiment.source_records(cfg, split)
+    records = [r for r in experiment.source_records(images_cfg or cfg, split)
                if not modality or r.modality == modality]
     if max_images:
       records = records[:max_images]
@@ -105,6 +122,7 @@ def main(argv=None) -> None:
   ap.add_argument("--max-images", type=int, default=0)
   ap.add_argument("--modality", default="")
   ap.add_argument("--dilate", choices=("model", "on", "off"), default="model")
+  ap.add_argument("--images-of", default="", help="score on this config's splits")
   ap.add_argument("--out", default="bench/results/zoo_eval.json")
   args = ap.parse_args(argv)
   cfg, model, variables, label = open_model(args)
@@ -112,7 +130,9 @@ def main(argv=None) -> None:
     cfg.eval.dilate = args.dilate == "on"
     label += f" dilate {args.dilate}"
   t0 = time.time()
-  per_set = score(cfg, model, variables, args.splits.split(","), args.max_images, args.modality)
+  images_cfg = with_images_of(cfg, args.images_of) if args.images_of else None
+  per_set = score(cfg, model, variables, args.splits.split(","), args.max_images, args.modality,
+                  images_cfg)
   results = {name: {"summary": {who: summarize([r[who] for r in rows], who)
                                 for who in ("model", "floor")},
                     "per_image_aji": {r["id"]: (r["model"]["aji"], r["floor"]["aji"])
