@@ -108,3 +108,36 @@ def test_torchvision_state_dict_maps_completely_onto_pa_jax(name):
   cell = fw.pa_jax_cell_anchors(cfg.model)
   for a, b in zip(model.rpn.anchor_generator.cell_anchors, cell):
     np.testing.assert_array_equal(a.numpy(), b)
+
+
+def test_unpasted_prediction_is_the_eval_forward_before_pasting():
+  # The like-for-like prediction timing stops where pa_jax's predict stops: same boxes and
+  # scores as torchvision's whole eval forward, masks still 28x28 probabilities.
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("torchvision")
+  cfg = fw.load_config(*fw.preset("toy"))
+  torch.manual_seed(0)
+  model = fw.build_torchvision(cfg).eval()
+  # A low score bar so that a random-weight model keeps detections to compare.
+  model.roi_heads.score_thresh = 0.0
+  canvas = int(cfg.data.canvas_size)
+  images = [torch.rand(3, canvas, canvas)]
+  with torch.no_grad():
+    whole = model(images)[0]
+    unpasted = fw.tv_predict_unpasted(model, images)[0]
+  n = whole["boxes"].shape[0]
+  assert n > 0
+  torch.testing.assert_close(unpasted["boxes"], whole["boxes"])
+  torch.testing.assert_close(unpasted["scores"], whole["scores"])
+  assert tuple(unpasted["masks"].shape) == (n, 1, 28, 28)
+  assert tuple(whole["masks"].shape) == (n, 1, canvas, canvas)
+  # Probabilities (after the sigmoid), as pa_jax's `Detections.masks`.
+  assert float(unpasted["masks"].max()) <= 1.0 and float(unpasted["masks"].min()) >= 0.0
+
+
+def test_ratios_include_the_unpasted_prediction():
+  runs = [{"framework": "pa_jax", "compute_dtype": "float32",
+           "predict_unpasted_seconds_per_image": 0.1},
+          {"framework": "torchvision", "compute_dtype": "float32",
+           "predict_unpasted_seconds_per_image": 0.4}]
+  assert fw.ratios(runs) == {"float32": {"predict_unpasted_seconds_per_image_ratio": 0.25}}
