@@ -136,12 +136,16 @@ def test_next_round_button_runs_a_round_in_a_worker(make_napari_viewer, qtbot, p
   layer = viewer.layers[aw.REVIEW_LAYER]
   layer.selected_label = _ids(widget.session, "im0", "proposed")[0]
   widget.confirm_button.clicked.emit()  # an edit before the round is part of it
+  # The worker starts inside next_round: a signal connected after it (worker.yielded,
+  # worker.finished) can miss emissions made before the connect. So the stages are taken
+  # from the widget's own handler (bound when next_round connects it), and the end is the
+  # state _on_finished leaves.
   stages = []
-  worker = widget.next_round()
-  worker.yielded.connect(lambda r: stages.append(r[0]))
+  on_progress = widget._on_progress
+  widget._on_progress = lambda r: (stages.append(r[0]), on_progress(r))
+  widget.next_round()
   assert not layer.editable and not widget.round_button.enabled
-  with qtbot.waitSignal(worker.finished, timeout=300_000):
-    pass
+  qtbot.waitUntil(lambda: widget.open_button.enabled, timeout=300_000)
   assert widget.session.round == 2, widget.status.value
   assert widget.status.value.startswith("round 2: ")
   assert stages[0] == "train" and stages[-1] == "write" and "predict" in stages
