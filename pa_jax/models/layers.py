@@ -32,6 +32,7 @@ class PointwiseConv(nn.Module):
   features]` in `dtype` (or the promoted input dtype when None): a stride `s` 1x1 conv
   without padding reads the pixels `x[..., ::s, ::s, :]`.
   """
+
   features: int
   strides: int = 1
   use_bias: bool = True
@@ -42,12 +43,16 @@ class PointwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
+    kernel = self.param(
+        "kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype
+    )
+    bias = (
+        self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        if self.use_bias
+        else None
+    )
     if self.strides != 1:
-      x = x[..., ::self.strides, ::self.strides, :]
+      x = x[..., :: self.strides, :: self.strides, :]
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
     if bias is not None:
@@ -61,14 +66,38 @@ class PointwiseConv(nn.Module):
 POINTWISE_AS_MATMUL = True
 
 
-def pointwise_conv(features: int, *, name: str, strides: int = 1, use_bias: bool = True,
-                   kernel_init: Initializer = nn.initializers.lecun_normal(),
-                   bias_init: Initializer = nn.initializers.zeros, dtype: Any = None,
-                   param_dtype: Any = jnp.float32) -> nn.Module:
+def pointwise_conv(
+    features: int,
+    *,
+    name: str,
+    strides: int = 1,
+    use_bias: bool = True,
+    kernel_init: Initializer = nn.initializers.lecun_normal(),
+    bias_init: Initializer = nn.initializers.zeros,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+) -> nn.Module:
   """A 1x1 convolution module (unpadded, stride `strides`): `PointwiseConv` or `nn.Conv`."""
   if POINTWISE_AS_MATMUL:
-    return PointwiseConv(features, strides=strides, use_bias=use_bias, kernel_init=kernel_init,
-                         bias_init=bias_init, dtype=dtype, param_dtype=param_dtype, name=name)
-  return nn.Conv(features, (1, 1), strides=(strides, strides), padding=((0, 0), (0, 0)),
-                 use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype,
-                 param_dtype=param_dtype, name=name)
+    return PointwiseConv(
+        features,
+        strides=strides,
+        use_bias=use_bias,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+  return nn.Conv(
+      features,
+      (1, 1),
+      strides=(strides, strides),
+      padding=((0, 0), (0, 0)),
+      use_bias=use_bias,
+      kernel_init=kernel_init,
+      bias_init=bias_init,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      name=name,
+  )

@@ -30,9 +30,14 @@ from pa_jax import losses
 from pa_jax.models.attention import FactorizedAttention, padding_mask
 from pa_jax.models.fpn import FPN
 from pa_jax.models.partial import CenternessHead
+
 # The spec, the output and the per-image stages have their own modules; imported from here too.
-from pa_jax.models.proposals import (generate_proposals, level_anchors, rpn_targets,  # noqa: F401
-                                     sample_rois)
+from pa_jax.models.proposals import (
+    generate_proposals,
+    level_anchors,
+    rpn_targets,  # noqa: F401
+    sample_rois,
+)
 from pa_jax.models.resnet import resnet
 from pa_jax.models.roi_heads import BoxHead, MaskHead
 from pa_jax.models.rpn import RPNHead
@@ -50,8 +55,9 @@ RPN_BOX_BETA = 1.0 / 9.0  # torchvision's smooth-L1 beta for the RPN
 ROI_BOX_BETA = 1.0 / 9.0
 
 
-def masks_in_chunks(mask_fn: Callable[[jax.Array], jax.Array], boxes: jax.Array,
-                    valid: jax.Array, chunk: int) -> jax.Array:
+def masks_in_chunks(
+    mask_fn: Callable[[jax.Array], jax.Array], boxes: jax.Array, valid: jax.Array, chunk: int
+) -> jax.Array:
   """Runs `mask_fn` on the valid detections only, `chunk` slots at a time.
 
   Args:
@@ -98,7 +104,7 @@ def _flatten_levels(per_level: dict, names: Sequence[str], trailing: int) -> lis
   for n in names:
     x = per_level[n]
     b = x.shape[0]
-    out.append(x.reshape((b, -1) + x.shape[x.ndim - trailing:] if trailing else (b, -1)))
+    out.append(x.reshape((b, -1) + x.shape[x.ndim - trailing :] if trailing else (b, -1)))
   return out
 
 
@@ -112,23 +118,35 @@ class MaskRCNN(nn.Module):
 
   def setup(self):
     s = self.spec
-    self.backbone = resnet(s.backbone, base_channels=s.backbone_width, norm=s.norm,
-                           freeze_at=s.freeze_at, dtype=s.dtype)
+    self.backbone = resnet(
+        s.backbone,
+        base_channels=s.backbone_width,
+        norm=s.norm,
+        freeze_at=s.freeze_at,
+        dtype=s.dtype,
+    )
     self.fpn = FPN(s.fpn_channels, dtype=s.dtype)
-    self.rpn = RPNHead(num_anchors=anchor_ops.num_anchors_per_location(s.anchor_sizes[0], s.anchor_ratios),
-                       dtype=s.dtype)
+    self.rpn = RPNHead(
+        num_anchors=anchor_ops.num_anchors_per_location(s.anchor_sizes[0], s.anchor_ratios),
+        dtype=s.dtype,
+    )
     self.box_head = BoxHead(s.num_classes, s.fc_dim, dtype=s.dtype)
     self.mask_head = MaskHead(s.num_classes, s.mask_dim, dtype=s.dtype)
     if s.partial:
-      self.attention = {lvl: FactorizedAttention(s.key_channels, s.value_channels,
-                                                 zero_init_output=s.attention_zero_init,
-                                                 dtype=s.dtype, name=f"attention_{lvl}")
-                        for lvl in s.attention_levels}
+      self.attention = {
+          lvl: FactorizedAttention(
+              s.key_channels,
+              s.value_channels,
+              zero_init_output=s.attention_zero_init,
+              dtype=s.dtype,
+              name=f"attention_{lvl}",
+          )
+          for lvl in s.attention_levels
+      }
       self.centerness = CenternessHead(dtype=s.dtype)
 
   # -------------------------------------------------------------------- shared features
-  def features(self, image: jax.Array,
-               image_size: jax.Array | None = None) -> dict[str, jax.Array]:
+  def features(self, image: jax.Array, image_size: jax.Array | None = None) -> dict[str, jax.Array]:
     """FPN pyramid {'p2'..'p6'} of a float32 [B, H, W, 3] batch (attention applied).
 
     `image_size` int32 [B, 2] real (H, W) of each image: with `spec.attention_mask_padding`
@@ -138,12 +156,19 @@ class MaskRCNN(nn.Module):
     # have no batch statistics, and 'bn' uses its (imported) running statistics.
     feats = self.fpn(self.backbone(image, train=False))
     if self.spec.partial:
-      feats = {k: (self.attention[k](v, self._attention_valid(k, v, image_size))
-                   if k in self.attention else v) for k, v in feats.items()}
+      feats = {
+          k: (
+              self.attention[k](v, self._attention_valid(k, v, image_size))
+              if k in self.attention
+              else v
+          )
+          for k, v in feats.items()
+      }
     return feats
 
-  def _attention_valid(self, level: str, feat: jax.Array,
-                       image_size: jax.Array | None) -> jax.Array | None:
+  def _attention_valid(
+      self, level: str, feat: jax.Array, image_size: jax.Array | None
+  ) -> jax.Array | None:
     """bool [B, h, w] real cells of FPN level `level` ('p2' has stride 4), or None."""
     if image_size is None or not self.spec.attention_mask_padding:
       return None
@@ -159,8 +184,9 @@ class MaskRCNN(nn.Module):
   def _roi_features(self, feats, boxes: jax.Array, size: int) -> jax.Array:
     """[B, R, 4] boxes → [B*R, size, size, C] multilevel RoIAlign features."""
     levels = [feats[f"p{k}"] for k in ROI_LEVELS]
-    pooled = roi_ops.batched_multilevel_roi_align(levels, boxes, size, ROI_LEVELS,
-                                                   self.spec.sampling_ratio)
+    pooled = roi_ops.batched_multilevel_roi_align(
+        levels, boxes, size, ROI_LEVELS, self.spec.sampling_ratio
+    )
     b, r = boxes.shape[:2]
     return pooled.reshape((b * r,) + pooled.shape[2:])
 
@@ -169,12 +195,21 @@ class MaskRCNN(nn.Module):
     from pa_jax.partial.pa_boxes import pa_boxes
 
     s = self.spec
-    fn = lambda lg, dl, hw: pa_boxes(lg, dl, jnp.asarray(s.anchor_wh, jnp.float32),  # noqa: E731
-                                     s.anchor_strides[0], hw, s.pa_threshold, s.max_pa_boxes,
-                                     s.components_backend, connectivity=s.connectivity,
-                                     weights=s.centerbox_weights)
-    boxes, scores, valid = jax.vmap(fn)(jax.lax.stop_gradient(cen_logits),
-                                        jax.lax.stop_gradient(cen_deltas), image_size)
+    fn = lambda lg, dl, hw: pa_boxes(
+        lg,
+        dl,
+        jnp.asarray(s.anchor_wh, jnp.float32),  # noqa: E731
+        s.anchor_strides[0],
+        hw,
+        s.pa_threshold,
+        s.max_pa_boxes,
+        s.components_backend,
+        connectivity=s.connectivity,
+        weights=s.centerbox_weights,
+    )
+    boxes, scores, valid = jax.vmap(fn)(
+        jax.lax.stop_gradient(cen_logits), jax.lax.stop_gradient(cen_deltas), image_size
+    )
     return jax.lax.stop_gradient(boxes), scores, valid
 
   # --------------------------------------------------------------------------- training
@@ -203,8 +238,9 @@ class MaskRCNN(nn.Module):
       from pa_jax.partial import training as pa_training
 
       cen = self.centerness(rpn_out.hidden["p2"])
-      pa_aux, pa_boxes, pa_valid = pa_training.partial_terms(s, cen.logits, cen.deltas, batch,
-                                                             k_pix)
+      pa_aux, pa_boxes, pa_valid = pa_training.partial_terms(
+          s, cen.logits, cen.deltas, batch, k_pix
+      )
       aux.update(pa_aux)
       pa_args = (pa_boxes, pa_valid)
 
@@ -216,25 +252,39 @@ class MaskRCNN(nn.Module):
     keys = jax.random.split(k_rpn, b)
     idx, sampled, positive, targets, rpn_ignored = per_image(
         lambda k, gb, gv, *pa: rpn_targets(jnp.asarray(anchors_np), gb, gv, k, s, *pa),
-        keys, batch.boxes, batch.valid, *pa_args)
+        keys,
+        batch.boxes,
+        batch.valid,
+        *pa_args,
+    )
     if s.partial:
       aux["pa_ignored_anchors_per_image"] = jnp.mean(rpn_ignored.astype(jnp.float32))
     obj_s = jnp.take_along_axis(obj_all, idx, axis=1)
     dlt_s = jnp.take_along_axis(dlt_all, idx[..., None], axis=1)
     n_rpn = jnp.sum(sampled)
     aux["loss_rpn_cls"] = s.rpn_loss_weight * losses.sigmoid_binary_cross_entropy(
-        obj_s, positive, sampled, n_rpn)
+        obj_s, positive, sampled, n_rpn
+    )
     aux["loss_rpn_box"] = s.rpn_loss_weight * losses.smooth_l1(
-        dlt_s.reshape(-1, 4), targets.reshape(-1, 4), positive.reshape(-1), RPN_BOX_BETA, n_rpn)
+        dlt_s.reshape(-1, 4), targets.reshape(-1, 4), positive.reshape(-1), RPN_BOX_BETA, n_rpn
+    )
     aux["rpn_positives_per_image"] = jnp.sum(positive) / b
 
     # ---- proposals (+ ground truth, + PA boxes) → sampled RoIs
     props, _, props_valid = per_image(
         lambda o, d, hw: generate_proposals(
-            o, d, anchors_per_level, hw, s.rpn_pre_nms_topk_train,
-            s.rpn_post_nms_topk_train, s.rpn_nms_iou),
-        [jax.lax.stop_gradient(x) for x in obj], [jax.lax.stop_gradient(x) for x in dlt],
-        batch.image_size)
+            o,
+            d,
+            anchors_per_level,
+            hw,
+            s.rpn_pre_nms_topk_train,
+            s.rpn_post_nms_topk_train,
+            s.rpn_nms_iou,
+        ),
+        [jax.lax.stop_gradient(x) for x in obj],
+        [jax.lax.stop_gradient(x) for x in dlt],
+        batch.image_size,
+    )
     rois = [props, batch.boxes]
     rois_valid = [props_valid, batch.valid]
     if s.partial:
@@ -246,7 +296,13 @@ class MaskRCNN(nn.Module):
     keys = jax.random.split(k_roi, b)
     sboxes, ssampled, spos, smatched, roi_ignored = per_image(
         lambda r, rv, gb, gv, k, *pa: sample_rois(r, rv, gb, gv, k, s, *pa),
-        rois, rois_valid, batch.boxes, batch.valid, keys, *pa_args)
+        rois,
+        rois_valid,
+        batch.boxes,
+        batch.valid,
+        keys,
+        *pa_args,
+    )
     if s.partial:
       aux["pa_ignored_rois_per_image"] = jnp.mean(roi_ignored.astype(jnp.float32))
     sboxes = jax.lax.stop_gradient(sboxes)
@@ -256,12 +312,14 @@ class MaskRCNN(nn.Module):
     n_roi = jnp.sum(ssampled)
     labels = spos.astype(jnp.int32).reshape(-1)
     aux["loss_cls"] = s.box_loss_weight * losses.softmax_cross_entropy(
-        head.class_logits, labels, ssampled.reshape(-1), n_roi)
+        head.class_logits, labels, ssampled.reshape(-1), n_roi
+    )
     gt_for_roi = jnp.take_along_axis(batch.boxes, smatched[..., None], axis=1)
     box_targets = box_ops.encode_boxes(gt_for_roi, sboxes, s.box_weights)
     pred = head.box_deltas[:, min(1, head.box_deltas.shape[1] - 1)]
     aux["loss_box"] = s.box_loss_weight * losses.smooth_l1(
-        pred, box_targets.reshape(-1, 4), spos.reshape(-1), ROI_BOX_BETA, n_roi)
+        pred, box_targets.reshape(-1, 4), spos.reshape(-1), ROI_BOX_BETA, n_roi
+    )
 
     # ---- mask head on the (at most roi_batch * positive_fraction) positives, which
     # `sample_balanced` puts first.
@@ -272,11 +330,13 @@ class MaskRCNN(nn.Module):
     mlogits = self.mask_head(self._roi_features(feats, mboxes, s.mask_pooler_size))[..., 0]
     ids = jnp.where(mpos, mmatched + 1, 0)
     size = mlogits.shape[-1]
-    mtargets = jax.vmap(lambda lab, i, bx: mask_ops.mask_targets(lab, i, bx, size, s.sampling_ratio)
-                        )(batch.labels, ids, mboxes)
+    mtargets = jax.vmap(
+        lambda lab, i, bx: mask_ops.mask_targets(lab, i, bx, size, s.sampling_ratio)
+    )(batch.labels, ids, mboxes)
     w = jnp.broadcast_to(mpos.reshape(-1)[:, None, None], mlogits.shape)
     aux["loss_mask"] = s.mask_loss_weight * losses.sigmoid_binary_cross_entropy(
-        mlogits, mtargets.reshape(mlogits.shape), w)
+        mlogits, mtargets.reshape(mlogits.shape), w
+    )
     aux["roi_positives_per_image"] = jnp.sum(spos) / b
 
     loss_terms = [v for k, v in aux.items() if k.startswith("loss_")]
@@ -293,8 +353,14 @@ class MaskRCNN(nn.Module):
     anchors_per_level, _ = level_anchors(s, canvas_hw)
     props, _, props_valid = jax.vmap(
         lambda o, d, hw: generate_proposals(
-            [x for x in o], [x for x in d], anchors_per_level, hw, s.rpn_pre_nms_topk_test,
-            s.rpn_post_nms_topk_test, s.rpn_nms_iou)
+            [x for x in o],
+            [x for x in d],
+            anchors_per_level,
+            hw,
+            s.rpn_pre_nms_topk_test,
+            s.rpn_post_nms_topk_test,
+            s.rpn_nms_iou,
+        )
     )(list(obj), list(dlt), image_size)
     b = image.shape[0]
     if s.partial:
@@ -320,8 +386,7 @@ class MaskRCNN(nn.Module):
     det_boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1)
     det_scores = jnp.where(keep_valid, jnp.take_along_axis(probs, keep, axis=1), 0.0)
     mask_boxes = box_ops.scale_boxes(det_boxes, s.mask_box_scale)
-    masks = masks_in_chunks(self._mask_probabilities(feats), mask_boxes, keep_valid,
-                            s.mask_batch)
+    masks = masks_in_chunks(self._mask_probabilities(feats), mask_boxes, keep_valid, s.mask_batch)
     return Detections(det_boxes, det_scores, masks, mask_boxes, keep_valid, pa, pa_valid)
 
   def _mask_probabilities(self, feats) -> Callable[[jax.Array], jax.Array]:
@@ -340,8 +405,9 @@ class MaskRCNN(nn.Module):
 
     def probs(boxes):
       b, m = boxes.shape[:2]
-      pooled = roi_ops.batched_multilevel_roi_align(levels, boxes, s.mask_pooler_size,
-                                                     ROI_LEVELS, s.sampling_ratio)
+      pooled = roi_ops.batched_multilevel_roi_align(
+          levels, boxes, s.mask_pooler_size, ROI_LEVELS, s.sampling_ratio
+      )
       logits = head.apply(head_vars, pooled.reshape((b * m,) + pooled.shape[2:]))
       return jax.nn.sigmoid(logits[..., 0]).reshape((b, m) + logits.shape[1:3])
 

@@ -42,97 +42,97 @@ BN_EPSILON = 1e-5
 
 
 class FrozenBatchNorm(nn.Module):
-    """BatchNorm with fixed statistics and affine transform.
+  """BatchNorm with fixed statistics and affine transform.
 
-    ``y = (x - mean) / sqrt(var + eps) * scale + bias`` applied per channel (last axis),
-    folded into one multiply-add. All four vectors are float32 ``[C]`` variables in the
-    ``'frozen'`` collection, initialised to the identity (scale 1, bias 0, mean 0, var 1);
-    a weight importer overwrites them with pretrained values.
+  ``y = (x - mean) / sqrt(var + eps) * scale + bias`` applied per channel (last axis),
+  folded into one multiply-add. All four vectors are float32 ``[C]`` variables in the
+  ``'frozen'`` collection, initialised to the identity (scale 1, bias 0, mean 0, var 1);
+  a weight importer overwrites them with pretrained values.
 
-    Input ``x``: ``[..., C]`` any float dtype. Output: same shape, dtype ``self.dtype`` or
-    ``x.dtype``.
-    """
+  Input ``x``: ``[..., C]`` any float dtype. Output: same shape, dtype ``self.dtype`` or
+  ``x.dtype``.
+  """
 
-    epsilon: float = BN_EPSILON
-    dtype: Any = None
+  epsilon: float = BN_EPSILON
+  dtype: Any = None
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        c = x.shape[-1]
-        ones = lambda: jnp.ones((c,), jnp.float32)  # noqa: E731
-        zeros = lambda: jnp.zeros((c,), jnp.float32)  # noqa: E731
-        scale = self.variable(FROZEN_COLLECTION, "scale", ones).value
-        bias = self.variable(FROZEN_COLLECTION, "bias", zeros).value
-        mean = self.variable(FROZEN_COLLECTION, "mean", zeros).value
-        var = self.variable(FROZEN_COLLECTION, "var", ones).value
-        # Fold into y = x * a + b in float32, then cast: one fused op at compute dtype.
-        a = scale * jax.lax.rsqrt(var + self.epsilon)
-        b = bias - mean * a
-        dtype = self.dtype or x.dtype
-        return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = x.shape[-1]
+    ones = lambda: jnp.ones((c,), jnp.float32)  # noqa: E731
+    zeros = lambda: jnp.zeros((c,), jnp.float32)  # noqa: E731
+    scale = self.variable(FROZEN_COLLECTION, "scale", ones).value
+    bias = self.variable(FROZEN_COLLECTION, "bias", zeros).value
+    mean = self.variable(FROZEN_COLLECTION, "mean", zeros).value
+    var = self.variable(FROZEN_COLLECTION, "var", ones).value
+    # Fold into y = x * a + b in float32, then cast: one fused op at compute dtype.
+    a = scale * jax.lax.rsqrt(var + self.epsilon)
+    b = bias - mean * a
+    dtype = self.dtype or x.dtype
+    return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
 
 
 def group_norm_groups(channels: int, max_groups: int = 32) -> int:
-    """Largest divisor of ``channels`` that is <= ``max_groups``.
+  """Largest divisor of ``channels`` that is <= ``max_groups``.
 
-    Equals 32 for every full-size layer (all channel counts are multiples of 32); the
-    fallback only matters for the tiny test/CPU networks whose widths are not.
-    """
-    for g in range(min(max_groups, channels), 0, -1):
-        if channels % g == 0:
-            return g
-    return 1
+  Equals 32 for every full-size layer (all channel counts are multiples of 32); the
+  fallback only matters for the tiny test/CPU networks whose widths are not.
+  """
+  for g in range(min(max_groups, channels), 0, -1):
+    if channels % g == 0:
+      return g
+  return 1
 
 
 class GroupNorm(nn.Module):
-    """Group normalisation (Wu & He 2018) over NHWC features.
+  """Group normalisation (Wu & He 2018) over NHWC features.
 
-    Statistics per sample and per group over (H, W, C/G), in float32. ``num_groups`` is
-    the target group count (32); for channel counts not divisible by it the largest
-    divisor below it is used (see :func:`group_norm_groups`). Affine ``scale`` / ``bias``
-    are float32 ``[C]`` in ``'params'``.
+  Statistics per sample and per group over (H, W, C/G), in float32. ``num_groups`` is
+  the target group count (32); for channel counts not divisible by it the largest
+  divisor below it is used (see :func:`group_norm_groups`). Affine ``scale`` / ``bias``
+  are float32 ``[C]`` in ``'params'``.
 
-    Input ``x``: ``[B, ..., C]``. Output: same shape, dtype ``self.dtype`` or ``x.dtype``.
-    """
+  Input ``x``: ``[B, ..., C]``. Output: same shape, dtype ``self.dtype`` or ``x.dtype``.
+  """
 
-    num_groups: int = 32
-    epsilon: float = BN_EPSILON
-    dtype: Any = None
+  num_groups: int = 32
+  epsilon: float = BN_EPSILON
+  dtype: Any = None
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        c = x.shape[-1]
-        g = group_norm_groups(c, self.num_groups)
-        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        xf = x.astype(jnp.float32)
-        grouped = xf.reshape(x.shape[:-1] + (g, c // g))
-        axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
-        mean = grouped.mean(axis=axes, keepdims=True)
-        var = jnp.square(grouped - mean).mean(axis=axes, keepdims=True)
-        y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-        y = y * scale + bias
-        return y.astype(self.dtype or x.dtype)
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = x.shape[-1]
+    g = group_norm_groups(c, self.num_groups)
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    grouped = xf.reshape(x.shape[:-1] + (g, c // g))
+    axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+    mean = grouped.mean(axis=axes, keepdims=True)
+    var = jnp.square(grouped - mean).mean(axis=axes, keepdims=True)
+    y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    y = y * scale + bias
+    return y.astype(self.dtype or x.dtype)
 
 
 def make_norm(kind: str, *, train: bool, dtype: Any = jnp.float32) -> Callable[..., nn.Module]:
-    """Return a constructor for the normalisation layer ``kind``.
+  """Return a constructor for the normalisation layer ``kind``.
 
-    Usage inside a compact method: ``norm = make_norm('frozen_bn', train=train)`` then
-    ``y = norm(name='bn1')(x)``. ``train`` only matters for ``'bn'`` (batch statistics and
-    running-average updates, which need ``mutable=['batch_stats']`` in ``apply``).
-    """
-    if kind == "frozen_bn":
-        return functools.partial(FrozenBatchNorm, dtype=dtype)
-    if kind == "bn":
-        return functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=BN_EPSILON,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-        )
-    if kind == "group_norm":
-        return functools.partial(GroupNorm, num_groups=32, dtype=dtype)
-    raise ValueError(f"unknown norm kind {kind!r}; expected one of {NORM_KINDS}")
+  Usage inside a compact method: ``norm = make_norm('frozen_bn', train=train)`` then
+  ``y = norm(name='bn1')(x)``. ``train`` only matters for ``'bn'`` (batch statistics and
+  running-average updates, which need ``mutable=['batch_stats']`` in ``apply``).
+  """
+  if kind == "frozen_bn":
+    return functools.partial(FrozenBatchNorm, dtype=dtype)
+  if kind == "bn":
+    return functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+    )
+  if kind == "group_norm":
+    return functools.partial(GroupNorm, num_groups=32, dtype=dtype)
+  raise ValueError(f"unknown norm kind {kind!r}; expected one of {NORM_KINDS}")

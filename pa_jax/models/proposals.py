@@ -24,17 +24,26 @@ from pa_jax.ops.matching import Assignment, match
 from pa_jax.ops.sampling import sample_balanced
 
 
-def level_anchors(spec: ModelSpec, canvas_hw: tuple[int, int]) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+def level_anchors(
+    spec: ModelSpec, canvas_hw: tuple[int, int]
+) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
   """Anchors per FPN level (numpy constants) and the level feature shapes."""
   shapes = anchor_ops.feature_shapes(canvas_hw[0], canvas_hw[1], spec.anchor_strides)
-  per_level = anchor_ops.generate_anchors(shapes, spec.anchor_strides, spec.anchor_sizes,
-                                          spec.anchor_ratios)
+  per_level = anchor_ops.generate_anchors(
+      shapes, spec.anchor_strides, spec.anchor_sizes, spec.anchor_ratios
+  )
   return per_level, shapes
 
 
-def rpn_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, key: jax.Array,
-                spec: ModelSpec, pa_boxes: jax.Array | None = None,
-                pa_valid: jax.Array | None = None):
+def rpn_targets(
+    anchors: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    key: jax.Array,
+    spec: ModelSpec,
+    pa_boxes: jax.Array | None = None,
+    pa_valid: jax.Array | None = None,
+):
   """Sampled anchors of one image and their objectness / box targets.
 
   Args:
@@ -52,19 +61,25 @@ def rpn_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, ke
     from pa_jax.partial.ignore import ignore_near_pa_boxes
 
     before = assignment
-    assignment = ignore_near_pa_boxes(assignment, anchors, pa_boxes, pa_valid,
-                                      spec.rpn_ignore_iou)
+    assignment = ignore_near_pa_boxes(assignment, anchors, pa_boxes, pa_valid, spec.rpn_ignore_iou)
     ignored = jnp.sum(assignment != before).astype(jnp.int32)
-  idx, sampled = sample_balanced(key, assignment, spec.rpn_batch_per_image,
-                                 spec.rpn_positive_fraction)
+  idx, sampled = sample_balanced(
+      key, assignment, spec.rpn_batch_per_image, spec.rpn_positive_fraction
+  )
   positive = sampled & (assignment[idx] == Assignment.POSITIVE)
   targets = box_ops.encode_boxes(gt_boxes[matched[idx]], anchors[idx])
   return idx, sampled, positive, targets, ignored
 
 
-def generate_proposals(objectness: Sequence[jax.Array], deltas: Sequence[jax.Array],
-                       anchors: Sequence[np.ndarray], image_hw: jax.Array, pre_nms_topk: int,
-                       post_nms_topk: int, nms_iou: float):
+def generate_proposals(
+    objectness: Sequence[jax.Array],
+    deltas: Sequence[jax.Array],
+    anchors: Sequence[np.ndarray],
+    image_hw: jax.Array,
+    pre_nms_topk: int,
+    post_nms_topk: int,
+    nms_iou: float,
+):
   """RPN proposals of one image: per-level top-k, decode, clip, per-level NMS, top-k.
 
   Args:
@@ -88,14 +103,22 @@ def generate_proposals(objectness: Sequence[jax.Array], deltas: Sequence[jax.Arr
   levels = jnp.concatenate(all_levels)
   wh = boxes[:, 2:] - boxes[:, :2]
   valid = jnp.all(wh > 1e-3, axis=-1) & jnp.isfinite(scores)
-  keep, keep_valid = nms_ops.grouped_nms(boxes, scores, valid, levels, nms_iou,
-                                         min(post_nms_topk, boxes.shape[0]))
+  keep, keep_valid = nms_ops.grouped_nms(
+      boxes, scores, valid, levels, nms_iou, min(post_nms_topk, boxes.shape[0])
+  )
   return boxes[keep], jnp.where(keep_valid, scores[keep], -jnp.inf), keep_valid
 
 
-def sample_rois(rois: jax.Array, roi_valid: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array,
-                key: jax.Array, spec: ModelSpec, pa_boxes: jax.Array | None = None,
-                pa_valid: jax.Array | None = None):
+def sample_rois(
+    rois: jax.Array,
+    roi_valid: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    key: jax.Array,
+    spec: ModelSpec,
+    pa_boxes: jax.Array | None = None,
+    pa_valid: jax.Array | None = None,
+):
   """Samples the RoIs of one image for the box and mask heads.
 
   Args:
@@ -114,7 +137,8 @@ def sample_rois(rois: jax.Array, roi_valid: jax.Array, gt_boxes: jax.Array, gt_v
     before = assignment
     assignment = ignore_near_pa_boxes(assignment, rois, pa_boxes, pa_valid, spec.roi_ignore_iou)
     ignored = jnp.sum((assignment != before) & roi_valid).astype(jnp.int32)
-  idx, sampled = sample_balanced(key, assignment, spec.roi_batch_per_image,
-                                 spec.roi_positive_fraction, valid=roi_valid)
+  idx, sampled = sample_balanced(
+      key, assignment, spec.roi_batch_per_image, spec.roi_positive_fraction, valid=roi_valid
+  )
   positive = sampled & (assignment[idx] == Assignment.POSITIVE)
   return rois[idx], sampled, positive, matched[idx], ignored

@@ -88,8 +88,9 @@ class ModelSpec:
     p = m.partial
     if int(m.num_classes) != 2:
       # The heads read class 1 as "nucleus" throughout (one foreground class).
-      raise ValueError(f"model.num_classes={m.num_classes}: only 2 (background + nucleus) "
-                       "is implemented")
+      raise ValueError(
+          f"model.num_classes={m.num_classes}: only 2 (background + nucleus) " "is implemented"
+      )
     if p.anchor not in ("median", "fixed"):
       raise ValueError(f"model.partial.anchor must be 'median' or 'fixed', got {p.anchor!r}")
     if int(p.connectivity) not in (4, 8):
@@ -98,47 +99,73 @@ class ModelSpec:
       # No silent fallback: a run trained with its dataset's median anchor but rebuilt
       # with the fixed window would decode different PA boxes than it learned.
       if anchor_wh is None:
-        raise ValueError("model.partial.anchor='median' needs the dataset's median nucleus "
-                         "width/height (saved in the run's run.json 'dataset')")
+        raise ValueError(
+            "model.partial.anchor='median' needs the dataset's median nucleus "
+            "width/height (saved in the run's run.json 'dataset')"
+        )
       wh = (float(anchor_wh[0]), float(anchor_wh[1]))
     else:  # 'fixed', or the module is off and the anchor is never used
       wh = (float(p.fixed_anchor_size), float(p.fixed_anchor_size))
     return cls(
-        backbone=m.backbone, backbone_width=m.backbone_width, norm=m.norm,
-        freeze_at=m.freeze_at, fpn_channels=m.fpn_channels, num_classes=m.num_classes,
-        compute_dtype=m.compute_dtype, anchor_sizes=tuple(tuple(x) if isinstance(x, (tuple, list)) else x
-                                                      for x in m.anchor_sizes),
-        anchor_strides=tuple(m.anchor_strides), anchor_ratios=tuple(m.anchor_ratios),
-        rpn_fg_iou=m.rpn.fg_iou, rpn_bg_iou=m.rpn.bg_iou,
+        backbone=m.backbone,
+        backbone_width=m.backbone_width,
+        norm=m.norm,
+        freeze_at=m.freeze_at,
+        fpn_channels=m.fpn_channels,
+        num_classes=m.num_classes,
+        compute_dtype=m.compute_dtype,
+        anchor_sizes=tuple(tuple(x) if isinstance(x, (tuple, list)) else x for x in m.anchor_sizes),
+        anchor_strides=tuple(m.anchor_strides),
+        anchor_ratios=tuple(m.anchor_ratios),
+        rpn_fg_iou=m.rpn.fg_iou,
+        rpn_bg_iou=m.rpn.bg_iou,
         rpn_batch_per_image=m.rpn.batch_per_image,
         rpn_positive_fraction=m.rpn.positive_fraction,
         rpn_pre_nms_topk_train=m.rpn.pre_nms_topk_train,
         rpn_post_nms_topk_train=m.rpn.post_nms_topk_train,
         rpn_pre_nms_topk_test=m.rpn.pre_nms_topk_test,
-        rpn_post_nms_topk_test=m.rpn.post_nms_topk_test, rpn_nms_iou=m.rpn.nms_iou,
-        rpn_loss_weight=m.rpn.loss_weight, roi_fg_iou=m.roi.fg_iou,
+        rpn_post_nms_topk_test=m.rpn.post_nms_topk_test,
+        rpn_nms_iou=m.rpn.nms_iou,
+        rpn_loss_weight=m.rpn.loss_weight,
+        roi_fg_iou=m.roi.fg_iou,
         roi_batch_per_image=m.roi.batch_per_image,
-        roi_positive_fraction=m.roi.positive_fraction, box_weights=tuple(m.roi.box_weights),
-        pooler_size=m.roi.pooler_size, mask_pooler_size=m.roi.mask_pooler_size,
-        sampling_ratio=m.roi.sampling_ratio, fc_dim=m.roi.fc_dim, mask_dim=m.roi.mask_dim,
-        score_threshold=m.roi.score_threshold, nms_iou=m.roi.nms_iou,
+        roi_positive_fraction=m.roi.positive_fraction,
+        box_weights=tuple(m.roi.box_weights),
+        pooler_size=m.roi.pooler_size,
+        mask_pooler_size=m.roi.mask_pooler_size,
+        sampling_ratio=m.roi.sampling_ratio,
+        fc_dim=m.roi.fc_dim,
+        mask_dim=m.roi.mask_dim,
+        score_threshold=m.roi.score_threshold,
+        nms_iou=m.roi.nms_iou,
         max_detections=m.roi.max_detections,
-        mask_box_scale=float(m.roi.get("mask_box_scale", 1.0)), box_loss_weight=m.roi.box_loss_weight,
-        mask_loss_weight=m.roi.mask_loss_weight, partial=bool(p.enabled),
-        attention_levels=tuple(p.attention_levels), key_channels=p.key_channels,
-        value_channels=p.value_channels, center_scale=p.center_scale,
-        pa_num_pixels=p.num_pixels, pa_positive_fraction=p.positive_fraction,
-        pa_threshold=p.threshold, max_pa_boxes=p.max_pa_boxes, anchor_wh=wh,
-        components_backend=p.components_backend, rpn_ignore_iou=p.rpn_ignore_iou,
-        roi_ignore_iou=p.roi_ignore_iou, centerness_loss_weight=p.centerness_loss_weight,
+        mask_box_scale=float(m.roi.get("mask_box_scale", 1.0)),
+        box_loss_weight=m.roi.box_loss_weight,
+        mask_loss_weight=m.roi.mask_loss_weight,
+        partial=bool(p.enabled),
+        attention_levels=tuple(p.attention_levels),
+        key_channels=p.key_channels,
+        value_channels=p.value_channels,
+        center_scale=p.center_scale,
+        pa_num_pixels=p.num_pixels,
+        pa_positive_fraction=p.positive_fraction,
+        pa_threshold=p.threshold,
+        max_pa_boxes=p.max_pa_boxes,
+        anchor_wh=wh,
+        components_backend=p.components_backend,
+        rpn_ignore_iou=p.rpn_ignore_iou,
+        roi_ignore_iou=p.roi_ignore_iou,
+        centerness_loss_weight=p.centerness_loss_weight,
         centerbox_loss_weight=p.centerbox_loss_weight,
         hard_negatives=bool(p.get("hard_negatives", False)),
         centerbox_weights=tuple(float(x) for x in p.centerbox_weights),
-        centerbox_beta=float(p.centerbox_beta), connectivity=int(p.connectivity),
+        centerbox_beta=float(p.centerbox_beta),
+        connectivity=int(p.connectivity),
         attention_zero_init=bool(p.attention_zero_init),
         attention_mask_padding=bool(p.attention_mask_padding),
         # Runs saved before the field existed lack it; 256 is base.py's default.
-        mask_batch=int(m.roi.get("mask_batch", 256)))
+        mask_batch=int(m.roi.get("mask_batch", 256)),
+    )
 
   @property
   def dtype(self):

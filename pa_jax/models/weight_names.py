@@ -55,16 +55,16 @@ __all__ = ["FlaxTarget", "convert_tensor", "torchvision_to_flax_names"]
 
 
 class FlaxTarget(NamedTuple):
-    """Where one torchvision tensor goes.
+  """Where one torchvision tensor goes.
 
-    path: module path + leaf name relative to the MaskRCNN variables of one collection,
-      e.g. ``('backbone', 'layer1_0', 'bn1', 'mean')``; the collection (``params``,
-      ``frozen``, ``batch_stats``) is looked up in the variables at import time.
-    kind: the layout conversion, see :func:`convert_tensor`.
-    """
+  path: module path + leaf name relative to the MaskRCNN variables of one collection,
+    e.g. ``('backbone', 'layer1_0', 'bn1', 'mean')``; the collection (``params``,
+    ``frozen``, ``batch_stats``) is looked up in the variables at import time.
+  kind: the layout conversion, see :func:`convert_tensor`.
+  """
 
-    path: Tuple[str, ...]
-    kind: str
+  path: Tuple[str, ...]
+  kind: str
 
 
 # ------------------------------------------------------------------------------ name map
@@ -73,142 +73,152 @@ _DROP = object()  # sentinel: known name deliberately not imported
 
 _NORM_LEAVES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
-_RESNET_RE = re.compile(r"^(?:(conv1|bn1)|layer(\d+)\.(\d+)\.(conv\d+|bn\d+|downsample\.[01]))\.(\w+)$")
+_RESNET_RE = re.compile(
+    r"^(?:(conv1|bn1)|layer(\d+)\.(\d+)\.(conv\d+|bn\d+|downsample\.[01]))\.(\w+)$"
+)
 _FPN_RE = re.compile(r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)(?:\.0)?\.(weight|bias)$")
 _RPN_RE = re.compile(r"^rpn\.head\.(conv(?:\.0\.0)?|cls_logits|bbox_pred)\.(weight|bias)$")
-_BOX_RE = re.compile(r"^roi_heads\.(?:box_head\.(fc6|fc7)|box_predictor\.(cls_score|bbox_pred))\.(weight|bias)$")
-_MASK_FCN_RE = re.compile(r"^roi_heads\.mask_head\.(?:mask_fcn(\d+)(?:\.0)?|(\d+)\.0)\.(weight|bias)$")
-_MASK_PRED_RE = re.compile(r"^roi_heads\.mask_predictor\.(conv5_mask|mask_fcn_logits)\.(weight|bias)$")
+_BOX_RE = re.compile(
+    r"^roi_heads\.(?:box_head\.(fc6|fc7)|box_predictor\.(cls_score|bbox_pred))\.(weight|bias)$"
+)
+_MASK_FCN_RE = re.compile(
+    r"^roi_heads\.mask_head\.(?:mask_fcn(\d+)(?:\.0)?|(\d+)\.0)\.(weight|bias)$"
+)
+_MASK_PRED_RE = re.compile(
+    r"^roi_heads\.mask_predictor\.(conv5_mask|mask_fcn_logits)\.(weight|bias)$"
+)
 
 
 def _resnet_target(key: str) -> Any:
-    m = _RESNET_RE.match(key)
-    if m is None:
-        return None
-    stem, stage, block, sub, leaf = m.groups()
-    if stem:
-        module: Tuple[str, ...] = ("backbone", stem)
-        name = stem
-    else:
-        name = sub.replace(".", "_")
-        module = ("backbone", f"layer{stage}_{block}", name)
-    is_conv = name.startswith("conv") or name == "downsample_0"
-    if is_conv:
-        if leaf == "weight":
-            return FlaxTarget(module + ("kernel",), "conv")
-        return FlaxTarget(module + ("bias",), "vector") if leaf == "bias" else None
-    if leaf == "num_batches_tracked":
-        return _DROP
-    if leaf in _NORM_LEAVES:
-        return FlaxTarget(module + (_NORM_LEAVES[leaf],), "vector")
+  m = _RESNET_RE.match(key)
+  if m is None:
     return None
+  stem, stage, block, sub, leaf = m.groups()
+  if stem:
+    module: Tuple[str, ...] = ("backbone", stem)
+    name = stem
+  else:
+    name = sub.replace(".", "_")
+    module = ("backbone", f"layer{stage}_{block}", name)
+  is_conv = name.startswith("conv") or name == "downsample_0"
+  if is_conv:
+    if leaf == "weight":
+      return FlaxTarget(module + ("kernel",), "conv")
+    return FlaxTarget(module + ("bias",), "vector") if leaf == "bias" else None
+  if leaf == "num_batches_tracked":
+    return _DROP
+  if leaf in _NORM_LEAVES:
+    return FlaxTarget(module + (_NORM_LEAVES[leaf],), "vector")
+  return None
 
 
 def _conv_target(module: Tuple[str, ...], leaf: str, weight_kind: str = "conv") -> FlaxTarget:
-    if leaf == "weight":
-        return FlaxTarget(module + ("kernel",), weight_kind)
-    return FlaxTarget(module + ("bias",), "vector")
+  if leaf == "weight":
+    return FlaxTarget(module + ("kernel",), weight_kind)
+  return FlaxTarget(module + ("bias",), "vector")
 
 
 def _map_key(key: str) -> Any:
-    """FlaxTarget, ``_DROP`` (known, not imported) or None (unknown name)."""
-    if key.startswith("backbone.body."):
-        return _resnet_target(key[len("backbone.body.") :])
-    if key in ("fc.weight", "fc.bias"):
-        return _DROP  # ImageNet classifier
-    if key.startswith(("conv1.", "bn1.", "layer")):
-        return _resnet_target(key)
-    m = _FPN_RE.match(key)
-    if m:
-        kind, idx, leaf = m.groups()
-        name = ("lateral" if kind == "inner" else "output") + str(int(idx) + 2)
-        return _conv_target(("fpn", name), leaf)
-    m = _RPN_RE.match(key)
-    if m:
-        layer, leaf = m.groups()
-        name = {"cls_logits": "objectness", "bbox_pred": "deltas"}.get(layer, "conv")
-        return _conv_target(("rpn", name), leaf)
-    m = _BOX_RE.match(key)
-    if m:
-        fc, pred, leaf = m.groups()
-        name = fc or pred
-        if leaf == "weight":
-            return FlaxTarget(("box_head", name, "kernel"), "fc6" if name == "fc6" else "linear")
-        return FlaxTarget(("box_head", name, "bias"), "vector")
-    m = _MASK_FCN_RE.match(key)
-    if m:
-        old, new, leaf = m.groups()
-        n = int(old) if old is not None else int(new) + 1
-        return _conv_target(("mask_head", f"mask_fcn{n}"), leaf)
-    m = _MASK_PRED_RE.match(key)
-    if m:
-        layer, leaf = m.groups()
-        if layer == "conv5_mask":
-            return _conv_target(("mask_head", "conv5_mask"), leaf, "conv_transpose")
-        if leaf == "weight":
-            return FlaxTarget(("mask_head", "mask_logits", "kernel"), "mask_logits")
-        return FlaxTarget(("mask_head", "mask_logits", "bias"), "mask_logits_bias")
-    return None
+  """FlaxTarget, ``_DROP`` (known, not imported) or None (unknown name)."""
+  if key.startswith("backbone.body."):
+    return _resnet_target(key[len("backbone.body.") :])
+  if key in ("fc.weight", "fc.bias"):
+    return _DROP  # ImageNet classifier
+  if key.startswith(("conv1.", "bn1.", "layer")):
+    return _resnet_target(key)
+  m = _FPN_RE.match(key)
+  if m:
+    kind, idx, leaf = m.groups()
+    name = ("lateral" if kind == "inner" else "output") + str(int(idx) + 2)
+    return _conv_target(("fpn", name), leaf)
+  m = _RPN_RE.match(key)
+  if m:
+    layer, leaf = m.groups()
+    name = {"cls_logits": "objectness", "bbox_pred": "deltas"}.get(layer, "conv")
+    return _conv_target(("rpn", name), leaf)
+  m = _BOX_RE.match(key)
+  if m:
+    fc, pred, leaf = m.groups()
+    name = fc or pred
+    if leaf == "weight":
+      return FlaxTarget(("box_head", name, "kernel"), "fc6" if name == "fc6" else "linear")
+    return FlaxTarget(("box_head", name, "bias"), "vector")
+  m = _MASK_FCN_RE.match(key)
+  if m:
+    old, new, leaf = m.groups()
+    n = int(old) if old is not None else int(new) + 1
+    return _conv_target(("mask_head", f"mask_fcn{n}"), leaf)
+  m = _MASK_PRED_RE.match(key)
+  if m:
+    layer, leaf = m.groups()
+    if layer == "conv5_mask":
+      return _conv_target(("mask_head", "conv5_mask"), leaf, "conv_transpose")
+    if leaf == "weight":
+      return FlaxTarget(("mask_head", "mask_logits", "kernel"), "mask_logits")
+    return FlaxTarget(("mask_head", "mask_logits", "bias"), "mask_logits_bias")
+  return None
 
 
 def torchvision_to_flax_names(keys: Iterable[str]) -> Dict[str, Optional[FlaxTarget]]:
-    """Name map of torchvision state-dict keys onto MaskRCNN variable paths.
+  """Name map of torchvision state-dict keys onto MaskRCNN variable paths.
 
-    Args:
-      keys: state-dict keys (classification ResNet/ResNeXt or FPN Mask R-CNN, old or new
-        torchvision naming).
-    Returns:
-      ``{key: FlaxTarget}`` for every key with a counterpart, ``{key: None}`` for keys
-      that are known but deliberately not imported (``fc.*``, ``num_batches_tracked``);
-      unknown keys are absent. Paths are relative to a MaskRCNN (``backbone/...``); for a
-      bare :class:`~pa_jax.models.resnet.ResNet` drop the leading ``'backbone'``.
-    """
-    out: Dict[str, Optional[FlaxTarget]] = {}
-    for key in keys:
-        t = _map_key(key)
-        if t is _DROP:
-            out[key] = None
-        elif t is not None:
-            out[key] = t
-    return out
+  Args:
+    keys: state-dict keys (classification ResNet/ResNeXt or FPN Mask R-CNN, old or new
+      torchvision naming).
+  Returns:
+    ``{key: FlaxTarget}`` for every key with a counterpart, ``{key: None}`` for keys
+    that are known but deliberately not imported (``fc.*``, ``num_batches_tracked``);
+    unknown keys are absent. Paths are relative to a MaskRCNN (``backbone/...``); for a
+    bare :class:`~pa_jax.models.resnet.ResNet` drop the leading ``'backbone'``.
+  """
+  out: Dict[str, Optional[FlaxTarget]] = {}
+  for key in keys:
+    t = _map_key(key)
+    if t is _DROP:
+      out[key] = None
+    elif t is not None:
+      out[key] = t
+  return out
 
 
 # ---------------------------------------------------------------------------- conversions
 
 
-def convert_tensor(kind: str, value: np.ndarray, *, fc6_channels: Optional[int] = None) -> np.ndarray:
-    """Convert one torch tensor (numpy) to the flax layout.
+def convert_tensor(
+    kind: str, value: np.ndarray, *, fc6_channels: Optional[int] = None
+) -> np.ndarray:
+  """Convert one torch tensor (numpy) to the flax layout.
 
-    kinds: ``'conv'`` OIHW -> HWIO; ``'conv_transpose'`` ``[in, out, kh, kw]`` -> spatially
-    flipped ``[kh, kw, in, out]``; ``'linear'`` ``[out, in]`` -> ``[in, out]``; ``'fc6'``
-    ``[out, C*S*S]`` with (C, H, W)-ordered columns -> ``[S*S*C, out]`` with (H, W, C)-ordered
-    rows (needs ``fc6_channels`` = C, square S x S RoIs); ``'mask_logits'`` conv without
-    the background output channel 0; ``'mask_logits_bias'`` ``[N]`` -> ``[N-1]``;
-    ``'vector'`` unchanged. Raises ValueError when ``value`` cannot have that layout.
-    """
-    v = np.asarray(value)
-    want_ndim = {"conv": 4, "conv_transpose": 4, "mask_logits": 4, "linear": 2, "fc6": 2}.get(kind, 1)
-    if v.ndim != want_ndim:
-        raise ValueError(f"expected a {want_ndim}-d tensor for a {kind}")
-    if kind == "conv":
-        out = v.transpose(2, 3, 1, 0)
-    elif kind == "mask_logits":
-        out = v.transpose(2, 3, 1, 0)[..., 1:]
-    elif kind == "mask_logits_bias":
-        out = v[1:]
-    elif kind == "conv_transpose":
-        out = v.transpose(2, 3, 0, 1)[::-1, ::-1]
-    elif kind == "linear":
-        out = v.T
-    elif kind == "fc6":
-        n_out, n_in = v.shape
-        c = fc6_channels or 0
-        s = int(round(np.sqrt(n_in / c))) if c > 0 and n_in % c == 0 else 0
-        if s == 0 or c * s * s != n_in:
-            raise ValueError(f"fc6 input size {n_in} is not C*S*S for C={fc6_channels}")
-        out = v.reshape(n_out, c, s, s).transpose(2, 3, 1, 0).reshape(s * s * c, n_out)
-    elif kind == "vector":
-        out = v
-    else:
-        raise ValueError(f"unknown tensor kind {kind!r}")
-    return np.ascontiguousarray(out)
+  kinds: ``'conv'`` OIHW -> HWIO; ``'conv_transpose'`` ``[in, out, kh, kw]`` -> spatially
+  flipped ``[kh, kw, in, out]``; ``'linear'`` ``[out, in]`` -> ``[in, out]``; ``'fc6'``
+  ``[out, C*S*S]`` with (C, H, W)-ordered columns -> ``[S*S*C, out]`` with (H, W, C)-ordered
+  rows (needs ``fc6_channels`` = C, square S x S RoIs); ``'mask_logits'`` conv without
+  the background output channel 0; ``'mask_logits_bias'`` ``[N]`` -> ``[N-1]``;
+  ``'vector'`` unchanged. Raises ValueError when ``value`` cannot have that layout.
+  """
+  v = np.asarray(value)
+  want_ndim = {"conv": 4, "conv_transpose": 4, "mask_logits": 4, "linear": 2, "fc6": 2}.get(kind, 1)
+  if v.ndim != want_ndim:
+    raise ValueError(f"expected a {want_ndim}-d tensor for a {kind}")
+  if kind == "conv":
+    out = v.transpose(2, 3, 1, 0)
+  elif kind == "mask_logits":
+    out = v.transpose(2, 3, 1, 0)[..., 1:]
+  elif kind == "mask_logits_bias":
+    out = v[1:]
+  elif kind == "conv_transpose":
+    out = v.transpose(2, 3, 0, 1)[::-1, ::-1]
+  elif kind == "linear":
+    out = v.T
+  elif kind == "fc6":
+    n_out, n_in = v.shape
+    c = fc6_channels or 0
+    s = int(round(np.sqrt(n_in / c))) if c > 0 and n_in % c == 0 else 0
+    if s == 0 or c * s * s != n_in:
+      raise ValueError(f"fc6 input size {n_in} is not C*S*S for C={fc6_channels}")
+    out = v.reshape(n_out, c, s, s).transpose(2, 3, 1, 0).reshape(s * s * c, n_out)
+  elif kind == "vector":
+    out = v
+  else:
+    raise ValueError(f"unknown tensor kind {kind!r}")
+  return np.ascontiguousarray(out)

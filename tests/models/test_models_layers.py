@@ -14,11 +14,24 @@ INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _pair(stride, use_bias, dtype=None):
-  conv = nn.Conv(6, (1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)),
-                 use_bias=use_bias, kernel_init=INIT, bias_init=nn.initializers.normal(1.0),
-                 dtype=dtype)
-  point = PointwiseConv(6, strides=stride, use_bias=use_bias, kernel_init=INIT,
-                        bias_init=nn.initializers.normal(1.0), dtype=dtype)
+  conv = nn.Conv(
+      6,
+      (1, 1),
+      strides=(stride, stride),
+      padding=((0, 0), (0, 0)),
+      use_bias=use_bias,
+      kernel_init=INIT,
+      bias_init=nn.initializers.normal(1.0),
+      dtype=dtype,
+  )
+  point = PointwiseConv(
+      6,
+      strides=stride,
+      use_bias=use_bias,
+      kernel_init=INIT,
+      bias_init=nn.initializers.normal(1.0),
+      dtype=dtype,
+  )
   return conv, point
 
 
@@ -60,8 +73,9 @@ def test_bfloat16_compute_float32_params():
   assert v["params"]["kernel"].dtype == jnp.float32
   yp, yc = point.apply(v, x), conv.apply(v, x)
   assert yp.dtype == yc.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(yp, np.float32), np.asarray(yc, np.float32),
-                             rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(
+      np.asarray(yp, np.float32), np.asarray(yc, np.float32), rtol=2e-2, atol=2e-2
+  )
 
 
 def test_empty_input_and_leading_batch_dims():

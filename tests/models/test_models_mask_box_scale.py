@@ -48,7 +48,8 @@ def test_predict_mask_boxes_are_the_scaled_boxes(batch, rand_vars):
 
   def predict(model):
     return jax.jit(lambda v, im, hw: model.apply(v, im, hw, method=MaskRCNN.predict))(
-        variables, batch.image, batch.image_size)
+        variables, batch.image, batch.image_size
+    )
 
   d1, d12 = predict(one), predict(wide)
   assert np.asarray(d1.valid).any()  # something to compare
@@ -74,5 +75,6 @@ def test_loss_compiles_with_a_scaled_mask_frame(batch, rand_vars):
   loss, aux = jax.jit(wide.apply)(variables, batch, jax.random.PRNGKey(2))
   assert np.isfinite(float(loss))
   assert float(aux["roi_positives_per_image"]) > 0 and float(aux["loss_mask"]) > 0
-  assert np.isclose(float(loss), sum(float(v) for k, v in aux.items() if k.startswith("loss_")),
-                    rtol=1e-5)
+  assert np.isclose(
+      float(loss), sum(float(v) for k, v in aux.items() if k.startswith("loss_")), rtol=1e-5
+  )

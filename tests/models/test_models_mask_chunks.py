@@ -21,13 +21,16 @@ def _fake_head(calls):
   return fn
 
 
-@pytest.mark.parametrize("k,chunk,n_valid,runs", [
-    (10, 3, (0, 7), 3),      # 7 valid in 3-slot chunks: 3 runs, slots 9.. never computed
-    (10, 3, (2, 1), 1),      # few detections: one chunk
-    (10, 3, (0, 0), 0),      # nothing valid: the head never runs
-    (10, 64, (10, 4), 1),    # chunk larger than K: one run of K slots
-    (2000, 256, (2000, 1500), 8),  # 2,000 nuclei: every mask, in ceil(2000 / 256) runs
-])
+@pytest.mark.parametrize(
+    "k,chunk,n_valid,runs",
+    [
+        (10, 3, (0, 7), 3),  # 7 valid in 3-slot chunks: 3 runs, slots 9.. never computed
+        (10, 3, (2, 1), 1),  # few detections: one chunk
+        (10, 3, (0, 0), 0),  # nothing valid: the head never runs
+        (10, 64, (10, 4), 1),  # chunk larger than K: one run of K slots
+        (2000, 256, (2000, 1500), 8),  # 2,000 nuclei: every mask, in ceil(2000 / 256) runs
+    ],
+)
 def test_chunks_equal_all_slots_and_skip_the_rest(k, chunk, n_valid, runs):
   rng = np.random.default_rng(k + chunk)
   boxes = rng.uniform(0, 100, (2, k, 4)).astype(np.float32)
@@ -60,28 +63,42 @@ def test_valid_slots_need_not_be_a_prefix():
 # dropped) and score threshold 0, so nearly every proposal is a valid detection. (The
 # 2,000-detection case runs `masks_in_chunks` above: the full model at that size takes
 # minutes on a shared 2-core CPU, mostly NMS.)
-SPEC = ModelSpec(backbone="resnet18", backbone_width=8, norm="group_norm", fpn_channels=16,
-                 anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_topk_test=60,
-                 rpn_post_nms_topk_test=120, rpn_nms_iou=1.0, fc_dim=16, mask_dim=8,
-                 max_detections=120, score_threshold=0.0, nms_iou=1.0)
+SPEC = ModelSpec(
+    backbone="resnet18",
+    backbone_width=8,
+    norm="group_norm",
+    fpn_channels=16,
+    anchor_sizes=(8, 16, 32, 64, 128),
+    rpn_pre_nms_topk_test=60,
+    rpn_post_nms_topk_test=120,
+    rpn_nms_iou=1.0,
+    fc_dim=16,
+    mask_dim=8,
+    max_detections=120,
+    score_threshold=0.0,
+    nms_iou=1.0,
+)
 
 
 def test_model_masks_match_one_call_on_all_slots():
   image = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3))
   hw = jnp.asarray([[64, 64], [40, 56]], jnp.int32)
-  variables = jax.jit(lambda x, s: MaskRCNN(SPEC).init(jax.random.PRNGKey(1), x, s,
-                                                       method=MaskRCNN.predict))(image, hw)
+  variables = jax.jit(
+      lambda x, s: MaskRCNN(SPEC).init(jax.random.PRNGKey(1), x, s, method=MaskRCNN.predict)
+  )(image, hw)
 
   def predict(chunk):
     model = MaskRCNN(dataclasses.replace(SPEC, mask_batch=chunk))
     return jax.jit(lambda v, x, s: model.apply(v, x, s, method=MaskRCNN.predict))(
-        variables, image, hw)
+        variables, image, hw
+    )
 
   chunked, whole = predict(16), predict(10_000)  # 16-slot chunks vs one call on all slots
   valid = np.asarray(chunked.valid)
   assert (valid.sum(1) > 16).all()  # every image needs several chunks
   np.testing.assert_array_equal(valid, np.asarray(whole.valid))
   np.testing.assert_allclose(np.asarray(chunked.boxes), np.asarray(whole.boxes))
-  np.testing.assert_allclose(np.asarray(chunked.masks)[valid], np.asarray(whole.masks)[valid],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(chunked.masks)[valid], np.asarray(whole.masks)[valid], atol=1e-5
+  )
   assert not np.asarray(chunked.masks)[~valid].any()

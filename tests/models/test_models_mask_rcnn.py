@@ -10,13 +10,26 @@ import pytest
 from pa_jax.data import pipeline, synthetic
 from pa_jax.models.mask_rcnn import MaskRCNN, ModelSpec
 
-TINY = ModelSpec(backbone="resnet18", backbone_width=8, norm="group_norm", fpn_channels=16,
-                 anchor_sizes=((8, 11.3), (16, 22.6), (32, 45.3), (64, 90.5), (128, 181.0)),
-                 rpn_pre_nms_topk_train=200, rpn_post_nms_topk_train=100,
-                 rpn_pre_nms_topk_test=200, rpn_post_nms_topk_test=100,
-                 rpn_batch_per_image=64, roi_batch_per_image=64, fc_dim=32, mask_dim=16,
-                 max_detections=50, max_pa_boxes=32, key_channels=8, value_channels=8,
-                 anchor_wh=(16.0, 16.0))
+TINY = ModelSpec(
+    backbone="resnet18",
+    backbone_width=8,
+    norm="group_norm",
+    fpn_channels=16,
+    anchor_sizes=((8, 11.3), (16, 22.6), (32, 45.3), (64, 90.5), (128, 181.0)),
+    rpn_pre_nms_topk_train=200,
+    rpn_post_nms_topk_train=100,
+    rpn_pre_nms_topk_test=200,
+    rpn_post_nms_topk_test=100,
+    rpn_batch_per_image=64,
+    roi_batch_per_image=64,
+    fc_dim=32,
+    mask_dim=16,
+    max_detections=50,
+    max_pa_boxes=32,
+    key_channels=8,
+    value_channels=8,
+    anchor_wh=(16.0, 16.0),
+)
 
 
 def _batch(n=2, canvas=64, full=True, seed=0):
@@ -42,10 +55,12 @@ def test_losses_are_finite_under_jit_and_predict_has_static_shapes(batch):
   loss, aux = jax.jit(model.apply)(variables, batch, jax.random.PRNGKey(2))
   for k in ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"):
     assert np.isfinite(float(aux[k])), k
-  assert np.isclose(float(loss), sum(float(v) for k, v in aux.items() if k.startswith("loss_")),
-                    rtol=1e-5)
+  assert np.isclose(
+      float(loss), sum(float(v) for k, v in aux.items() if k.startswith("loss_")), rtol=1e-5
+  )
   det = jax.jit(lambda v, im, hw: model.apply(v, im, hw, method=MaskRCNN.predict))(
-      variables, batch.image, batch.image_size)
+      variables, batch.image, batch.image_size
+  )
   assert det.boxes.shape == (2, 50, 4) and det.masks.shape == (2, 50, 28, 28)
   assert det.valid.dtype == jnp.bool_ and det.pa_boxes.shape == (2, 0, 4)
   b = np.asarray(det.boxes)[np.asarray(det.valid)]
@@ -54,8 +69,9 @@ def test_losses_are_finite_under_jit_and_predict_has_static_shapes(batch):
 
 def test_no_nuclei_gives_finite_losses():
   b = _batch()
-  empty = b.replace(labels=jnp.zeros_like(b.labels), valid=jnp.zeros_like(b.valid),
-                    boxes=jnp.zeros_like(b.boxes))
+  empty = b.replace(
+      labels=jnp.zeros_like(b.labels), valid=jnp.zeros_like(b.valid), boxes=jnp.zeros_like(b.boxes)
+  )
   for spec in (TINY, dataclasses.replace(TINY, partial=True)):
     model, variables = _init(spec, empty)
     loss, aux = jax.jit(model.apply)(variables, empty, jax.random.PRNGKey(3))
@@ -66,11 +82,20 @@ def test_no_nuclei_gives_finite_losses():
 def test_regression_guard_module_off_is_exactly_the_baseline(batch):
   """partial=False: no PA parameter, no PA field has any effect, bit for bit."""
   base_model, base_vars = _init(TINY, batch)
-  odd = dataclasses.replace(TINY, partial=False, attention_levels=("p2", "p3"), key_channels=4,
-                            center_scale=0.9, pa_threshold=0.1, max_pa_boxes=7,
-                            anchor_wh=(99.0, 3.0), components_backend="host",
-                            rpn_ignore_iou=0.01, roi_ignore_iou=0.01,
-                            centerness_loss_weight=5.0)
+  odd = dataclasses.replace(
+      TINY,
+      partial=False,
+      attention_levels=("p2", "p3"),
+      key_channels=4,
+      center_scale=0.9,
+      pa_threshold=0.1,
+      max_pa_boxes=7,
+      anchor_wh=(99.0, 3.0),
+      components_backend="host",
+      rpn_ignore_iou=0.01,
+      roi_ignore_iou=0.01,
+      centerness_loss_weight=5.0,
+  )
   odd_model, odd_vars = _init(odd, batch)
   assert jax.tree.structure(base_vars) == jax.tree.structure(odd_vars)
   jax.tree.map(np.testing.assert_array_equal, base_vars, odd_vars)
@@ -84,8 +109,11 @@ def test_regression_guard_module_off_is_exactly_the_baseline(batch):
   for k in a1:
     assert float(a1[k]) == float(a2[k]), k
   pred = lambda m, v: jax.jit(lambda v, i, s: m.apply(v, i, s, method=MaskRCNN.predict))(  # noqa
-      v, batch.image, batch.image_size)
-  jax.tree.map(np.testing.assert_array_equal, pred(base_model, base_vars), pred(odd_model, odd_vars))
+      v, batch.image, batch.image_size
+  )
+  jax.tree.map(
+      np.testing.assert_array_equal, pred(base_model, base_vars), pred(odd_model, odd_vars)
+  )
 
 
 def test_module_on_shares_every_baseline_parameter(batch):
@@ -112,7 +140,8 @@ def test_module_on_with_every_nucleus_annotated_trains(batch, backend):
   @jax.jit
   def step(params, opt, k):
     (loss, aux), g = jax.value_and_grad(
-        lambda p: model.apply({**variables, "params": p}, batch, k), has_aux=True)(params)
+        lambda p: model.apply({**variables, "params": p}, batch, k), has_aux=True
+    )(params)
     g = jax.tree.map(lambda x: jnp.clip(x, -1, 1), g)
     upd, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, upd), opt, loss, aux
@@ -140,6 +169,7 @@ def test_bfloat16_compute_keeps_losses_and_outputs_float32(batch):
   # bf16 keeps 8 bits of mantissa: a few per cent on a sum of losses of a random net.
   np.testing.assert_allclose(float(l16), float(l32), rtol=0.1)
   det = jax.jit(lambda v, im, hw: bf16.apply(v, im, hw, method=MaskRCNN.predict))(
-      variables, batch.image, batch.image_size)
+      variables, batch.image, batch.image_size
+  )
   assert det.boxes.dtype == jnp.float32 and det.scores.dtype == jnp.float32
   assert det.masks.dtype == jnp.float32

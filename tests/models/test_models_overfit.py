@@ -5,7 +5,6 @@ with mAP > 0.9 after a few hundred steps — the whole chain (targets, sampling,
 losses, proposals, NMS, paste-back, label rendering) has to be right for that to happen.
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,12 +16,23 @@ from pa_jax.evaluation.metrics import dsb_map
 from pa_jax.infer.predictor import Predictor
 from pa_jax.models.mask_rcnn import MaskRCNN, ModelSpec
 
-SPEC = ModelSpec(backbone="resnet18", backbone_width=16, norm="group_norm", fpn_channels=32,
-                 anchor_sizes=((8, 11.3), (16, 22.6), (32, 45.3), (64, 90.5), (128, 181.0)),
-                 rpn_pre_nms_topk_train=300, rpn_post_nms_topk_train=150,
-                 rpn_pre_nms_topk_test=300, rpn_post_nms_topk_test=150,
-                 rpn_batch_per_image=128, roi_batch_per_image=128, fc_dim=64, mask_dim=32,
-                 max_detections=40, score_threshold=0.5)
+SPEC = ModelSpec(
+    backbone="resnet18",
+    backbone_width=16,
+    norm="group_norm",
+    fpn_channels=32,
+    anchor_sizes=((8, 11.3), (16, 22.6), (32, 45.3), (64, 90.5), (128, 181.0)),
+    rpn_pre_nms_topk_train=300,
+    rpn_post_nms_topk_train=150,
+    rpn_pre_nms_topk_test=300,
+    rpn_post_nms_topk_test=150,
+    rpn_batch_per_image=128,
+    roi_batch_per_image=128,
+    fc_dim=64,
+    mask_dim=32,
+    max_detections=40,
+    score_threshold=0.5,
+)
 
 
 @pytest.mark.usefixtures("xla_optimized")
@@ -30,8 +40,9 @@ def test_tiny_model_overfits_two_synthetic_images():
   canvas = 96
   images, labels, exs = [], [], []
   for i in range(2):
-    img, lab = synthetic.synthetic_image(10 + i, canvas, canvas, n_nuclei=7, radius=(7, 11),
-                                         touching=0.0)
+    img, lab = synthetic.synthetic_image(
+        10 + i, canvas, canvas, n_nuclei=7, radius=(7, 11), touching=0.0
+    )
     images.append(img)
     labels.append(lab)
     exs.append(pipeline.TrainExample(str(i), pipeline.normalize_image(img), lab, lab))
@@ -46,7 +57,8 @@ def test_tiny_model_overfits_two_synthetic_images():
   @jax.jit
   def step(params, opt, k):
     (loss, aux), g = jax.value_and_grad(
-        lambda p: model.apply({**variables, "params": p}, batch, k), has_aux=True)(params)
+        lambda p: model.apply({**variables, "params": p}, batch, k), has_aux=True
+    )(params)
     upd, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, upd), opt, loss
 

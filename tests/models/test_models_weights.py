@@ -21,8 +21,17 @@ from pa_jax.models.mask_rcnn import MaskRCNN, ModelSpec
 from pa_jax.models.resnet import ResNet
 from pa_jax.models.weights import convert_to_npz, import_pretrained, load_state_dict
 
-SPEC = ModelSpec(backbone="resnet18", backbone_width=8, norm="frozen_bn", fpn_channels=16, fc_dim=32,
-                 mask_dim=16, rpn_pre_nms_topk_test=50, rpn_post_nms_topk_test=20, max_detections=10)
+SPEC = ModelSpec(
+    backbone="resnet18",
+    backbone_width=8,
+    norm="frozen_bn",
+    fpn_channels=16,
+    fc_dim=32,
+    mask_dim=16,
+    rpn_pre_nms_topk_test=50,
+    rpn_post_nms_topk_test=20,
+    max_detections=10,
+)
 IMG = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
 HW = jax.ShapeDtypeStruct((1, 2), jnp.int32)
 
@@ -65,7 +74,12 @@ def to_torchvision(variables, *, old_names=False, num_torch_classes=None, prefix
     tname = prefix + ".".join(_torch_module_name(n) for n in mod_path)
     if "kernel" in leaves:
       sd[tname + ".weight"] = leaves["kernel"].transpose(3, 2, 0, 1)
-    for ours, theirs in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):
+    for ours, theirs in (
+        ("scale", "weight"),
+        ("bias", "bias"),
+        ("mean", "running_mean"),
+        ("var", "running_var"),
+    ):
       if ours in leaves:
         sd[f"{tname}.{theirs}"] = leaves[ours]
   for mod_path, leaves in backbone_modules(stats.get("backbone", {})):
@@ -88,7 +102,9 @@ def to_torchvision(variables, *, old_names=False, num_torch_classes=None, prefix
     k6 = box["fc6"]["kernel"]  # rows in (H, W, C) order
     c = SPEC.fpn_channels
     s = int(round(np.sqrt(k6.shape[0] / c)))
-    sd["roi_heads.box_head.fc6.weight"] = k6.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(k6.shape[1], -1)
+    sd["roi_heads.box_head.fc6.weight"] = (
+        k6.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(k6.shape[1], -1)
+    )
     sd["roi_heads.box_head.fc6.bias"] = box["fc6"]["bias"]
     sd["roi_heads.box_head.fc7.weight"] = box["fc7"]["kernel"].T
     sd["roi_heads.box_head.fc7.bias"] = box["fc7"]["bias"]
@@ -97,24 +113,33 @@ def to_torchvision(variables, *, old_names=False, num_torch_classes=None, prefix
       sd[f"roi_heads.box_predictor.{n}.bias"] = box[n]["bias"]
     mask = p["mask_head"]
     for i in range(1, 5):
-      conv(f"roi_heads.mask_head.mask_fcn{i}" if old_names else f"roi_heads.mask_head.{i - 1}",
-           mask[f"mask_fcn{i}"], "" if old_names else ".0")
+      conv(
+          f"roi_heads.mask_head.mask_fcn{i}" if old_names else f"roi_heads.mask_head.{i - 1}",
+          mask[f"mask_fcn{i}"],
+          "" if old_names else ".0",
+      )
     k5 = mask["conv5_mask"]["kernel"]  # [kh, kw, in, out], correlation form
     sd["roi_heads.mask_predictor.conv5_mask.weight"] = k5[::-1, ::-1].transpose(2, 3, 0, 1)
     sd["roi_heads.mask_predictor.conv5_mask.bias"] = mask["conv5_mask"]["bias"]
     kl = mask["mask_logits"]["kernel"].transpose(3, 2, 0, 1)  # [N-1, C, 1, 1]
     background = np.full((1,) + kl.shape[1:], 7.0, kl.dtype)
     sd["roi_heads.mask_predictor.mask_fcn_logits.weight"] = np.concatenate([background, kl])
-    sd["roi_heads.mask_predictor.mask_fcn_logits.bias"] = np.concatenate([[7.0], mask["mask_logits"]["bias"]])
+    sd["roi_heads.mask_predictor.mask_fcn_logits.bias"] = np.concatenate(
+        [[7.0], mask["mask_logits"]["bias"]]
+    )
     if num_torch_classes:
       rng = np.random.default_rng(5)
       t = num_torch_classes
       for n, rows in (("cls_score", t), ("bbox_pred", 4 * t)):
         w = sd[f"roi_heads.box_predictor.{n}.weight"]
-        sd[f"roi_heads.box_predictor.{n}.weight"] = rng.normal(size=(rows, w.shape[1])).astype(np.float32)
+        sd[f"roi_heads.box_predictor.{n}.weight"] = rng.normal(size=(rows, w.shape[1])).astype(
+            np.float32
+        )
         sd[f"roi_heads.box_predictor.{n}.bias"] = np.zeros(rows, np.float32)
       w = sd["roi_heads.mask_predictor.mask_fcn_logits.weight"]
-      sd["roi_heads.mask_predictor.mask_fcn_logits.weight"] = rng.normal(size=(t,) + w.shape[1:]).astype(np.float32)
+      sd["roi_heads.mask_predictor.mask_fcn_logits.weight"] = rng.normal(
+          size=(t,) + w.shape[1:]
+      ).astype(np.float32)
       sd["roi_heads.mask_predictor.mask_fcn_logits.bias"] = np.zeros(t, np.float32)
   return sd
 
@@ -148,12 +173,18 @@ def test_round_trip_npz_reproduces_variables_and_outputs(rand_vars, tmp_path):
   assert not np.allclose(np.asarray(feats(fresh, image)["p2"]), np.asarray(ref["p2"]))
   roi = jax.random.normal(jax.random.PRNGKey(4), (3, 7, 7, SPEC.fpn_channels))
   box = lambda v: model.apply(v, roi, method=lambda m, x: m.box_head(x))  # noqa: E731
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), box(original), box(new))
+  jax.tree.map(
+      lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+      box(original),
+      box(new),
+  )
 
 
 def test_old_torchvision_names_import_too(rand_vars):
   original = _vars(rand_vars, seed=0)
-  new, report = import_pretrained(_vars(rand_vars, seed=1), to_torchvision(original, old_names=True), strict=True)
+  new, report = import_pretrained(
+      _vars(rand_vars, seed=1), to_torchvision(original, old_names=True), strict=True
+  )
   _assert_trees_equal(new, original)
 
 
@@ -163,14 +194,24 @@ def test_class_count_mismatch_skips_predictors_with_a_note(rand_vars, capsys):
   sd = to_torchvision(original, num_torch_classes=91)
   new, report = import_pretrained(fresh, sd, strict=True)
   assert "91 classes" in capsys.readouterr().out
-  predictors = {f"roi_heads.box_predictor.{n}.{w}" for n in ("cls_score", "bbox_pred") for w in ("weight", "bias")}
+  predictors = {
+      f"roi_heads.box_predictor.{n}.{w}"
+      for n in ("cls_score", "bbox_pred")
+      for w in ("weight", "bias")
+  }
   predictors |= {f"roi_heads.mask_predictor.mask_fcn_logits.{w}" for w in ("weight", "bias")}
   assert set(report["skipped"]) == predictors and report["missing"] == []
   for name in ("cls_score", "bbox_pred"):
-    np.testing.assert_array_equal(new["params"]["box_head"][name]["kernel"], fresh["params"]["box_head"][name]["kernel"])
-  np.testing.assert_array_equal(new["params"]["mask_head"]["mask_logits"]["kernel"],
-                                fresh["params"]["mask_head"]["mask_logits"]["kernel"])
-  np.testing.assert_array_equal(new["params"]["box_head"]["fc6"]["kernel"], original["params"]["box_head"]["fc6"]["kernel"])
+    np.testing.assert_array_equal(
+        new["params"]["box_head"][name]["kernel"], fresh["params"]["box_head"][name]["kernel"]
+    )
+  np.testing.assert_array_equal(
+      new["params"]["mask_head"]["mask_logits"]["kernel"],
+      fresh["params"]["mask_head"]["mask_logits"]["kernel"],
+  )
+  np.testing.assert_array_equal(
+      new["params"]["box_head"]["fc6"]["kernel"], original["params"]["box_head"]["fc6"]["kernel"]
+  )
 
 
 def test_other_shape_mismatch_is_an_input_error_naming_the_key(rand_vars):
@@ -215,7 +256,9 @@ def test_classification_resnet_into_bn_model_and_bare_backbone(rand_vars):
   new, report = import_pretrained(_vars(rand_vars, spec, seed=1), sd)
   _assert_trees_equal(new["params"]["backbone"], original["params"]["backbone"])
   _assert_trees_equal(new["batch_stats"], original["batch_stats"])
-  assert "fc.weight" in report["skipped"] and "layer1.0.bn1.num_batches_tracked" in report["skipped"]
+  assert (
+      "fc.weight" in report["skipped"] and "layer1.0.bn1.num_batches_tracked" in report["skipped"]
+  )
   assert report["unexpected"] == [] and "params/fpn/lateral2/kernel" in report["missing"]
   assert all(not m.startswith(("params/backbone", "batch_stats")) for m in report["missing"])
   with pytest.raises(InputError, match="strict"):
@@ -225,13 +268,17 @@ def test_classification_resnet_into_bn_model_and_bare_backbone(rand_vars):
   resnet = ResNet(depth=18, base_channels=8)
   img = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   bare0, bare1 = rand_vars(resnet, img, seed=0), rand_vars(resnet, img, seed=1)
-  bare_sd = _classification_sd({"params": {"backbone": bare0["params"]}, "frozen": {"backbone": bare0["frozen"]}})
+  bare_sd = _classification_sd(
+      {"params": {"backbone": bare0["params"]}, "frozen": {"backbone": bare0["frozen"]}}
+  )
   new, report = import_pretrained(bare1, bare_sd, strict=True)
   _assert_trees_equal(new, bare0)
 
   # bn_eps shifts the variances so that var + 1e-5 == var_file + bn_eps.
   new0, _ = import_pretrained(bare1, bare_sd, bn_eps=0.0)
-  np.testing.assert_allclose(new0["frozen"]["bn1"]["var"] + 1e-5, bare0["frozen"]["bn1"]["var"], rtol=1e-6)
+  np.testing.assert_allclose(
+      new0["frozen"]["bn1"]["var"] + 1e-5, bare0["frozen"]["bn1"]["var"], rtol=1e-6
+  )
 
 
 def test_group_norm_model_refuses_batchnorm_weights(rand_vars):
@@ -245,7 +292,9 @@ def test_pth_without_torch_and_bad_files(tmp_path, monkeypatch):
   pth = tmp_path / "w.pth"
   pth.write_bytes(b"not really")
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
-  with pytest.raises(InputError, match="install torch to import .pth files, or convert to .npz") as e:
+  with pytest.raises(
+      InputError, match="install torch to import .pth files, or convert to .npz"
+  ) as e:
     load_state_dict(pth)
   assert "\n" not in str(e.value) and str(pth) in str(e.value)
   with pytest.raises(InputError, match="not found"):
@@ -275,7 +324,9 @@ def _torch_resnet(torch, basic, layers, width, groups=1, width_per_group=64):
       self.bn2 = tnn.BatchNorm2d(planes)
       self.downsample = None
       if stride != 1 or cin != planes:
-        self.downsample = tnn.Sequential(tnn.Conv2d(cin, planes, 1, stride, bias=False), tnn.BatchNorm2d(planes))
+        self.downsample = tnn.Sequential(
+            tnn.Conv2d(cin, planes, 1, stride, bias=False), tnn.BatchNorm2d(planes)
+        )
 
     def forward(self, x):
       out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
@@ -295,8 +346,9 @@ def _torch_resnet(torch, basic, layers, width, groups=1, width_per_group=64):
       self.bn3 = tnn.BatchNorm2d(planes * 4)
       self.downsample = None
       if stride != 1 or cin != planes * 4:
-        self.downsample = tnn.Sequential(tnn.Conv2d(cin, planes * 4, 1, stride, bias=False),
-                                         tnn.BatchNorm2d(planes * 4))
+        self.downsample = tnn.Sequential(
+            tnn.Conv2d(cin, planes * 4, 1, stride, bias=False), tnn.BatchNorm2d(planes * 4)
+        )
 
     def forward(self, x):
       out = torch.relu(self.bn1(self.conv1(x)))
@@ -307,6 +359,7 @@ def _torch_resnet(torch, basic, layers, width, groups=1, width_per_group=64):
   block = Basic if basic else Bottle
 
   class Net(tnn.Module):
+
     def __init__(self):
       super().__init__()
       self.conv1 = tnn.Conv2d(3, width, 7, 2, 3, bias=False)
@@ -353,7 +406,9 @@ def test_torch_resnet_matches_flax(arch, norm, rand_vars, tmp_path):
     flax_net = ResNet(depth=18, base_channels=8, norm=norm)
   else:  # grouped 3x3 convs
     net = _torch_resnet(torch, False, (1, 1, 1, 1), 16, groups=4, width_per_group=8)
-    flax_net = ResNet(depth=50, groups=4, width_per_group=8, base_channels=16, stage_sizes=(1, 1, 1, 1), norm=norm)
+    flax_net = ResNet(
+        depth=50, groups=4, width_per_group=8, base_channels=16, stage_sizes=(1, 1, 1, 1), norm=norm
+    )
   path = tmp_path / "resnet.pth"
   torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)
   x = torch.randn(2, 3, 64, 64)
@@ -382,6 +437,7 @@ def test_torch_mask_rcnn_parts_match_flax(rand_vars, tmp_path):
     return tnn.Sequential(*mods)
 
   class FPN(tnn.Module):
+
     def __init__(self):
       super().__init__()
       self.inner_blocks = tnn.ModuleList([seq(tnn.Conv2d(8 * 2**i, c, 1)) for i in range(4)])
@@ -408,8 +464,12 @@ def test_torch_mask_rcnn_parts_match_flax(rand_vars, tmp_path):
   rh.box_head = tnn.Module()
   rh.box_head.fc6, rh.box_head.fc7 = tnn.Linear(c * 49, fc), tnn.Linear(fc, fc)
   rh.box_predictor = tnn.Module()
-  rh.box_predictor.cls_score, rh.box_predictor.bbox_pred = tnn.Linear(fc, ncls), tnn.Linear(fc, 4 * ncls)
-  rh.mask_head = seq(*[seq(tnn.Conv2d(c if i == 0 else md, md, 3, padding=1), tnn.ReLU()) for i in range(4)])
+  rh.box_predictor.cls_score, rh.box_predictor.bbox_pred = tnn.Linear(fc, ncls), tnn.Linear(
+      fc, 4 * ncls
+  )
+  rh.mask_head = seq(
+      *[seq(tnn.Conv2d(c if i == 0 else md, md, 3, padding=1), tnn.ReLU()) for i in range(4)]
+  )
   rh.mask_predictor = tnn.Module()
   rh.mask_predictor.conv5_mask = tnn.ConvTranspose2d(md, md, 2, 2, 0)
   rh.mask_predictor.mask_fcn_logits = tnn.Conv2d(md, ncls, 1)
@@ -435,17 +495,25 @@ def test_torch_mask_rcnn_parts_match_flax(rand_vars, tmp_path):
     h = F.relu(rh.box_head.fc7(F.relu(rh.box_head.fc6(roi.flatten(1)))))
     cls, box = rh.box_predictor.cls_score(h), rh.box_predictor.bbox_pred(h)
     mroi = torch.randn(3, c, 14, 14)
-    mask = rh.mask_predictor.mask_fcn_logits(F.relu(rh.mask_predictor.conv5_mask(rh.mask_head(mroi))))
+    mask = rh.mask_predictor.mask_fcn_logits(
+        F.relu(rh.mask_predictor.conv5_mask(rh.mask_head(mroi)))
+    )
 
   feats = flax_model.apply(new, jnp.asarray(_nhwc(x)), method=MaskRCNN.features)
   for i, k in enumerate(("p2", "p3", "p4", "p5", "p6")):
-    np.testing.assert_allclose(np.asarray(feats[k]), _nhwc(pyramid[i]), rtol=1e-4, atol=1e-4, err_msg=k)
+    np.testing.assert_allclose(
+        np.asarray(feats[k]), _nhwc(pyramid[i]), rtol=1e-4, atol=1e-4, err_msg=k
+    )
   rpn = flax_model.apply(new, {"p2": feats["p2"]}, method=lambda m, f: m.rpn(f))
   np.testing.assert_allclose(np.asarray(rpn.objectness["p2"]), _nhwc(obj), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(np.asarray(rpn.deltas["p2"]).reshape(_nhwc(dlt).shape), _nhwc(dlt), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      np.asarray(rpn.deltas["p2"]).reshape(_nhwc(dlt).shape), _nhwc(dlt), rtol=1e-4, atol=1e-4
+  )
   head = flax_model.apply(new, jnp.asarray(_nhwc(roi)), method=lambda m, r: m.box_head(r))
   np.testing.assert_allclose(np.asarray(head.class_logits), cls.numpy(), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(np.asarray(head.box_deltas).reshape(3, -1), box.numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      np.asarray(head.box_deltas).reshape(3, -1), box.numpy(), rtol=1e-4, atol=1e-4
+  )
   masks = flax_model.apply(new, jnp.asarray(_nhwc(mroi)), method=lambda m, r: m.mask_head(r))
   np.testing.assert_allclose(np.asarray(masks), _nhwc(mask)[..., 1:], rtol=1e-4, atol=1e-4)
 
