@@ -94,8 +94,10 @@ def _leave_kumar_tnbc_out(c):
   (`configs/he25.py`, `--config.model.init=<its model file>`) is the paper's Table 3/4
   setting: the 75 % hidden labels were never seen, not merely forgotten.
 
-  1,500 steps (the length of nuclei_cpu_v1) and no model selection: the one evaluation, at
-  the end, is on dsb2018's test split and only reported (Kumar and TNBC stay unseen)."""
+  1,500 steps (the length of nuclei_cpu_v1) and no evaluation during training
+  (`train.eval_every` 0), so nothing is selected; `data.eval_split` 'test' is only what
+  `run.py evaluate` scores by default. Scored on the shipped model's Kumar/TNBC tiles with
+  `bench/zoo_eval.py --model <its file> --images-of configs/zoo_nuclei.py:cpu --splits val`."""
   c.data.source = f"{base.SHARED_DATASETS}/dsb2018"
   c.data.source_repeats = ()
   c.data.val_fraction = 0.0
