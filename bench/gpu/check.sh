@@ -70,7 +70,8 @@ else
   # Limits (s): env 30, tests 60, compare 270, train 190, and all of them together within
   # DEADLINE_S = 470 s < 8 min (the bound), whatever happens: a step that starts late
   # gets only what is left. A step cut short keeps what it wrote (compare writes after each
-  # run). Measured on an H200 (2026-11-30): env 17 s, tests 27 s, R50 agreement 25 s,
+  # run). Measured on an H200 (2026-11-30): env 17 s, the NMS tests alone 27 s (the whole
+  # tests step has not run alone on a GPU yet), R50 agreement 25 s,
   # pa_jax float32 worker 72 s (42 s of it the first step's compile), torchvision 17 s,
   # pa_jax bf16 compile 73 s; dh25_pa init 19 s + first step (compile) 81-88 s, then 45 s of
   # timed steps. ResNeXt-101 in the comparison (X101=1) needs another ~250 s: a second call
