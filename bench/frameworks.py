@@ -608,18 +608,24 @@ def time_torchvision(cfg, npz: str | None, steps: int, warmup: int, n_predict: i
   # Prediction first, with the shared weights (see time_pa_jax).
   tv.eval()
   tb, _ = test_canvases(cfg, n_predict + 1)
-  ptimes, pcpu, ndet = [], [], []
-  for i in range(n_predict + 1):
-    images, _ = torch_inputs(__import__("jax").tree.map(lambda x: np.asarray(x)[i:i + 1], tb), device,
-                             with_targets=False)
-    sync()
-    t0, c0 = time.perf_counter(), time.process_time()
-    with torch.no_grad(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
-      out = tv(images)
-    sync()
-    ptimes.append(time.perf_counter() - t0)
-    pcpu.append(time.process_time() - c0)
-    ndet.append(int(out[0]["boxes"].shape[0]))
+  inputs = [torch_inputs(__import__("jax").tree.map(lambda x: np.asarray(x)[i:i + 1], tb), device,
+                         with_targets=False)[0] for i in range(n_predict + 1)]
+
+  def timed(predict):
+    """(wall seconds, CPU seconds, outputs) of `predict(images)` on each test image."""
+    walls, cpus, outs = [], [], []
+    for images in inputs:
+      sync()
+      t0, c0 = time.perf_counter(), time.process_time()
+      with torch.no_grad(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
+        outs.append(predict(images))
+      sync()
+      walls.append(time.perf_counter() - t0)
+      cpus.append(time.process_time() - c0)
+    return walls, cpus, outs
+
+  ptimes, pcpu, outs = timed(tv)
+  ndet = [int(out[0]["boxes"].shape[0]) for out in outs]
   if dev_type == "cuda":
     res["device_peak_mb_predict"] = torch.cuda.max_memory_allocated() / 2 ** 20
   res["first_predict_seconds"] = ptimes[0]
@@ -629,16 +635,7 @@ def time_torchvision(cfg, npz: str | None, steps: int, warmup: int, n_predict: i
   res["predict_cpu_seconds_per_image"] = _median(pcpu[1:])
   res["detections_per_image"] = ndet
   # Like for like with pa_jax's predict: the same images, stopping before mask pasting.
-  utimes = []
-  for i in range(n_predict + 1):
-    images, _ = torch_inputs(__import__("jax").tree.map(lambda x: np.asarray(x)[i:i + 1], tb), device,
-                             with_targets=False)
-    sync()
-    t0 = time.perf_counter()
-    with torch.no_grad(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
-      tv_predict_unpasted(tv, images)
-    sync()
-    utimes.append(time.perf_counter() - t0)
+  utimes, _, _ = timed(lambda images: tv_predict_unpasted(tv, images))
   res["predict_unpasted_seconds"] = utimes[1:]
   res["predict_unpasted_seconds_per_image"] = _median(utimes[1:])
   tv.train()
