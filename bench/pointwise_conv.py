@@ -1,4 +1,9 @@
-"""1x1 convolutions as `nn.Conv` vs as a channel matmul (`models/layers.PointwiseConv`).
+"""Convolutions as flax convs vs as channel matmuls (`models/layers`), in one train step.
+
+`--layer pointwise` (the default) switches every 1x1 convolution between `nn.Conv` and
+`PointwiseConv`; `--layer transpose` switches the mask head's 2x2 stride-2 transposed
+convolution between `nn.ConvTranspose` and `TransposeConv2x2`; `--layer conv3x3` switches the
+mask head's 3x3 convolutions' weight gradient between XLA's and `Conv3x3`'s nine matmuls.
 
 Same model, same parameters, same batch, one process: both train steps are compiled, then
 timed in alternation (A B A B ...) so that the machine's load hits both alike. Reports the
@@ -9,6 +14,8 @@ how far the two losses are apart (float rounding only).
         --out bench/results/pointwise_conv_cpu.json
     python bench/pointwise_conv.py --backbone resnet50 --reps 4 \\
         --out bench/results/pointwise_conv_r50_fpn.json
+    python bench/pointwise_conv.py --layer transpose --config configs/zoo_nuclei.py:cpu \\
+        --reps 6 --out bench/results/transpose_conv_cpu.json
 
 `--backbone NAME` times the paper's backbone + FPN alone (forward and backward of a sum of
 its outputs, float32, frozen BN as in the paper configs, batch 2 at 384x384), where the 1x1
@@ -32,6 +39,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_config import load_config, write_result  # noqa: E402
 
+#: --layer -> the `pa_jax.models.layers` flag it switches (read when a model is traced).
+SWITCHES = {"pointwise": "POINTWISE_AS_MATMUL", "transpose": "TRANSPOSE_CONV_AS_MATMUL",
+            "conv3x3": "CONV3X3_WGRAD_AS_MATMUL"}
+
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,6 +51,8 @@ def main(argv=None) -> int:
   ap.add_argument("--reps", type=int, default=6, help="timed steps per implementation")
   ap.add_argument("--max-examples", type=int, default=16)
   ap.add_argument("--backbone", default="", help="time backbone + FPN alone (e.g. resnet50)")
+  ap.add_argument("--layer", choices=sorted(SWITCHES), default="pointwise",
+                  help="which layers to switch (train-step mode)")
   ap.add_argument("--out", default="")
   a = ap.parse_args(argv)
   if a.backbone:
@@ -70,7 +83,7 @@ def main(argv=None) -> int:
   impls = {"conv": False, "matmul": True}
   states, steps, res = {}, {}, {}
   for name, flag in impls.items():
-    layers.POINTWISE_AS_MATMUL = flag  # read while tracing: each step function keeps its own
+    setattr(layers, SWITCHES[a.layer], flag)  # read while tracing: each step keeps its own
     states[name] = create_train_state(task, cfg, jax.random.PRNGKey(cfg.seed), batch0, mesh, tx)
     steps[name] = make_train_step(task, tx, mesh, grad_accum=int(cfg.train.grad_accum))
     t0 = time.perf_counter()
@@ -78,7 +91,7 @@ def main(argv=None) -> int:
     jax.block_until_ready(m)
     res[name] = {"first_step_seconds": time.perf_counter() - t0, "wall": [], "cpu": [],
                  "first_loss": float(m["loss"])}
-  layers.POINTWISE_AS_MATMUL = True
+  setattr(layers, SWITCHES[a.layer], True)
   for _ in range(a.reps):
     for name in impls:
       t0, c0 = time.perf_counter(), time.process_time()
@@ -91,7 +104,7 @@ def main(argv=None) -> int:
     r["wall_median"], r["cpu_median"] = float(np.median(r["wall"])), float(np.median(r["cpu"]))
   out = {"command": "python " + " ".join(["bench/pointwise_conv.py"] + (argv or sys.argv[1:])),
          "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-         "config": a.config, "overrides": a.override, "batch_size": int(cfg.train.batch_size),
+         "layer": a.layer, "config": a.config, "overrides": a.override, "batch_size": int(cfg.train.batch_size),
          "canvas": int(cfg.data.canvas_size), "load_avg_after": list(os.getloadavg()),
          "results": res,
          "matmul_over_conv_wall": res["matmul"]["wall_median"] / res["conv"]["wall_median"],

@@ -1,19 +1,26 @@
-"""A 1x1 convolution written as a matrix product over channels.
+"""Convolution layers whose weight gradients are matrix products, for XLA:CPU.
 
-Why: XLA:CPU's weight gradient of a 1x1 `conv_general_dilated` is an outlier. For a
-64->256 channel 1x1 conv on a 90x90 map it costs ~40x its own forward pass (0.31 CPU-s,
-against 2-3x for every 3x3 conv), while the same product written as an einsum takes
-0.012 CPU-s for that gradient (docs/performance.md, "Where XLA:CPU loses"). ResNet
-shortcuts, the FPN laterals and every prediction head (RPN, centre-box, mask logits) are
-1x1 convs, at the highest resolutions.
+XLA:CPU computes the weight gradient ("wgrad") of some `conv_general_dilated` shapes tens
+of times slower than the same sums written as matmuls. Each layer here creates exactly the
+parameters of the flax layer it stands for (same names, shapes and initialiser draws), so
+checkpoints, the shipped models and `models/weights.py`'s torchvision import are
+unchanged; only the computation differs, equal up to float rounding. Measurements:
+docs/performance.md ("Where XLA:CPU loses" and "The mask head on the CPU").
 
-`PointwiseConv` creates exactly the parameters `nn.Conv(features, (1, 1))` would: `kernel`
-float32 `[1, 1, C_in, C_out]` drawn by the same initialiser from the same key, and `bias`
-`[C_out]`, so checkpoints, shipped models and `models/weights.py`'s torchvision import
-are unchanged. Only the computation differs (a dot over the channel axis instead of a
-convolution), equal up to float rounding.
+- `PointwiseConv`, every 1x1 convolution (ResNet shortcuts, FPN laterals, the RPN,
+  centre-box and mask-logit heads), as one `dot_general` over channels. XLA's wgrad of a
+  64->256 1x1 conv on a 90x90 map costs ~40x its own forward pass (0.31 CPU-s, against 2-3x
+  for a 3x3 conv there); the einsum's takes 0.012 CPU-s.
+- `TransposeConv2x2`, the mask head's 2x2 stride-2 transposed convolution (14x14 -> 28x28,
+  `conv5_mask`): the output blocks do not overlap, so each input pixel's 2x2 block is one
+  matmul. For 256 channels over the 256 mask slots of a paper-size batch XLA takes 38.9 s
+  for `nn.ConvTranspose`'s wgrad against 0.25 s for the matmul's (0.55 s against 0.012 s
+  at the `:cpu` configs' 64 channels and 128 slots).
+- `Conv3x3`, the mask head's 3x3 convolutions: XLA's forward and input gradient, and on
+  the CPU a weight gradient written as nine matmuls (one per tap) in a `custom_vjp`. Over
+  many small (14x14) RoI maps XLA:CPU's wgrad is 4x its forward at 256 channels x 256
+  slots (3.76 s against 0.99 s for the matmuls); at 64 channels the two are even.
 """
-
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -101,3 +108,173 @@ def pointwise_conv(
       param_dtype=param_dtype,
       name=name,
   )
+
+
+class TransposeConv2x2(nn.Module):
+  """`nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID")` as a channel matmul.
+
+  Input `[..., H, W, C_in]` (NHWC; any leading batch dims) -> `[..., 2H, 2W, features]` in
+  `dtype` (or the promoted input dtype when None). With stride equal to the kernel size the
+  output blocks do not overlap: `y[2h + i, 2w + j] = x[h, w] @ kernel[1 - i, 1 - j] + bias`.
+  The kernel is read flipped because flax's `ConvTranspose` (`transpose_kernel=False`)
+  correlates the stride-dilated input with the kernel, so output offset `i` of a block meets
+  kernel tap `1 - i`.
+  """
+
+  features: int
+  use_bias: bool = True
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        "kernel", self.kernel_init, (2, 2, x.shape[-1], self.features), self.param_dtype
+    )
+    bias = (
+        self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        if self.use_bias
+        else None
+    )
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    # [C_in, 2, 2, C_out] with the taps flipped: one [.., C_in] x [C_in, 4 * C_out] product.
+    taps = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(x.shape[-1], -1)
+    y = jax.lax.dot_general(x, taps, (((x.ndim - 1,), (0,)), ((), ())))
+    *lead, h, w, _ = x.shape
+    y = y.reshape(*lead, h, w, 2, 2, self.features)
+    # [..., h, w, i, j, o] -> [..., h, i, w, j, o] -> [..., 2h, 2w, o]
+    y = jnp.moveaxis(y, -3, -4).reshape(*lead, 2 * h, 2 * w, self.features)
+    if bias is not None:
+      y = y + bias
+    return y
+
+
+#: The implementation `transpose_conv_2x2` builds: True = `TransposeConv2x2` (the default),
+#: False = `nn.ConvTranspose`. Same parameters either way; read when a model is traced.
+TRANSPOSE_CONV_AS_MATMUL = True
+
+
+def transpose_conv_2x2(
+    features: int,
+    *,
+    name: str,
+    use_bias: bool = True,
+    kernel_init: Initializer = nn.initializers.lecun_normal(),
+    bias_init: Initializer = nn.initializers.zeros,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+) -> nn.Module:
+  """A 2x2 stride-2 unpadded transposed convolution: `TransposeConv2x2` or `nn.ConvTranspose`."""
+  common = dict(
+      use_bias=use_bias,
+      kernel_init=kernel_init,
+      bias_init=bias_init,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      name=name,
+  )
+  if TRANSPOSE_CONV_AS_MATMUL:
+    return TransposeConv2x2(features, **common)
+  return nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID", **common)
+
+
+def _taps_wgrad(x: jax.Array, g: jax.Array) -> jax.Array:
+  """Weight gradient of a 3x3 SAME stride-1 correlation, one matmul per tap.
+
+  Args:
+    x: `[N, H, W, C_in]` layer input.
+    g: `[N, H, W, C_out]` gradient of the layer output.
+
+  Returns:
+    `[3, 3, C_in, C_out]` in `g.dtype`: `dk[i, j] = sum_{n,h,w} xpad[n, h + i, w + j] g[n, h, w]`.
+  """
+  n, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  gf = g.reshape(-1, g.shape[-1])
+  rows = []
+  for i in range(3):
+    cols = [
+        jax.lax.dot_general(
+            xp[:, i : i + h, j : j + w, :].reshape(-1, c), gf, (((0,), (0,)), ((), ()))
+        )
+        for j in range(3)
+    ]
+    rows.append(jnp.stack(cols))
+  return jnp.stack(rows).astype(g.dtype)
+
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv3x3_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def conv3x3_matmul_wgrad(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`[N, H, W, C_in]` x `[3, 3, C_in, C_out]` -> `[N, H, W, C_out]`, SAME, stride 1.
+
+  The same function as `lax.conv_general_dilated`; its kernel gradient is `_taps_wgrad`.
+  """
+  return _conv3x3_same(x, kernel)
+
+
+def _conv3x3_fwd(x, kernel):
+  return _conv3x3_same(x, kernel), (x, kernel)
+
+
+def _conv3x3_bwd(res, g):
+  x, kernel = res
+  _, input_vjp = jax.vjp(lambda a: _conv3x3_same(a, kernel), x)  # XLA's dgrad: not slow
+  return input_vjp(g)[0], _taps_wgrad(x, g).astype(kernel.dtype)
+
+
+conv3x3_matmul_wgrad.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+#: When `Conv3x3` takes its weight gradient from `_taps_wgrad`: "cpu" (the default) on the
+#: CPU backend only, since GPU and TPU convolution libraries have fast wgrads of their own;
+#: True / False always / never (side-by-side timing, tests). Read when a model is traced.
+CONV3X3_WGRAD_AS_MATMUL: bool | str = "cpu"
+
+
+def _use_matmul_wgrad() -> bool:
+  if CONV3X3_WGRAD_AS_MATMUL == "cpu":
+    return jax.default_backend() == "cpu"
+  return bool(CONV3X3_WGRAD_AS_MATMUL)
+
+
+class Conv3x3(nn.Module):
+  """`nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)))` with a matmul weight gradient.
+
+  Input `[..., H, W, C_in]` (NHWC; any leading batch dims) -> `[..., H, W, features]` in
+  `dtype` (or the promoted input dtype when None). Parameters `kernel [3, 3, C_in,
+  features]` and `bias [features]`, as `nn.Conv`'s.
+  """
+
+  features: int
+  use_bias: bool = True
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        "kernel", self.kernel_init, (3, 3, x.shape[-1], self.features), self.param_dtype
+    )
+    bias = (
+        self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        if self.use_bias
+        else None
+    )
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    *lead, h, w, c = x.shape
+    flat = x.reshape(-1, h, w, c)
+    conv = conv3x3_matmul_wgrad if _use_matmul_wgrad() else _conv3x3_same
+    y = conv(flat, kernel).reshape(*lead, h, w, self.features)
+    if bias is not None:
+      y = y + bias
+    return y

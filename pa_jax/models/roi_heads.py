@@ -10,8 +10,8 @@ Name map for weight import (torchvision ``roi_heads``):
 ``kernel [in, out]``; ``fc6`` rows must also be permuted from torch's (C, H, W) flatten
 order to our (H, W, C) order); ``mask_head.mask_fcn{i}`` -> ``mask_fcn{i}``,
 ``mask_predictor.conv5_mask`` -> ``conv5_mask`` (ConvTranspose weight ``[in, out, kh, kw]``
--> ``kernel [kh, kw, in, out]`` flipped in both spatial axes, since flax's ConvTranspose
-is a dilated forward conv), ``mask_predictor.mask_fcn_logits`` -> ``mask_logits``
+-> ``kernel [kh, kw, in, out]`` flipped in both spatial axes, since flax's ConvTranspose,
+whose parameters ``layers.TransposeConv2x2`` keeps, is a dilated forward conv), ``mask_predictor.mask_fcn_logits`` -> ``mask_logits``
 (torchvision predicts all ``num_classes`` maps; drop its background channel 0).
 """
 
@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pa_jax.models.layers import pointwise_conv
+from pa_jax.models.layers import Conv3x3, pointwise_conv, transpose_conv_2x2
 
 Array = jax.Array
 
@@ -122,24 +122,9 @@ class MaskHead(nn.Module):
     x = roi_features.astype(self.dtype)
     common = dict(dtype=self.dtype, param_dtype=jnp.float32, bias_init=nn.initializers.zeros)
     for i in range(self.num_convs):
-      x = nn.Conv(
-          self.conv_dim,
-          (3, 3),
-          padding=((1, 1), (1, 1)),
-          kernel_init=_msra_init,
-          name=f"mask_fcn{i + 1}",
-          **common,
-      )(x)
+      x = Conv3x3(self.conv_dim, kernel_init=_msra_init, name=f"mask_fcn{i + 1}", **common)(x)
       x = nn.relu(x)
-    x = nn.ConvTranspose(
-        self.conv_dim,
-        (2, 2),
-        strides=(2, 2),
-        padding="VALID",
-        kernel_init=_msra_init,
-        name="conv5_mask",
-        **common,
-    )(x)
+    x = transpose_conv_2x2(self.conv_dim, kernel_init=_msra_init, name="conv5_mask", **common)(x)
     x = nn.relu(x)
     out = 1 if self.class_agnostic else self.num_classes - 1
     x = pointwise_conv(

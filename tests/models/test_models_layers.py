@@ -1,4 +1,5 @@
-"""PointwiseConv (a 1x1 conv as a channel matmul) against flax's nn.Conv and numpy."""
+"""PointwiseConv, TransposeConv2x2 and Conv3x3 (convs with matmul weight gradients) against
+flax's nn.Conv / nn.ConvTranspose and numpy."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,15 @@ import pytest
 from flax import linen as nn
 
 from pa_jax.models import layers
-from pa_jax.models.layers import PointwiseConv, pointwise_conv
+from pa_jax.models.layers import (
+    Conv3x3,
+    PointwiseConv,
+    TransposeConv2x2,
+    pointwise_conv,
+    transpose_conv_2x2,
+)
 from pa_jax.models.resnet import ResNet
+from pa_jax.models.roi_heads import MaskHead
 
 INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -98,3 +106,135 @@ def test_switch_builds_the_same_backbone(monkeypatch):
   for k in out[False][1]:
     np.testing.assert_allclose(out[True][1][k], out[False][1][k], rtol=1e-4, atol=1e-4)
   assert isinstance(pointwise_conv(3, name="p"), PointwiseConv)
+
+
+# ---- TransposeConv2x2 (the mask head's 2x2 stride-2 transposed conv as a channel matmul)
+
+
+def _deconv_pair(use_bias, dtype=None):
+  kw = dict(use_bias=use_bias, kernel_init=INIT, bias_init=nn.initializers.normal(1.0),
+            dtype=dtype)
+  deconv = nn.ConvTranspose(6, (2, 2), strides=(2, 2), padding="VALID", **kw)
+  return deconv, TransposeConv2x2(6, **kw)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_transpose_conv_same_parameters_and_outputs_as_nn_conv_transpose(use_bias):
+  x = jax.random.normal(jax.random.PRNGKey(10), (3, 5, 7, 4))  # odd, non-square map
+  deconv, mm = _deconv_pair(use_bias)
+  vd, vm = deconv.init(jax.random.PRNGKey(11), x), mm.init(jax.random.PRNGKey(11), x)
+  assert jax.tree.structure(vd) == jax.tree.structure(vm)
+  jax.tree.map(np.testing.assert_array_equal, vd, vm)
+  yd, ym = deconv.apply(vd, x), jax.jit(mm.apply)(vd, x)
+  assert ym.shape == yd.shape == (3, 10, 14, 6)
+  np.testing.assert_allclose(ym, yd, rtol=1e-5, atol=1e-5)
+  # Independent numpy reference, torch's scatter view of a transposed conv: input pixel
+  # (h, w) adds x[h, w] @ K'[i, j] to output (2h + i, 2w + j), K' the spatially flipped
+  # flax kernel (weight_names.py: the torchvision import flips it the other way).
+  k = np.asarray(vd["params"]["kernel"], np.float64)[::-1, ::-1]
+  xn = np.asarray(x, np.float64)
+  ref = np.zeros((3, 10, 14, 6))
+  for i in range(2):
+    for j in range(2):
+      ref[:, i::2, j::2] = xn @ k[i, j]
+  if use_bias:
+    ref = ref + np.asarray(vd["params"]["bias"], np.float64)
+  np.testing.assert_allclose(ym, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_transpose_conv_gradients_match():
+  x = jax.random.normal(jax.random.PRNGKey(12), (4, 6, 6, 5))
+  deconv, mm = _deconv_pair(True)
+  v = deconv.init(jax.random.PRNGKey(13), x)
+  loss = lambda m: (lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))))
+  gd = jax.grad(loss(deconv), argnums=(0, 1))(v, x)
+  gm = jax.jit(jax.grad(loss(mm), argnums=(0, 1)))(v, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), gd, gm)
+
+
+def test_transpose_conv_bfloat16_empty_and_leading_dims():
+  x = jax.random.normal(jax.random.PRNGKey(14), (2, 3, 3, 4))
+  deconv, mm = _deconv_pair(True, dtype=jnp.bfloat16)
+  v = mm.init(jax.random.PRNGKey(15), x)
+  assert v["params"]["kernel"].dtype == jnp.float32
+  ym, yd = mm.apply(v, x), deconv.apply(v, x)
+  assert ym.dtype == yd.dtype == jnp.bfloat16
+  np.testing.assert_allclose(
+      np.asarray(ym, np.float32), np.asarray(yd, np.float32), rtol=2e-2, atol=2e-2
+  )
+  assert mm.apply(v, jnp.zeros((0, 14, 14, 4))).shape == (0, 28, 28, 6)
+  assert mm.apply(v, jnp.ones((2, 3, 7, 7, 4))).shape == (2, 3, 14, 14, 6)
+
+
+def test_transpose_conv_switch_builds_the_same_mask_head(monkeypatch):
+  x = jax.random.normal(jax.random.PRNGKey(16), (5, 14, 14, 8))
+  head = MaskHead(num_classes=2, conv_dim=8)
+  out = {}
+  for flag in (False, True):
+    monkeypatch.setattr(layers, "TRANSPOSE_CONV_AS_MATMUL", flag)
+    v = head.init(jax.random.PRNGKey(17), x)
+    out[flag] = (v, jax.jit(head.apply)(v, x))
+  jax.tree.map(np.testing.assert_array_equal, out[False][0], out[True][0])
+  assert out[True][1].shape == (5, 28, 28, 1)
+  np.testing.assert_allclose(out[True][1], out[False][1], rtol=1e-4, atol=1e-5)
+  assert isinstance(transpose_conv_2x2(3, name="d"), TransposeConv2x2)
+
+
+# ---- Conv3x3 (XLA's 3x3 conv with a weight gradient of nine matmuls)
+
+
+def _conv3_pair(dtype=None):
+  kw = dict(kernel_init=INIT, bias_init=nn.initializers.normal(1.0), dtype=dtype)
+  return nn.Conv(6, (3, 3), padding=((1, 1), (1, 1)), **kw), Conv3x3(6, **kw)
+
+
+@pytest.mark.parametrize("wgrad_as_matmul", [True, False])
+def test_conv3x3_same_parameters_outputs_and_gradients(monkeypatch, wgrad_as_matmul):
+  monkeypatch.setattr(layers, "CONV3X3_WGRAD_AS_MATMUL", wgrad_as_matmul)
+  x = jax.random.normal(jax.random.PRNGKey(20), (3, 7, 5, 4))  # odd, non-square maps
+  conv, c3 = _conv3_pair()
+  vc, v3 = conv.init(jax.random.PRNGKey(21), x), c3.init(jax.random.PRNGKey(21), x)
+  assert jax.tree.structure(vc) == jax.tree.structure(v3)
+  jax.tree.map(np.testing.assert_array_equal, vc, v3)
+  np.testing.assert_allclose(jax.jit(c3.apply)(vc, x), conv.apply(vc, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: (lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))))
+  gc = jax.grad(loss(conv), argnums=(0, 1))(vc, x)
+  g3 = jax.jit(jax.grad(loss(c3), argnums=(0, 1)))(vc, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), gc, g3)
+
+
+def test_taps_wgrad_against_numpy_sums():
+  # dk[i, j, c, o] = sum over images and pixels of xpad[n, h + i, w + j, c] * g[n, h, w, o].
+  rng = np.random.default_rng(0)
+  x, g = rng.normal(size=(2, 4, 3, 2)), rng.normal(size=(2, 4, 3, 5))
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ref = np.zeros((3, 3, 2, 5))
+  for i in range(3):
+    for j in range(3):
+      for h in range(4):
+        for w in range(3):
+          ref[i, j] += xp[:, h + i, w + j].T @ g[:, h, w]
+  got = jax.jit(layers._taps_wgrad)(jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32))
+  assert got.shape == (3, 3, 2, 5)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv3x3_bfloat16_empty_leading_dims_and_switch(monkeypatch):
+  x = jax.random.normal(jax.random.PRNGKey(22), (2, 5, 5, 4))
+  conv, c3 = _conv3_pair(dtype=jnp.bfloat16)
+  v = c3.init(jax.random.PRNGKey(23), x)
+  y = c3.apply(v, x)
+  assert y.dtype == jnp.bfloat16 and v["params"]["kernel"].dtype == jnp.float32
+  g = jax.grad(lambda v: jnp.sum(c3.apply(v, x).astype(jnp.float32)))(v)
+  assert g["params"]["kernel"].dtype == jnp.float32
+  np.testing.assert_allclose(
+      np.asarray(y, np.float32), np.asarray(conv.apply(v, x), np.float32), rtol=2e-2, atol=5e-2
+  )
+  assert c3.apply(v, jnp.zeros((0, 14, 14, 4))).shape == (0, 14, 14, 6)
+  assert c3.apply(v, jnp.ones((2, 3, 7, 7, 4))).shape == (2, 3, 7, 7, 6)
+  # "cpu" uses the custom gradient exactly when the backend is the CPU.
+  monkeypatch.setattr(layers, "CONV3X3_WGRAD_AS_MATMUL", "cpu")
+  jaxpr = str(jax.make_jaxpr(lambda v: c3.apply(v, x))(v))
+  assert ("custom_vjp_call" in jaxpr) == (jax.default_backend() == "cpu")
+  monkeypatch.setattr(layers, "CONV3X3_WGRAD_AS_MATMUL", False)
+  assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda v: c3.apply(v, x))(v))
