@@ -64,9 +64,7 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default="")
   a = ap.parse_args(argv)
 
-  import jax
   import jax.numpy as jnp
-  from flax import linen as nn
 
   from bench_config import write_result
   from pa_jax.models import layers
