@@ -32,6 +32,14 @@ from flax import linen as nn
 Initializer = Callable[..., jax.Array]
 
 
+def _kernel_and_bias(m: nn.Module, window: tuple[int, int], c_in: int):
+  """`m`'s `kernel [*window, c_in, m.features]` and `bias [m.features]` (None without
+  `m.use_bias`): the names, shapes and initialiser draws of flax's conv layers."""
+  kernel = m.param("kernel", m.kernel_init, (*window, c_in, m.features), m.param_dtype)
+  bias = m.param("bias", m.bias_init, (m.features,), m.param_dtype) if m.use_bias else None
+  return kernel, bias
+
+
 class PointwiseConv(nn.Module):
   """`nn.Conv(features, (1, 1), strides=(s, s), padding=0)` as a channel matmul.
 
@@ -50,14 +58,7 @@ class PointwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param(
-        "kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype
-    )
-    bias = (
-        self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        if self.use_bias
-        else None
-    )
+    kernel, bias = _kernel_and_bias(self, (1, 1), x.shape[-1])
     if self.strides != 1:
       x = x[..., :: self.strides, :: self.strides, :]
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
@@ -130,14 +131,7 @@ class TransposeConv2x2(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param(
-        "kernel", self.kernel_init, (2, 2, x.shape[-1], self.features), self.param_dtype
-    )
-    bias = (
-        self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        if self.use_bias
-        else None
-    )
+    kernel, bias = _kernel_and_bias(self, (2, 2), x.shape[-1])
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     # [C_in, 2, 2, C_out] with the taps flipped: one [.., C_in] x [C_in, 4 * C_out] product.
     taps = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(x.shape[-1], -1)
@@ -262,14 +256,7 @@ class Conv3x3(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param(
-        "kernel", self.kernel_init, (3, 3, x.shape[-1], self.features), self.param_dtype
-    )
-    bias = (
-        self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        if self.use_bias
-        else None
-    )
+    kernel, bias = _kernel_and_bias(self, (3, 3), x.shape[-1])
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     *lead, h, w, c = x.shape
     flat = x.reshape(-1, h, w, c)
