@@ -32,15 +32,27 @@ from flax import linen as nn
 Initializer = Callable[..., jax.Array]
 
 
-def _kernel_and_bias(m: nn.Module, window: tuple[int, int], c_in: int):
-  """`m`'s `kernel [*window, c_in, m.features]` and `bias [m.features]` (None without
-  `m.use_bias`): the names, shapes and initialiser draws of flax's conv layers."""
-  kernel = m.param("kernel", m.kernel_init, (*window, c_in, m.features), m.param_dtype)
-  bias = m.param("bias", m.bias_init, (m.features,), m.param_dtype) if m.use_bias else None
-  return kernel, bias
+class _ChannelConv(nn.Module):
+  """The attributes and parameters shared by the layers below: flax's conv-layer names,
+  shapes and initialiser draws (`kernel [*window, C_in, features]`, `bias [features]`)."""
+
+  features: int
+  use_bias: bool = True
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  def kernel_and_bias(self, window: tuple[int, int], c_in: int):
+    """`kernel [*window, c_in, features]` and `bias [features]` (None without `use_bias`)."""
+    kernel = self.param("kernel", self.kernel_init, (*window, c_in, self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    return kernel, bias
 
 
-class PointwiseConv(nn.Module):
+class PointwiseConv(_ChannelConv):
   """`nn.Conv(features, (1, 1), strides=(s, s), padding=0)` as a channel matmul.
 
   Input `[..., H, W, C_in]` (NHWC; any leading batch dims) -> `[..., ceil(H/s), ceil(W/s),
@@ -48,17 +60,11 @@ class PointwiseConv(nn.Module):
   without padding reads the pixels `x[..., ::s, ::s, :]`.
   """
 
-  features: int
   strides: int = 1
-  use_bias: bool = True
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  bias_init: Initializer = nn.initializers.zeros
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel, bias = _kernel_and_bias(self, (1, 1), x.shape[-1])
+    kernel, bias = self.kernel_and_bias((1, 1), x.shape[-1])
     if self.strides != 1:
       x = x[..., :: self.strides, :: self.strides, :]
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
@@ -111,7 +117,7 @@ def pointwise_conv(
   )
 
 
-class TransposeConv2x2(nn.Module):
+class TransposeConv2x2(_ChannelConv):
   """`nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID")` as a channel matmul.
 
   Input `[..., H, W, C_in]` (NHWC; any leading batch dims) -> `[..., 2H, 2W, features]` in
@@ -122,16 +128,9 @@ class TransposeConv2x2(nn.Module):
   kernel tap `1 - i`.
   """
 
-  features: int
-  use_bias: bool = True
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  bias_init: Initializer = nn.initializers.zeros
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel, bias = _kernel_and_bias(self, (2, 2), x.shape[-1])
+    kernel, bias = self.kernel_and_bias((2, 2), x.shape[-1])
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     # [C_in, 2, 2, C_out] with the taps flipped: one [.., C_in] x [C_in, 4 * C_out] product.
     taps = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(x.shape[-1], -1)
@@ -239,7 +238,7 @@ def _use_matmul_wgrad() -> bool:
   return bool(CONV3X3_WGRAD_AS_MATMUL)
 
 
-class Conv3x3(nn.Module):
+class Conv3x3(_ChannelConv):
   """`nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)))` with a matmul weight gradient.
 
   Input `[..., H, W, C_in]` (NHWC; any leading batch dims) -> `[..., H, W, features]` in
@@ -247,16 +246,9 @@ class Conv3x3(nn.Module):
   features]` and `bias [features]`, as `nn.Conv`'s.
   """
 
-  features: int
-  use_bias: bool = True
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  bias_init: Initializer = nn.initializers.zeros
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel, bias = _kernel_and_bias(self, (3, 3), x.shape[-1])
+    kernel, bias = self.kernel_and_bias((3, 3), x.shape[-1])
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     *lead, h, w, c = x.shape
     flat = x.reshape(-1, h, w, c)
