@@ -557,6 +557,12 @@ def time_pa_jax(cfg, npz: str, steps: int, warmup: int, n_predict: int, dtype: s
     cpu.append(time.process_time() - c0)
   res.update(_step_timings(times, cpu, warmup, cfg.train.batch_size))
   res["last_loss"] = float(metrics["loss"])
+  # The mask head's real work: pa_jax runs it on roi.batch_per_image * positive_fraction
+  # static slots per image whatever this count is; torchvision on exactly these positives.
+  if "roi_positives_per_image" in metrics:
+    res["mask_positives_per_image"] = float(metrics["roi_positives_per_image"])
+  res["mask_slots_per_image"] = max(1, int(cfg.model.roi.batch_per_image
+                                           * cfg.model.roi.positive_fraction))
   res["peak_rss_after_train_mb"] = _peak_rss_mb()
   res.update(_jax_mem("train"))
   res["peak_rss_mb"] = _peak_rss_mb()
@@ -574,6 +580,22 @@ def _jax_mem(tag: str) -> dict:
   if "peak_bytes_in_use" in st:
     return {f"device_peak_mb_{tag}": st["peak_bytes_in_use"] / 2 ** 20}
   return {}
+
+
+def count_roi_positives(tv) -> list:
+  """Wraps `tv.roi_heads.select_training_samples` so that every training forward appends,
+  per image, the number of sampled positive RoIs (label > 0): the RoIs torchvision's mask
+  head then runs on. Returns the list it appends to."""
+  counts = []
+  select = tv.roi_heads.select_training_samples
+
+  def counting(proposals, targets):
+    out = select(proposals, targets)
+    counts.extend(int((lab > 0).sum()) for lab in out[2])
+    return out
+
+  tv.roi_heads.select_training_samples = counting
+  return counts
 
 
 def tv_predict_unpasted(tv, images):
@@ -644,6 +666,7 @@ def time_torchvision(cfg, npz: str | None, steps: int, warmup: int, n_predict: i
                         weight_decay=float(cfg.train.weight_decay))
   if dev_type == "cuda":
     torch.cuda.reset_peak_memory_stats()
+  positives = count_roi_positives(tv)
   times, cpu = [], []
   for k in range(warmup + steps):
     images, targets = torch_inputs(batches.batch(k % 4), device)
@@ -662,6 +685,10 @@ def time_torchvision(cfg, npz: str | None, steps: int, warmup: int, n_predict: i
     cpu.append(time.process_time() - c0)
   res.update(_step_timings(times, cpu, warmup, cfg.train.batch_size))
   res["last_loss"] = float(loss.detach())
+  # Mean positives per image over the timed steps: the RoIs its mask head ran on.
+  timed_pos = positives[warmup * cfg.train.batch_size:]
+  if timed_pos:
+    res["mask_positives_per_image"] = float(np.mean(timed_pos))
   res["peak_rss_after_train_mb"] = _peak_rss_mb()
   if dev_type == "cuda":
     res["device_peak_mb_train"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -1017,24 +1044,37 @@ def ratios(runs: list) -> dict:
   return out
 
 
+def mask_work(run: dict) -> str:
+  """'positives (slots)' of a run's mask head in training: pa_jax computes its static slots
+  whatever the positives; torchvision only its positives. '–' for runs from before it was
+  recorded."""
+  pos = run.get("mask_positives_per_image")
+  if pos is None:
+    return "–"
+  slots = run.get("mask_slots_per_image")
+  return f"{pos:.1f}" + (f" ({slots})" if slots else "")
+
+
 def markdown(paths: Sequence[str]) -> str:
   """Markdown rows (one per framework run) of compare JSON files, for docs/performance.md."""
   rows = ["| preset | framework | dtype | train step s (CPU-s) | train img/s | predict s/img (CPU-s) "
-          "| predict s/img, masks not pasted | detections/img | peak RSS MB | device peak MB |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "| predict s/img, masks not pasted | detections/img | mask-head positives/img (slots) "
+          "| peak RSS MB | device peak MB |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
   f = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"  # noqa: E731
   for path in paths:
     d = json.loads(Path(path).read_text())
     for r in d.get("runs", []):
       if r.get("returncode"):
-        rows.append(f"| {d['preset']} | {r['framework']} | {r['compute_dtype']} | failed (rc {r['returncode']}) ||||||")
+        rows.append(f"| {d['preset']} | {r['framework']} | {r['compute_dtype']} | failed (rc {r['returncode']}) |||||||")
         continue
       dev = r.get("device_peak_mb_train") or r.get("device_peak_mb") or r.get("device_peak_mb_end")
       rows.append(
           f"| {d['preset']} | {r['framework']} | {r['compute_dtype']} | {f(r.get('train_step_median'))} "
           f"({f(r.get('train_step_cpu_median'))}) | {f(r.get('train_images_per_second'), 3)} | "
           f"{f(r.get('predict_seconds_per_image'))} ({f(r.get('predict_cpu_seconds_per_image'))}) | "
-          f"{f(r.get('predict_unpasted_seconds_per_image'), 3)} | {r.get('detections_per_image')} | {f(r.get('peak_rss_mb'), 0)} | {f(dev, 0)} |")
+          f"{f(r.get('predict_unpasted_seconds_per_image'), 3)} | {r.get('detections_per_image')} | "
+          f"{mask_work(r)} | {f(r.get('peak_rss_mb'), 0)} | {f(dev, 0)} |")
   return "\n".join(rows)
 
 

@@ -141,3 +141,43 @@ def test_ratios_include_the_unpasted_prediction():
           {"framework": "torchvision", "compute_dtype": "float32",
            "predict_unpasted_seconds_per_image": 0.4}]
   assert fw.ratios(runs) == {"float32": {"predict_unpasted_seconds_per_image_ratio": 0.25}}
+
+
+def test_roi_positive_count_is_what_the_mask_head_sees():
+  # The count recorded per image equals the number of RoIs torchvision's mask head runs on
+  # in the same training forward (its `project_masks_on_boxes` gets one RoI per positive).
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("torchvision")
+  from torchvision.models.detection import roi_heads as tv_roi_heads
+
+  cfg = fw.load_config(*fw.preset("toy"))
+  torch.manual_seed(0)
+  model = fw.build_torchvision(cfg).train()
+  counts = fw.count_roi_positives(model)
+  canvas = int(cfg.data.canvas_size)
+  labels = np.zeros((canvas, canvas), np.int64)
+  labels[10:30, 10:30], labels[40:60, 50:80] = 1, 2
+  boxes = torch.tensor([[10.0, 10.0, 30.0, 30.0], [50.0, 40.0, 80.0, 60.0]])
+  target = {"boxes": boxes, "labels": torch.ones(2, dtype=torch.int64),
+            "masks": torch.from_numpy(np.stack([labels == 1, labels == 2]).astype(np.uint8))}
+  seen = []
+  orig = tv_roi_heads.maskrcnn_loss
+
+  def spy(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs):
+    seen.extend(int(p.shape[0]) for p in proposals)
+    return orig(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs)
+
+  tv_roi_heads.maskrcnn_loss = spy
+  try:
+    model([torch.rand(3, canvas, canvas)] * 2, [target, target])
+  finally:
+    tv_roi_heads.maskrcnn_loss = orig
+  assert counts == seen and len(counts) == 2
+  # Ground truth joins the proposals, so each of the two nuclei is at least one positive.
+  assert all(c >= 2 for c in counts)
+
+
+def test_mask_work_column():
+  assert fw.mask_work({"mask_positives_per_image": 37.5, "mask_slots_per_image": 128}) == "37.5 (128)"
+  assert fw.mask_work({"mask_positives_per_image": 37.5}) == "37.5"
+  assert fw.mask_work({}) == "–"
