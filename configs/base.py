@@ -101,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.roi.nms_iou = 0.5  # Inference NMS.
   c.model.roi.max_detections = 1000  # Inference: nuclei kept per image (dense images need many).
   c.model.roi.mask_batch = 256  # Inference: detections per mask-head call; an image with more valid detections runs further chunks (none are dropped), one with fewer pays for one chunk, not max_detections.
+  c.model.roi.mask_train_chunk = 32  # Training: mask-head slots per call; chunks with no sampled positive in any image are skipped, so the head runs on about the positives (torchvision's work), not all batch_per_image * positive_fraction slots. 0: one call on all slots.
   c.model.roi.mask_box_scale = 1.0  # Masks are predicted and trained in the box scaled by this about its centre: a margin, so a box tighter than its nucleus does not cut its mask (1.0 = Mask R-CNN).
   c.model.roi.mask_threshold = 0.5  # Mask probability that counts as inside.
   c.model.roi.box_loss_weight = 1.0  # Weight of the box head losses.

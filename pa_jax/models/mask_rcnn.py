@@ -29,6 +29,7 @@ import numpy as np
 from pa_jax import losses
 from pa_jax.models.attention import FactorizedAttention, padding_mask
 from pa_jax.models.fpn import FPN
+from pa_jax.models.mask_chunks import mask_loss_in_chunks, masks_in_chunks  # noqa: F401
 from pa_jax.models.partial import CenternessHead
 
 # The spec, the output and the per-image stages have their own modules; imported from here too.
@@ -53,49 +54,6 @@ from pa_jax.structures import Batch
 ROI_LEVELS = (2, 3, 4, 5)  # RoIAlign reads P2..P5 (P6 only feeds the RPN), as in FPN.
 RPN_BOX_BETA = 1.0 / 9.0  # torchvision's smooth-L1 beta for the RPN
 ROI_BOX_BETA = 1.0 / 9.0
-
-
-def masks_in_chunks(
-    mask_fn: Callable[[jax.Array], jax.Array], boxes: jax.Array, valid: jax.Array, chunk: int
-) -> jax.Array:
-  """Runs `mask_fn` on the valid detections only, `chunk` slots at a time.
-
-  Args:
-    mask_fn: boxes float32 [B, M, 4] -> float [B, M, ...] (a pure function of arrays; M is
-      always ceil(K / ceil(K / chunk)) <= chunk, so it is traced once).
-    boxes: float32 [B, K, 4] (x0, y0, x1, y1) canvas pixels, score-sorted (NMS order).
-    valid: bool [B, K]; NMS puts the valid detections first.
-    chunk: static slots per call (`ModelSpec.mask_batch`).
-  Returns:
-    [B, K, ...] `mask_fn` outputs; 0 in every invalid slot.
-
-  Only ceil(n / M) calls run (a `lax.while_loop` with a traced trip count), n = the
-  last valid slot + 1 over the batch: dense images (2,000 nuclei) get every mask, while a
-  typical image (~5 % of 1,000 slots valid) pays for one chunk, not K slots. Counting up to
-  the last valid slot rather than summing `valid` keeps this exact even if the valid
-  slots were not a prefix. Shapes stay static; the result equals `mask_fn` on all K slots
-  wherever `valid` is True.
-  """
-  b, k = boxes.shape[:2]
-  # Equal chunks of at most `chunk` slots covering K with the least padding (K 300, chunk
-  # 256: 2 x 150, not 2 x 256), so a full image never computes more than K slots.
-  n_chunks = -(-k // max(1, int(chunk)))
-  m = -(-k // n_chunks)
-  boxes = jnp.pad(boxes, ((0, 0), (0, n_chunks * m - k), (0, 0)))
-  out = jax.eval_shape(mask_fn, jax.ShapeDtypeStruct((b, m, 4), boxes.dtype))
-  n_used = jnp.max(jnp.where(valid, jnp.arange(1, k + 1, dtype=jnp.int32), 0), initial=0)
-  todo = (n_used + m - 1) // m
-
-  def body(carry):
-    i, acc = carry
-    part = mask_fn(jax.lax.dynamic_slice_in_dim(boxes, i * m, m, axis=1))
-    acc = jax.lax.dynamic_update_slice_in_dim(acc, part.astype(acc.dtype), i * m, axis=1)
-    return i + 1, acc
-
-  acc = jnp.zeros((b, n_chunks * m) + out.shape[2:], out.dtype)
-  _, acc = jax.lax.while_loop(lambda c: c[0] < todo, body, (jnp.int32(0), acc))
-  keep = valid.reshape(valid.shape + (1,) * (acc.ndim - 2))
-  return jnp.where(keep, acc[:, :k], 0).astype(out.dtype)
 
 
 def _flatten_levels(per_level: dict, names: Sequence[str], trailing: int) -> list[jax.Array]:
@@ -322,21 +280,29 @@ class MaskRCNN(nn.Module):
     )
 
     # ---- mask head on the (at most roi_batch * positive_fraction) positives, which
-    # `sample_balanced` puts first.
+    # `sample_balanced` puts first. Only the chunks of slots that hold a positive run
+    # (`mask_loss_in_chunks`): the rest would add 0 to the loss and to every gradient.
     n_pos = max(1, int(s.roi_batch_per_image * s.roi_positive_fraction))
     mboxes, mpos, mmatched = sboxes[:, :n_pos], spos[:, :n_pos], smatched[:, :n_pos]
     # The mask frame: the RoI with a margin (mask_box_scale), in training as at inference.
     mboxes = box_ops.scale_boxes(mboxes, s.mask_box_scale)
-    mlogits = self.mask_head(self._roi_features(feats, mboxes, s.mask_pooler_size))[..., 0]
     ids = jnp.where(mpos, mmatched + 1, 0)
-    size = mlogits.shape[-1]
-    mtargets = jax.vmap(
-        lambda lab, i, bx: mask_ops.mask_targets(lab, i, bx, size, s.sampling_ratio)
-    )(batch.labels, ids, mboxes)
-    w = jnp.broadcast_to(mpos.reshape(-1)[:, None, None], mlogits.shape)
-    aux["loss_mask"] = s.mask_loss_weight * losses.sigmoid_binary_cross_entropy(
-        mlogits, mtargets.reshape(mlogits.shape), w
-    )
+    mask_logits = self._mask_logits(feats)
+    size = 2 * s.mask_pooler_size
+
+    def chunk_loss(bx, pos, i):
+      """BCE SUM over the positive slots of one chunk: bx [B, M, 4], pos, i [B, M]."""
+      logits = mask_logits(bx)
+      targets = jax.vmap(
+          lambda lab, ii, bb: mask_ops.mask_targets(lab, ii, bb, size, s.sampling_ratio)
+      )(batch.labels, i, bx)
+      w = jnp.broadcast_to(pos[..., None, None], logits.shape)
+      return losses.sigmoid_binary_cross_entropy(logits, targets.reshape(logits.shape), w, 1.0)
+
+    total = mask_loss_in_chunks(chunk_loss, mpos, (mboxes, mpos, ids), s.mask_train_chunk)
+    # The mean over positive pixels, as `sigmoid_binary_cross_entropy` on all slots gives.
+    n_pix = jnp.sum(mpos.astype(jnp.float32)) * size * size
+    aux["loss_mask"] = s.mask_loss_weight * total / jnp.maximum(n_pix, 1.0)
     aux["roi_positives_per_image"] = jnp.sum(spos) / b
 
     loss_terms = [v for k, v in aux.items() if k.startswith("loss_")]
@@ -391,27 +357,35 @@ class MaskRCNN(nn.Module):
 
   def _mask_probabilities(self, feats) -> Callable[[jax.Array], jax.Array]:
     """Pure function: boxes float32 [B, M, 4] (x0, y0, x1, y1) -> float32 [B, M, 28, 28]
-    mask probabilities, from the pyramid `feats` and the mask head's bound weights.
+    mask probabilities (the sigmoid of `_mask_logits`)."""
+    logits = self._mask_logits(feats)
+    return lambda boxes: jax.nn.sigmoid(logits(boxes))
+
+  def _mask_logits(self, feats) -> Callable[[jax.Array], jax.Array]:
+    """Pure function: boxes float32 [B, M, 4] (x0, y0, x1, y1) -> float32 [B, M, 28, 28]
+    mask logits, from the pyramid `feats` and the mask head's bound weights.
 
     A plain function of arrays (the head applied to its own variables), not a module call,
-    so that `masks_in_chunks` can run it inside a `lax.while_loop`.
+    so that `masks_in_chunks` can run it inside a `lax.while_loop` and
+    `mask_loss_in_chunks` inside a `lax.cond`; in training the variables are the traced
+    parameters, so their gradients flow through it.
     """
     s = self.spec
-    if self.is_initializing():  # `init` through `predict`: create the weights read below
+    if self.is_initializing():  # `init`: create the weights read below
       c = feats["p2"].shape[-1]
       self.mask_head(jnp.zeros((1, s.mask_pooler_size, s.mask_pooler_size, c), s.dtype))
     head, head_vars = self.mask_head.clone(parent=None), self.mask_head.variables
     levels = [feats[f"p{k}"] for k in ROI_LEVELS]
 
-    def probs(boxes):
+    def logits(boxes):
       b, m = boxes.shape[:2]
       pooled = roi_ops.batched_multilevel_roi_align(
           levels, boxes, s.mask_pooler_size, ROI_LEVELS, s.sampling_ratio
       )
-      logits = head.apply(head_vars, pooled.reshape((b * m,) + pooled.shape[2:]))
-      return jax.nn.sigmoid(logits[..., 0]).reshape((b, m) + logits.shape[1:3])
+      out = head.apply(head_vars, pooled.reshape((b * m,) + pooled.shape[2:]))
+      return out[..., 0].reshape((b, m) + out.shape[1:3])
 
-    return probs
+    return logits
 
   def attention_maps(self, image: jax.Array, image_size: jax.Array | None = None) -> dict:
     """Runs the features and returns nothing; call with mutable=['intermediates'] to

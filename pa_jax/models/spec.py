@@ -80,6 +80,9 @@ class ModelSpec:
   # Inference: detections per mask-head call (`config.model.roi.mask_batch`); more valid
   # detections run in further chunks of this size, see `masks_in_chunks`.
   mask_batch: int = 256
+  # Training: mask-head slots per call (`config.model.roi.mask_train_chunk`); chunks with no
+  # positive in any image are skipped, see `mask_loss_in_chunks`. 0: one call on all slots.
+  mask_train_chunk: int = 32
 
   @classmethod
   def from_config(cls, m, anchor_wh: Sequence[float] | None = None) -> "ModelSpec":
@@ -165,6 +168,8 @@ class ModelSpec:
         attention_mask_padding=bool(p.attention_mask_padding),
         # Runs saved before the field existed lack it; 256 is base.py's default.
         mask_batch=int(m.roi.get("mask_batch", 256)),
+        # Only the schedule of the computation: older runs get the same loss with it.
+        mask_train_chunk=int(m.roi.get("mask_train_chunk", 32)),
     )
 
   @property

@@ -102,3 +102,104 @@ def test_model_masks_match_one_call_on_all_slots():
       np.asarray(chunked.masks)[valid], np.asarray(whole.masks)[valid], atol=1e-5
   )
   assert not np.asarray(chunked.masks)[~valid].any()
+
+
+# ------------------------------------------------------------------ training: loss chunks
+from pa_jax.models.mask_chunks import mask_loss_in_chunks  # noqa: E402
+
+
+def _weighted_sum_loss(calls, w):
+  """A chunk loss sum(pos * tanh(boxes @ w)) that records every run; 0 with no positive."""
+
+  def fn(boxes, pos):
+    jax.debug.callback(lambda: calls.append(1))
+    return jnp.sum(jnp.where(pos[..., None], jnp.tanh(boxes * w), 0.0))
+
+  return fn
+
+
+@pytest.mark.parametrize(
+    "s,chunk,n_pos,runs",
+    [
+        (128, 32, (21, 9), 1),  # the paper-size case: 21 positives, one chunk of 32 runs
+        (128, 32, (128, 3), 4),  # a full image: every chunk
+        (10, 3, (0, 7), 3),  # unequal chunks (3 x 4 slots, 2 padded), 7 positives: all 3
+        (10, 4, (0, 0), 0),  # no positive anywhere: the head never runs, loss 0
+        (64, 0, (5, 5), 1),  # chunk 0: one unconditional call on all slots
+        (64, 100, (0, 0), 1),  # chunk >= S: the same
+    ],
+)
+def test_loss_chunks_equal_one_call_and_skip_the_rest(s, chunk, n_pos, runs):
+  rng = np.random.default_rng(s + chunk)
+  boxes = jnp.asarray(rng.uniform(0, 3, (2, s, 4)).astype(np.float32))
+  pos = jnp.asarray(np.arange(s)[None, :] < np.array(n_pos)[:, None])
+  w = jnp.asarray([0.5, -1.0, 2.0, 0.25])
+  calls = []
+
+  def loss(w):
+    return mask_loss_in_chunks(_weighted_sum_loss(calls, w), pos, (boxes, pos), chunk)
+
+  value, grad = jax.jit(jax.value_and_grad(loss))(w)
+  jax.effects_barrier()
+  # Each run calls the loss in the forward pass once (the backward reuses its residuals).
+  assert len(calls) == runs
+  # The independent reference: numpy over the positive slots of all images at once.
+  b, p = np.asarray(boxes), np.asarray(pos)
+  ref = np.where(p[..., None], np.tanh(b * np.asarray(w)), 0.0).sum()
+  ref_grad = np.where(p[..., None], b * (1 - np.tanh(b * np.asarray(w)) ** 2), 0.0).sum((0, 1))
+  np.testing.assert_allclose(float(value), ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), ref_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_loss_chunks_with_scattered_positives():
+  # Not a prefix: a positive in the last slot still runs the last chunk; chunks without one
+  # are skipped and contribute nothing.
+  boxes = jnp.ones((1, 12, 4))
+  pos = np.zeros((1, 12), bool)
+  pos[0, [0, 11]] = True
+  calls = []
+  got = jax.jit(
+      lambda: mask_loss_in_chunks(_weighted_sum_loss(calls, 1.0), jnp.asarray(pos),
+                                  (boxes, jnp.asarray(pos)), 4)
+  )()
+  jax.effects_barrier()
+  assert len(calls) == 2
+  np.testing.assert_allclose(float(got), 2 * 4 * np.tanh(1.0), rtol=1e-6)
+
+
+def test_model_mask_loss_and_gradients_match_one_call_on_all_slots():
+  # The real training loss: 16 mask slots per image (32 RoIs x 0.5) in chunks of 4, the
+  # trailing ones skipped, against one call on all 16; same loss, same gradient of every
+  # parameter.
+  from pa_jax.data import pipeline, synthetic
+
+  exs = []
+  for i in range(2):
+    img, lab = synthetic.synthetic_image(i, 64, 64, n_nuclei=3, radius=(5, 9))
+    exs.append(pipeline.TrainExample(str(i), pipeline.normalize_image(img), lab, lab))
+  batch = jax.tree.map(jnp.asarray, pipeline.BatchSource(exs, 2, 64, 16).batch(0))
+  spec = dataclasses.replace(
+      SPEC, roi_batch_per_image=32, roi_positive_fraction=0.5, rpn_pre_nms_topk_train=60,
+      rpn_post_nms_topk_train=60,
+  )
+  variables = MaskRCNN(spec).init(jax.random.PRNGKey(1), batch, jax.random.PRNGKey(3))
+
+  def loss_and_grads(chunk):
+    model = MaskRCNN(dataclasses.replace(spec, mask_train_chunk=chunk))
+
+    def f(params):
+      _, aux = model.apply({**variables, "params": params}, batch, jax.random.PRNGKey(3))
+      return aux["loss_mask"], aux
+
+    (lm, aux), g = jax.jit(jax.value_and_grad(f, has_aux=True))(variables["params"])
+    return float(lm), aux, g
+
+  chunked, aux, g_chunked = loss_and_grads(4)
+  whole, _, g_whole = loss_and_grads(0)
+  assert 0 < float(aux["roi_positives_per_image"]) < 16  # some chunks really are skipped
+  assert chunked > 0
+  np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_whole)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  head = g_chunked["mask_head"]
+  assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(head))
