@@ -219,6 +219,23 @@ def test_taps_wgrad_against_numpy_sums():
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_conv3x3_dgrad_against_numpy_sums():
+  # y[n, h, w] = sum_ij xpad[n, h + i, w + j] @ k[i, j], so the input gradient is
+  # dx[n, p, q] = sum_ij g[n, p + 1 - i, q + 1 - j] @ k[i, j].T (outside terms 0).
+  rng = np.random.default_rng(1)
+  g, k = rng.normal(size=(2, 4, 3, 5)), rng.normal(size=(3, 3, 2, 5))
+  ref = np.zeros((2, 4, 3, 2))
+  for p in range(4):
+    for q in range(3):
+      for i in range(3):
+        for j in range(3):
+          h, w = p + 1 - i, q + 1 - j
+          if 0 <= h < 4 and 0 <= w < 3:
+            ref[:, p, q] += g[:, h, w] @ k[i, j].T
+  got = jax.jit(layers._conv3x3_dgrad)(jnp.asarray(g, jnp.float32), jnp.asarray(k, jnp.float32))
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_conv3x3_bfloat16_empty_leading_dims_and_switch(monkeypatch):
   x = jax.random.normal(jax.random.PRNGKey(22), (2, 5, 5, 4))
   conv, c3 = _conv3_pair(dtype=jnp.bfloat16)
