@@ -1,9 +1,11 @@
-"""RoIAlign speed at the CPU config's shapes: today's op vs the previous one.
+"""RoIAlign speed at the CPU and paper configs' shapes: the op's two backward forms vs autodiff.
 
   python bench/roi_align_speed.py [--repeats 20] [--output bench/results/roi_align_speed.json]
 
-`after` is `pa_jax.ops.roi_align.multilevel_roi_align`: 16 fused gathers forward, a custom
-backward of two dense contractions per level (no scatter). `before` is the previous
+`dense` and `scatter` are `pa_jax.ops.roi_align.multilevel_roi_align` (16 fused gathers
+forward) with each form of its custom backward (`roi_align.BACKWARD`): two dense
+contractions per level, or 16 scatter-adds into the flat table (`"auto"`: the scatter on
+the CPU, where it won inside the whole train step; bench/profile_step.py). `before` is the first
 implementation, rebuilt here from the public `roi_align_taps` list: the same 16 gathers,
 differentiated by autodiff (16 scatter-adds backward). A third variant, one stacked gather
 of all 16 taps (`[R, 7, 7, 16, C]`, one scatter-add backward) was measured with this script
@@ -11,7 +13,8 @@ while choosing: forward 20-30x slower than `before` on XLA:CPU (not fused), back
 equal (scatter cost grows with the rows, not the number of scatters). Both see the same
 pyramid and boxes; outputs and gradients are checked equal first.
 
-Cases (configs/dh100_baseline.py:cpu: canvas 256, batch 2, FPN 64 channels, P2..P5):
+Cases (configs/dh100_baseline.py:cpu: canvas 256, batch 2, FPN 64 channels, P2..P5; the
+`paper_*` cases: 384 canvas, 256 channels, 512 RoIs and one 32-slot mask chunk per image):
   * train_box:  fwd+bwd, 256 RoIs per image at 7x7 (roi.batch_per_image);
   * train_mask: fwd+bwd, 64 positives per image at 14x14 (256 * positive_fraction 0.25);
   * predict_box / predict_mask: forward only, one 384² canvas (a 360² dh360 image),
@@ -108,25 +111,40 @@ def main(argv=None):
       "train_mask": (2, 256, 64, 64, 14, True),
       "predict_box": (1, 384, 64, 500, 7, False),
       "predict_mask": (1, 384, 64, 256, 14, False),
+      # The paper-size R50-FPN (bench/frameworks.py --preset paper_r50): 256 channels,
+      # 384 canvas, 512 RoIs per image; mask: one 32-slot chunk (`mask_train_chunk`).
+      "paper_train_box": (2, 384, 256, 512, 7, True),
+      "paper_train_mask": (2, 384, 256, 32, 14, True),
   }
   result = {"command": "python bench/roi_align_speed.py " + " ".join(argv or sys.argv[1:]),
             "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
             "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "repeats": args.repeats, "seconds": {}}
   for name, spec in cases.items():
-    fa, xa = case(name, per_tap_multilevel, *spec, args.repeats)
-    fb, xb = case(name, current_multilevel, *spec, args.repeats)
-    ra, rb = fa(*xa), fb(*xb)
-    for u, v in zip(jax.tree.leaves(ra), jax.tree.leaves(rb)):
-      np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-4)
-    # Alternate the two so machine load (shared cores) hits both alike.
-    ta, tb = [], []
+    # `before`: autodiff through the 16 gathers (16 scatter-adds); `dense` / `scatter`: the
+    # op's custom backward in each form (`roi_align.BACKWARD`); forward-only cases time the
+    # shared forward once.
+    variants = {"before": (per_tap_multilevel, None), "dense": (current_multilevel, "dense")}
+    if spec[-1]:
+      variants["scatter"] = (current_multilevel, "scatter")
+    fns, outs = {}, {}
+    for v, (impl, mode) in variants.items():
+      RA.BACKWARD = mode or "auto"
+      fns[v] = case(name, impl, *spec, args.repeats)
+      outs[v] = fns[v][0](*fns[v][1])  # traced (and compiled) under this mode
+    RA.BACKWARD = "auto"
+    for v in variants:
+      for u, w in zip(jax.tree.leaves(outs["before"]), jax.tree.leaves(outs[v])):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(w), rtol=1e-4, atol=1e-4)
+    # Alternate the variants so machine load (shared cores) hits all alike.
+    times = {v: [] for v in variants}
     for _ in range(3):
-      ta.append(_timed(fa, xa, max(1, args.repeats // 3)))
-      tb.append(_timed(fb, xb, max(1, args.repeats // 3)))
-    result["seconds"][name] = {"before": float(np.median(ta)), "after": float(np.median(tb)),
-                               "speedup": float(np.median(ta) / np.median(tb))}
-    print(name, result["seconds"][name], flush=True)
+      for v, (fn, xs) in fns.items():
+        times[v].append(_timed(fn, xs, max(1, args.repeats // 3)))
+    row = {v: float(np.median(t)) for v, t in times.items()}
+    row["speedup"] = row["before"] / row["dense"]  # the dense form against autodiff
+    result["seconds"][name] = row
+    print(name, row, flush=True)
   write_result(args.output, result)
 
 

@@ -21,12 +21,14 @@ indices and weights (`stacked_taps`).
   O(R * out_h * out_w * C), never O(R * H * W). (One gather of the stacked `[..., K, C]`
   block was measured 20-30x slower on XLA:CPU: it is not fused and materialises K times the
   output; bench/roi_align_speed.py.)
-- Backward (custom VJP): no scatter-add at all. The pooled value is `Wy[r] @ F @ Wx[r]^T`
+- Backward (custom VJP): by default no scatter-add at all. The pooled value is `Wy[r] @ F @ Wx[r]^T`
   with per-axis interpolation matrices `Wy [R, out_h, H]`, `Wx [R, out_w, W]` (2S non-zeros
   per row), so the map's gradient is `sum_r Wy[r]^T G[r] Wx[r]`: two dense contractions,
   the second one GEMM over (R, out_w). K scatter-adds of R * out_h * out_w rows run as a
   serial loop on CPU and as atomics on GPU (non-deterministic order); the GEMM is
-  deterministic and fast on both. No gradient flows to the boxes (as in torchvision's
+  deterministic and fast on both. Except on XLA:CPU: in the whole train step XLA runs the
+  dense form's per-RoI batched matmuls on a slow path (10x the scatter at the paper's
+  sizes), so there the backward is the K scatter-adds (`BACKWARD`). No gradient flows to the boxes (as in torchvision's
   `roi_align`, and pa_jax stops it before the heads anyway).
 Multi-level pooling flattens all levels into one `[sum H_l * W_l, C]` table and gives each RoI
 its level's offset, size and scale, so every RoI is pooled once (not once per level); its
@@ -213,12 +215,56 @@ def _pyramid_align_fwd(maps, boxes, level_index, static):
   return _pyramid_align(maps, boxes, level_index, static), (maps, boxes, level_index)
 
 
+#: How `_pyramid_align`'s backward pass forms the maps' gradient: "dense" (two contractions
+#: per level, deterministic), "scatter" (K scatter-adds into the flat table, the transpose
+#: of the forward's gathers) or "auto" (the default): scatter on the CPU backend, dense on
+#: the others, whose sums must stay deterministic (scatter-adds are atomics on a GPU).
+#: Inside the train step XLA:CPU runs the dense form's per-RoI batched matmuls on a slow
+#: path: the paper-size step's RoIAlign backward took 1.05 s dense against 0.10 s
+#: scattered, the CPU-sized step went from 0.35 to 0.30 s (bench/profile_step.py,
+#: docs/performance.md). Timed alone (bench/roi_align_speed.py) the dense form can still
+#: win, e.g. at the mask head's 14x14; in the whole step it did not. Read at trace time.
+BACKWARD: str = "auto"
+
+
+def _use_scatter() -> bool:
+  if BACKWARD in ("dense", "scatter"):
+    return BACKWARD == "scatter"
+  if BACKWARD != "auto":
+    raise ValueError(f"roi_align.BACKWARD must be 'auto', 'dense' or 'scatter', got {BACKWARD!r}")
+  return jax.default_backend() == "cpu"
+
+
+def _scatter_grads(maps, boxes, level_index, static, g):
+  """The maps' gradient as the transpose of the forward's K gathers: K scatter-adds of the
+  `[R, out_h, out_w, C]` cotangent, weighted, into the flat `[sum H_l * W_l, C]` table."""
+  out_h, out_w, scales, ratio, aligned = static
+  c = maps[0].shape[-1]
+  sizes = [tuple(int(d) for d in f.shape[:2]) for f in maps]
+  offsets = [0]
+  for h, w in sizes[:-1]:
+    offsets.append(offsets[-1] + h * w)
+  heights, widths, base, scale = _per_roi(level_index, sizes, offsets, scales)
+  index, weight = stacked_taps(boxes, (out_h, out_w), scale, heights, widths, ratio, aligned,
+                               base_offsets=base)
+  g = g.astype(jnp.float32)
+  flat = jnp.zeros((offsets[-1] + sizes[-1][0] * sizes[-1][1], c), jnp.float32)
+  for k in range(index.shape[-1]):  # one scatter per tap, as autodiff of `_pool` would do
+    flat = flat.at[index[..., k].reshape(-1)].add(
+        (g * weight[..., k, None]).reshape(-1, c))
+  return [flat[o:o + h * w].reshape(h, w, c).astype(f.dtype)
+          for o, (h, w), f in zip(offsets, sizes, maps)]
+
+
 def _pyramid_align_bwd(static, res, g):
   """d/dF_l of `sum_r <G[r], Wy[r] F_l Wx[r]^T>` = `sum_r Wy[r]^T G[r] Wx[r]`, RoIs of
-  other levels weighted 0; two dense contractions per level, no scatter."""
+  other levels weighted 0; two dense contractions per level, no scatter (or, on the CPU,
+  `_scatter_grads`: see `BACKWARD`)."""
   out_h, out_w, scales, ratio, aligned = static
   maps, boxes, level_index = res
   sizes = [tuple(int(d) for d in f.shape[:2]) for f in maps]
+  if _use_scatter():
+    return _scatter_grads(maps, boxes, level_index, static, g), jnp.zeros_like(boxes), None
   heights, widths, _, scale = _per_roi(level_index, sizes, [0] * len(sizes), scales)
   yi, yw, xi, xw, _, _ = _roi_axes(boxes, (out_h, out_w), scale, heights, widths, ratio,
                                    aligned)

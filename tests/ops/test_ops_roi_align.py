@@ -157,9 +157,11 @@ def _autodiff_multilevel(feats, boxes, size, levels):
   return sum(flat[i] * w[..., None] for i, w in taps)
 
 
-def test_gradient_equals_autodiff_and_has_no_scatter():
-  # The custom backward (two dense contractions per level) equals autodiff through the
-  # gathers, boxes on every level, partly outside, zero-area; and it scatters nothing.
+def test_gradient_equals_autodiff_and_has_no_scatter(monkeypatch):
+  # The custom backward's dense form (two contractions per level, the default off the CPU)
+  # equals autodiff through the gathers, boxes on every level, partly outside, zero-area;
+  # and it scatters nothing.
+  monkeypatch.setattr(RA, "BACKWARD", "dense")
   rng = np.random.default_rng(11)
   levels = (2, 3, 4, 5)
   size = 96
@@ -185,6 +187,40 @@ def test_gradient_equals_autodiff_and_has_no_scatter():
   index, weight = RA.stacked_taps(boxes, 3, 0.25, 24, 24)
   want = np.bincount(np.asarray(index).ravel(), np.asarray(weight).ravel(), 24 * 24)
   np.testing.assert_allclose(one, np.repeat(want.reshape(24, 24, 1), 3, -1), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["dense", "scatter"])
+def test_both_backward_forms_equal_autodiff(monkeypatch, mode):
+  # The two forms of the custom backward give autodiff's gradient, boxes on every level,
+  # partly outside, zero-area; bfloat16 maps keep their dtype.
+  monkeypatch.setattr(RA, "BACKWARD", mode)
+  rng = np.random.default_rng(12)
+  levels = (2, 3, 4, 5)
+  feats = [jnp.asarray(rng.normal(size=(64 >> k, 64 >> k, 4)), jnp.float32) for k in levels]
+  sides = np.array([0, 3, 50, 111, 113, 224], np.float32)
+  boxes = np.stack([np.full_like(sides, -3), np.full_like(sides, 7), sides - 3, 7 + sides], 1)
+  boxes = jnp.asarray(np.concatenate([boxes, random_rois(rng, 20, 64, 64, 1.0)]))
+  cot = jnp.asarray(rng.normal(size=(len(boxes), 5, 5, 4)), jnp.float32)
+  ours = lambda f: jnp.sum(RA.multilevel_roi_align(f, boxes, 5, levels) * cot)  # noqa: E731
+  ref = lambda f: jnp.sum(_autodiff_multilevel(f, boxes, 5, levels) * cot)  # noqa: E731
+  for g, w in zip(jax.jit(jax.grad(ours))(feats), jax.jit(jax.grad(ref))(feats)):
+    np.testing.assert_allclose(g, w, atol=1e-5)
+  assert ("scatter" in str(jax.make_jaxpr(jax.grad(ours))(feats))) == (mode == "scatter")
+  f16 = [f.astype(jnp.bfloat16) for f in feats]
+  g16 = jax.grad(lambda f: RA.multilevel_roi_align(f, boxes, 5, levels).astype(
+      jnp.float32).sum())(f16)
+  assert all(g.dtype == jnp.bfloat16 for g in g16)
+
+
+def test_auto_backward_scatters_on_the_cpu_only(monkeypatch):
+  assert RA._use_scatter() == (jax.default_backend() == "cpu")
+  monkeypatch.setattr(RA, "BACKWARD", "dense")
+  assert not RA._use_scatter()
+  monkeypatch.setattr(RA, "BACKWARD", "scatter")
+  assert RA._use_scatter()
+  monkeypatch.setattr(RA, "BACKWARD", "sparse")
+  with pytest.raises(ValueError, match="BACKWARD"):
+    RA._use_scatter()
 
 
 def test_stacked_taps_match_the_list():
