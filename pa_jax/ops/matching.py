@@ -50,8 +50,12 @@ def match(iou: jnp.ndarray, gt_valid: jnp.ndarray, high_threshold: float,
   n_gt, m = masked.shape
   if n_gt == 0:
     return (jnp.zeros((m,), jnp.int32), jnp.full((m,), Assignment.NEGATIVE, jnp.int32))
-  matched = jnp.argmax(masked, axis=0).astype(jnp.int32)
   best = jnp.max(masked, axis=0)
+  # argmax as "first row equal to the max": two plain reductions (max, min), which XLA:CPU
+  # vectorises; its (value, index) argmax reduction was the single slowest op of the
+  # CPU-sized train step (anchors x 256 ground-truth slots; docs/performance.md).
+  rows = jnp.arange(n_gt, dtype=jnp.int32)[:, None]
+  matched = jnp.min(jnp.where(masked == best[None, :], rows, n_gt - 1), axis=0)
   assignment = jnp.where(best >= high_threshold, Assignment.POSITIVE,
                          jnp.where(best >= low_threshold, Assignment.IGNORE,
                                    Assignment.NEGATIVE)).astype(jnp.int32)

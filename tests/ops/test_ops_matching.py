@@ -82,3 +82,14 @@ def test_vmap():
   valid = jnp.array([[True] * 4, [False] * 4])
   idx, lab = jax.vmap(lambda i, v: match(i, v, 0.7, 0.3, True))(iou, valid)
   assert idx.shape == (2, 9) and np.all(np.asarray(lab[1]) == 0)
+
+
+def test_ties_between_ground_truths_pick_the_first_valid_one():
+  # Like np.argmax over the valid rows: equal IoU with gt 1 and gt 3 -> gt 1; a padded row
+  # with a higher value never wins; a column touching nothing gets the first valid gt.
+  iou = np.zeros((4, 3), np.float32)
+  iou[:, 0] = [0.9, 0.6, 0.2, 0.6]
+  iou[:, 1] = [0.0, 0.1, 0.8, 0.8]
+  valid = np.array([False, True, True, True])
+  matched, _ = jax.jit(lambda i, v: match(i, v, 0.7, 0.3, False))(iou, valid)
+  assert np.asarray(matched).tolist() == [1, 2, 1]
