@@ -16,10 +16,12 @@ docs/performance.md ("Where XLA:CPU loses" and "The mask head on the CPU").
   matmul. For 256 channels over the 256 mask slots of a paper-size batch XLA takes 38.9 s
   for `nn.ConvTranspose`'s wgrad against 0.25 s for the matmul's (0.55 s against 0.012 s
   at the `:cpu` configs' 64 channels and 128 slots).
-- `Conv3x3`, the mask head's 3x3 convolutions: XLA's forward and input gradient, and on
-  the CPU a weight gradient written as nine matmuls (one per tap) in a `custom_vjp`. Over
-  many small (14x14) RoI maps XLA:CPU's wgrad is 4x its forward at 256 channels x 256
-  slots (3.76 s against 0.99 s for the matmuls); at 64 channels the two are even.
+- `Conv3x3`, the mask head's 3x3 convolutions: XLA's forward, and on the CPU a
+  `custom_vjp` whose weight gradient is nine matmuls (one per tap) and whose input gradient
+  is a plain forward convolution with the flipped, channel-swapped kernel (`_conv3x3_dgrad`).
+  Over many small (14x14) RoI maps XLA:CPU's wgrad is 4x its forward at 256 channels x 256
+  slots (3.76 s against 0.99 s for the matmuls); its own input gradient, inside the whole
+  train step, ran off the XNNPACK path at 10x the forward's time.
 """
 from __future__ import annotations
 
