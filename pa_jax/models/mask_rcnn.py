@@ -48,7 +48,7 @@ from pa_jax.ops import boxes as box_ops
 from pa_jax.ops import masks as mask_ops
 from pa_jax.ops import nms as nms_ops
 from pa_jax.ops import roi_align as roi_ops
-from pa_jax.ops.per_device import per_image
+from pa_jax.ops.per_device import per_image, per_image_on_prefix
 from pa_jax.structures import Batch
 
 ROI_LEVELS = (2, 3, 4, 5)  # RoIAlign reads P2..P5 (P6 only feeds the RPN), as in FPN.
@@ -208,12 +208,13 @@ class MaskRCNN(nn.Module):
     # ---- RPN losses
     anchors_np = np.concatenate(anchors_per_level)
     keys = jax.random.split(k_rpn, b)
-    idx, sampled, positive, targets, rpn_ignored = per_image(
-        lambda k, gb, gv, *pa: rpn_targets(jnp.asarray(anchors_np), gb, gv, k, s, *pa),
-        keys,
-        batch.boxes,
+    # Matching costs anchors x ground-truth slots: cut the slots to the valid ones (in
+    # static steps of 32, 64, ... max_instances) rather than match every padded slot.
+    idx, sampled, positive, targets, rpn_ignored = per_image_on_prefix(
+        lambda gb, gv, k, *pa: rpn_targets(jnp.asarray(anchors_np), gb, gv, k, s, *pa),
         batch.valid,
-        *pa_args,
+        (batch.boxes, batch.valid),
+        (keys, *pa_args),
     )
     if s.partial:
       aux["pa_ignored_anchors_per_image"] = jnp.mean(rpn_ignored.astype(jnp.float32))
