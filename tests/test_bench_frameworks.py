@@ -110,14 +110,20 @@ def test_torchvision_state_dict_maps_completely_onto_pa_jax(name):
     np.testing.assert_array_equal(a.numpy(), b)
 
 
-def test_unpasted_prediction_is_the_eval_forward_before_pasting():
-  # The like-for-like prediction timing stops where pa_jax's predict stops: same boxes and
-  # scores as torchvision's whole eval forward, masks still 28x28 probabilities.
+def _toy_torchvision():
+  """(torch, the toy preset's config, its torchvision model from seed 0); skips without torch."""
   torch = pytest.importorskip("torch")
   pytest.importorskip("torchvision")
   cfg = fw.load_config(*fw.preset("toy"))
   torch.manual_seed(0)
-  model = fw.build_torchvision(cfg).eval()
+  return torch, cfg, fw.build_torchvision(cfg)
+
+
+def test_unpasted_prediction_is_the_eval_forward_before_pasting():
+  # The like-for-like prediction timing stops where pa_jax's predict stops: same boxes and
+  # scores as torchvision's whole eval forward, masks still 28x28 probabilities.
+  torch, cfg, model = _toy_torchvision()
+  model.eval()
   # A low score bar so that a random-weight model keeps detections to compare.
   model.roi_heads.score_thresh = 0.0
   canvas = int(cfg.data.canvas_size)
@@ -146,13 +152,10 @@ def test_ratios_include_the_unpasted_prediction():
 def test_roi_positive_count_is_what_the_mask_head_sees():
   # The count recorded per image equals the number of RoIs torchvision's mask head runs on
   # in the same training forward (its `project_masks_on_boxes` gets one RoI per positive).
-  torch = pytest.importorskip("torch")
-  pytest.importorskip("torchvision")
+  torch, cfg, model = _toy_torchvision()
   from torchvision.models.detection import roi_heads as tv_roi_heads
 
-  cfg = fw.load_config(*fw.preset("toy"))
-  torch.manual_seed(0)
-  model = fw.build_torchvision(cfg).train()
+  model.train()
   counts = fw.count_roi_positives(model)
   canvas = int(cfg.data.canvas_size)
   labels = np.zeros((canvas, canvas), np.int64)
