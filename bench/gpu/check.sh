@@ -81,7 +81,7 @@ else
   # Beside the tests, none of the five had finished after 200 s on the 16 cores (sequential:
   # 42-87 s each), so the steps compiled again: a net loss. Compiles stay sequential.
   T_ENV=30; T_TESTS=60; T_CMP_R50=270; T_CMP_X101=250; T_TRAIN=190; DEADLINE_S=${DEADLINE_S:-470}
-  TESTS="tests/ops/test_ops_nms.py tests/ops/test_ops_roi_align.py tests/ops/test_ops_intensity.py tests/models/test_models_weights.py tests/models/test_models_mask_rcnn.py tests/test_bench_frameworks.py"
+  TESTS="tests/ops/test_ops_nms.py tests/ops/test_ops_roi_align.py tests/ops/test_ops_per_device.py tests/ops/test_ops_intensity.py tests/models/test_models_weights.py tests/models/test_models_mask_rcnn.py tests/test_bench_frameworks.py"
   CMP_ARGS="--steps 5 --warmup 1 --predict-images 5"; DTYPES="float32,bfloat16"
   TORCH_DEVICE=cuda
   TRAIN_ARGS="--config configs/dh25_pa.py --steps ${STEPS:-300} --warmup 2 --max-seconds 45"
