@@ -54,6 +54,11 @@ class _ChannelConv(nn.Module):
     return kernel, bias
 
 
+def _over_channels(x: jax.Array, w: jax.Array) -> jax.Array:
+  """`x [..., C_in] @ w [C_in, K]` -> `[..., K]`: one matmul over the channel axis."""
+  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
 class PointwiseConv(_ChannelConv):
   """`nn.Conv(features, (1, 1), strides=(s, s), padding=0)` as a channel matmul.
 
@@ -70,7 +75,7 @@ class PointwiseConv(_ChannelConv):
     if self.strides != 1:
       x = x[..., :: self.strides, :: self.strides, :]
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    y = _over_channels(x, kernel[0, 0])
     if bias is not None:
       y = y + bias
     return y
@@ -82,41 +87,16 @@ class PointwiseConv(_ChannelConv):
 POINTWISE_AS_MATMUL = True
 
 
-def pointwise_conv(
-    features: int,
-    *,
-    name: str,
-    strides: int = 1,
-    use_bias: bool = True,
-    kernel_init: Initializer = nn.initializers.lecun_normal(),
-    bias_init: Initializer = nn.initializers.zeros,
-    dtype: Any = None,
-    param_dtype: Any = jnp.float32,
-) -> nn.Module:
-  """A 1x1 convolution module (unpadded, stride `strides`): `PointwiseConv` or `nn.Conv`."""
+def pointwise_conv(features: int, *, name: str, strides: int = 1, **layer_kwargs) -> nn.Module:
+  """A 1x1 convolution module (unpadded, stride `strides`): `PointwiseConv` or `nn.Conv`.
+
+  `layer_kwargs` (`use_bias`, `kernel_init`, `bias_init`, `dtype`, `param_dtype`) go to
+  either layer unchanged: the two take the same names with the same defaults.
+  """
   if POINTWISE_AS_MATMUL:
-    return PointwiseConv(
-        features,
-        strides=strides,
-        use_bias=use_bias,
-        kernel_init=kernel_init,
-        bias_init=bias_init,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
-  return nn.Conv(
-      features,
-      (1, 1),
-      strides=(strides, strides),
-      padding=((0, 0), (0, 0)),
-      use_bias=use_bias,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      name=name,
-  )
+    return PointwiseConv(features, strides=strides, name=name, **layer_kwargs)
+  return nn.Conv(features, (1, 1), strides=(strides, strides), padding=((0, 0), (0, 0)),
+                 name=name, **layer_kwargs)
 
 
 class TransposeConv2x2(_ChannelConv):
@@ -136,7 +116,7 @@ class TransposeConv2x2(_ChannelConv):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     # [C_in, 2, 2, C_out] with the taps flipped: one [.., C_in] x [C_in, 4 * C_out] product.
     taps = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(x.shape[-1], -1)
-    y = jax.lax.dot_general(x, taps, (((x.ndim - 1,), (0,)), ((), ())))
+    y = _over_channels(x, taps)
     *lead, h, w, _ = x.shape
     y = y.reshape(*lead, h, w, 2, 2, self.features)
     # [..., h, w, i, j, o] -> [..., h, i, w, j, o] -> [..., 2h, 2w, o]
@@ -151,28 +131,13 @@ class TransposeConv2x2(_ChannelConv):
 TRANSPOSE_CONV_AS_MATMUL = True
 
 
-def transpose_conv_2x2(
-    features: int,
-    *,
-    name: str,
-    use_bias: bool = True,
-    kernel_init: Initializer = nn.initializers.lecun_normal(),
-    bias_init: Initializer = nn.initializers.zeros,
-    dtype: Any = None,
-    param_dtype: Any = jnp.float32,
-) -> nn.Module:
-  """A 2x2 stride-2 unpadded transposed convolution: `TransposeConv2x2` or `nn.ConvTranspose`."""
-  common = dict(
-      use_bias=use_bias,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      name=name,
-  )
+def transpose_conv_2x2(features: int, *, name: str, **layer_kwargs) -> nn.Module:
+  """A 2x2 stride-2 unpadded transposed convolution: `TransposeConv2x2` or `nn.ConvTranspose`
+  (`layer_kwargs` as `pointwise_conv`'s)."""
   if TRANSPOSE_CONV_AS_MATMUL:
-    return TransposeConv2x2(features, **common)
-  return nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID", **common)
+    return TransposeConv2x2(features, name=name, **layer_kwargs)
+  return nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID", name=name,
+                          **layer_kwargs)
 
 
 def _taps_wgrad(x: jax.Array, g: jax.Array) -> jax.Array:

@@ -62,28 +62,41 @@ def test_same_parameters_and_outputs_as_nn_conv(stride, use_bias):
   np.testing.assert_allclose(yp, ref, rtol=1e-5, atol=1e-5)
 
 
+def assert_same_gradients(reference, layer, variables, x):
+  """The gradients of sum(sin(layer(x))) w.r.t. the variables and the input equal the flax
+  reference layer's (ours under jit, the reference eagerly)."""
+  loss = lambda m: (lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))))  # noqa: E731
+  want = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
+  got = jax.jit(jax.grad(loss(layer), argnums=(0, 1)))(variables, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), want, got)
+
+
 def test_gradients_match_nn_conv():
   # The point of the layer is its weight gradient (XLA:CPU's 1x1 conv wgrad is slow): it
   # must be the same gradient.
   x = jax.random.normal(jax.random.PRNGKey(2), (1, 12, 10, 8))
   conv, point = _pair(1, True)
   v = conv.init(jax.random.PRNGKey(3), x)
-  loss = lambda m: (lambda v: jnp.sum(jnp.sin(m.apply(v, x))))
-  gc = jax.grad(loss(conv))(v)
-  gp = jax.jit(jax.grad(loss(point)))(v)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), gc, gp)
+  assert_same_gradients(conv, point, v, x)
+
+
+def assert_bfloat16_like_reference(reference, layer, x, seed):
+  """bf16 compute with float32 parameters, and the same outputs as the flax reference to
+  bf16 precision. Returns the variables."""
+  v = layer.init(jax.random.PRNGKey(seed), x)
+  assert v["params"]["kernel"].dtype == jnp.float32
+  got, want = layer.apply(v, x), reference.apply(v, x)
+  assert got.dtype == want.dtype == jnp.bfloat16
+  np.testing.assert_allclose(
+      np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=2e-2, atol=2e-2
+  )
+  return v
 
 
 def test_bfloat16_compute_float32_params():
   x = jax.random.normal(jax.random.PRNGKey(4), (2, 4, 4, 3))
   conv, point = _pair(1, True, dtype=jnp.bfloat16)
-  v = point.init(jax.random.PRNGKey(5), x)
-  assert v["params"]["kernel"].dtype == jnp.float32
-  yp, yc = point.apply(v, x), conv.apply(v, x)
-  assert yp.dtype == yc.dtype == jnp.bfloat16
-  np.testing.assert_allclose(
-      np.asarray(yp, np.float32), np.asarray(yc, np.float32), rtol=2e-2, atol=2e-2
-  )
+  assert_bfloat16_like_reference(conv, point, x, seed=5)
 
 
 def test_empty_input_and_leading_batch_dims():
@@ -146,22 +159,13 @@ def test_transpose_conv_gradients_match():
   x = jax.random.normal(jax.random.PRNGKey(12), (4, 6, 6, 5))
   deconv, mm = _deconv_pair(True)
   v = deconv.init(jax.random.PRNGKey(13), x)
-  loss = lambda m: (lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))))
-  gd = jax.grad(loss(deconv), argnums=(0, 1))(v, x)
-  gm = jax.jit(jax.grad(loss(mm), argnums=(0, 1)))(v, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), gd, gm)
+  assert_same_gradients(deconv, mm, v, x)
 
 
 def test_transpose_conv_bfloat16_empty_and_leading_dims():
   x = jax.random.normal(jax.random.PRNGKey(14), (2, 3, 3, 4))
   deconv, mm = _deconv_pair(True, dtype=jnp.bfloat16)
-  v = mm.init(jax.random.PRNGKey(15), x)
-  assert v["params"]["kernel"].dtype == jnp.float32
-  ym, yd = mm.apply(v, x), deconv.apply(v, x)
-  assert ym.dtype == yd.dtype == jnp.bfloat16
-  np.testing.assert_allclose(
-      np.asarray(ym, np.float32), np.asarray(yd, np.float32), rtol=2e-2, atol=2e-2
-  )
+  v = assert_bfloat16_like_reference(deconv, mm, x, seed=15)
   assert mm.apply(v, jnp.zeros((0, 14, 14, 4))).shape == (0, 28, 28, 6)
   assert mm.apply(v, jnp.ones((2, 3, 7, 7, 4))).shape == (2, 3, 14, 14, 6)
 
@@ -197,10 +201,7 @@ def test_conv3x3_same_parameters_outputs_and_gradients(monkeypatch, wgrad_as_mat
   assert jax.tree.structure(vc) == jax.tree.structure(v3)
   jax.tree.map(np.testing.assert_array_equal, vc, v3)
   np.testing.assert_allclose(jax.jit(c3.apply)(vc, x), conv.apply(vc, x), rtol=1e-5, atol=1e-5)
-  loss = lambda m: (lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))))
-  gc = jax.grad(loss(conv), argnums=(0, 1))(vc, x)
-  g3 = jax.jit(jax.grad(loss(c3), argnums=(0, 1)))(vc, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), gc, g3)
+  assert_same_gradients(conv, c3, vc, x)
 
 
 def test_taps_wgrad_against_numpy_sums():
