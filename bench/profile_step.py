@@ -14,8 +14,9 @@ ops' durations:
     the slow mask-head input gradient and RoIAlign backward of docs/performance.md were
     found.
 Durations are wall time of each op on the host threads that ran it, so parts that ran in
-parallel can add up to more than the step. Runs on any backend; on a GPU the op names are
-the same but the timeline has device lanes (read the trace in Perfetto instead).
+parallel can add up to more than the step. Used on the CPU backend only so far: on a GPU
+the trace's op events come from device lanes, which this summary has not been checked
+against. The trace itself lives in a temporary folder and is deleted after summing.
 """
 
 from __future__ import annotations

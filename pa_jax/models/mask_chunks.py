@@ -14,7 +14,11 @@ on all slots.
     loop because the backward pass must hold no loop: under GSPMD the mask head's
     weight-gradient all-reduce would land inside the loop's body (one cross-device round
     trip per turn), which the HLO test in tests/train/ forbids. A `cond` is differentiable
-    and its skipped branch costs nothing in either pass.
+    and its skipped branch computes nothing in either pass; two costs remain: its backward
+    pass still returns a gradient for every value the branch closes over, zeros of the whole
+    FPN pyramid when skipped (the `cond` ops took 8 ms of the CPU-sized step and 71 ms at
+    paper size: bench/results/profile_step_*.json), and on a GPU each `cond` reads
+    its predicate back to the host before launching a branch (untimed here).
 """
 
 from __future__ import annotations

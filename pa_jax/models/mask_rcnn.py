@@ -376,15 +376,10 @@ class MaskRCNN(nn.Module):
       c = feats["p2"].shape[-1]
       self.mask_head(jnp.zeros((1, s.mask_pooler_size, s.mask_pooler_size, c), s.dtype))
     head, head_vars = self.mask_head.clone(parent=None), self.mask_head.variables
-    levels = [feats[f"p{k}"] for k in ROI_LEVELS]
 
     def logits(boxes):
-      b, m = boxes.shape[:2]
-      pooled = roi_ops.batched_multilevel_roi_align(
-          levels, boxes, s.mask_pooler_size, ROI_LEVELS, s.sampling_ratio
-      )
-      out = head.apply(head_vars, pooled.reshape((b * m,) + pooled.shape[2:]))
-      return out[..., 0].reshape((b, m) + out.shape[1:3])
+      out = head.apply(head_vars, self._roi_features(feats, boxes, s.mask_pooler_size))
+      return out[..., 0].reshape(boxes.shape[:2] + out.shape[1:3])
 
     return logits
 

@@ -180,13 +180,19 @@ def _pool(flat: jnp.ndarray, index: jnp.ndarray, weight: jnp.ndarray) -> jnp.nda
   return acc
 
 
-def _level_table(maps):
-  """Flattened `[sum H_l * W_l, C]` table of the maps, their sizes and row offsets."""
-  c, dtype = maps[0].shape[-1], maps[0].dtype
+def _level_layout(maps):
+  """`(sizes, offsets)`: each map's `(H_l, W_l)` and its first row in the flat table."""
   sizes = [tuple(int(d) for d in f.shape[:2]) for f in maps]
   offsets = [0]
   for h, w in sizes[:-1]:
     offsets.append(offsets[-1] + h * w)
+  return sizes, offsets
+
+
+def _level_table(maps):
+  """Flattened `[sum H_l * W_l, C]` table of the maps, their sizes and row offsets."""
+  c, dtype = maps[0].shape[-1], maps[0].dtype
+  sizes, offsets = _level_layout(maps)
   flat = jnp.concatenate([f.reshape(-1, c).astype(dtype) for f in maps], axis=0)
   return flat, sizes, offsets
 
@@ -240,10 +246,7 @@ def _scatter_grads(maps, boxes, level_index, static, g):
   `[R, out_h, out_w, C]` cotangent, weighted, into the flat `[sum H_l * W_l, C]` table."""
   out_h, out_w, scales, ratio, aligned = static
   c = maps[0].shape[-1]
-  sizes = [tuple(int(d) for d in f.shape[:2]) for f in maps]
-  offsets = [0]
-  for h, w in sizes[:-1]:
-    offsets.append(offsets[-1] + h * w)
+  sizes, offsets = _level_layout(maps)
   heights, widths, base, scale = _per_roi(level_index, sizes, offsets, scales)
   index, weight = stacked_taps(boxes, (out_h, out_w), scale, heights, widths, ratio, aligned,
                                base_offsets=base)
@@ -262,9 +265,9 @@ def _pyramid_align_bwd(static, res, g):
   `_scatter_grads`: see `BACKWARD`)."""
   out_h, out_w, scales, ratio, aligned = static
   maps, boxes, level_index = res
-  sizes = [tuple(int(d) for d in f.shape[:2]) for f in maps]
   if _use_scatter():
     return _scatter_grads(maps, boxes, level_index, static, g), jnp.zeros_like(boxes), None
+  sizes, _ = _level_layout(maps)
   heights, widths, _, scale = _per_roi(level_index, sizes, [0] * len(sizes), scales)
   yi, yw, xi, xw, _, _ = _roi_axes(boxes, (out_h, out_w), scale, heights, widths, ratio,
                                    aligned)
