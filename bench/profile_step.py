@@ -104,6 +104,9 @@ def main(argv=None) -> int:
   ap.add_argument("--top", type=int, default=25)
   ap.add_argument("--roi-align-backward", default="auto", choices=("auto", "dense", "scatter"),
                   help="pa_jax.ops.roi_align.BACKWARD for this run (dense: before 2026-12-01)")
+  ap.add_argument("--conv3x3-grads", default="cpu", choices=("cpu", "xla"),
+                  help="xla: the mask head's 3x3 convs differentiated by XLA "
+                       "(layers.CONV3X3_WGRAD_AS_MATMUL=False), not by their custom backward")
   ap.add_argument("--out", required=True)
   a = ap.parse_args(argv)
 
@@ -111,12 +114,14 @@ def main(argv=None) -> int:
 
   from pa_jax import experiment
   from pa_jax.data.pipeline import shard_batch
+  from pa_jax.models import layers
   from pa_jax.ops import roi_align
   from pa_jax.train.optimizer import make_optimizer
   from pa_jax.train.state import create_train_state, make_data_mesh
   from pa_jax.train.step import make_train_step
 
   roi_align.BACKWARD = a.roi_align_backward
+  layers.CONV3X3_WGRAD_AS_MATMUL = "cpu" if a.conv3x3_grads == "cpu" else False
   spec, ov = fw.preset(a.preset, a.override)
   cfg = fw.load_config(spec, ov)
   cfg.model.compute_dtype = a.dtype
@@ -144,7 +149,7 @@ def main(argv=None) -> int:
   ops = hlo_ops(step.jitted.lower(state, batch).compile().as_text())
   res = {"command": "python bench/profile_step.py " + " ".join(argv or sys.argv[1:]),
          "date": fw._now(), "preset": a.preset, "overrides": ov, "dtype": a.dtype,
-         "roi_align_backward": a.roi_align_backward,
+         "roi_align_backward": a.roi_align_backward, "conv3x3_grads": a.conv3x3_grads,
          "machine": fw.machine(), "warmup_step_seconds": times,
          "traced_step_seconds": traced,
          "roi_positives_per_image": float(m["roi_positives_per_image"]),

@@ -226,8 +226,8 @@ def _pyramid_align_fwd(maps, boxes, level_index, static):
 #: of the forward's gathers) or "auto" (the default): scatter on the CPU backend, dense on
 #: the others, whose sums must stay deterministic (scatter-adds are atomics on a GPU).
 #: Inside the train step XLA:CPU runs the dense form's per-RoI batched matmuls on a slow
-#: path: the paper-size step's RoIAlign backward took 1.05 s dense against 0.10 s
-#: scattered, the CPU-sized step went from 0.35 to 0.30 s (bench/profile_step.py,
+#: path: the paper-size step's RoIAlign backward took 1.05 s dense against 0.08 s
+#: scattered, the CPU-sized step's 65 against 16 ms (step 0.30 -> 0.26 s; bench/profile_step.py,
 #: docs/performance.md). Timed alone (bench/roi_align_speed.py) the dense form can still
 #: win, e.g. at the mask head's 14x14; in the whole step it did not. Read at trace time.
 BACKWARD: str = "auto"
