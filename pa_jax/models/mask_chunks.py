@@ -3,7 +3,7 @@
 Both stages of Mask R-CNN give the mask head a static number of slots of which only a
 prefix is real: at inference `max_detections` NMS slots (about 5 % valid), in training
 `roi.batch_per_image * positive_fraction` RoI slots per image, of which only the sampled
-positives carry a loss (about 21 of 128 on a dh360 batch at the paper's sizes, see
+positives carry a loss (about 25 of 128 on a dh360 batch at the paper's sizes, see
 docs/performance.md). Running the head on every slot is most of the cost of both on a CPU;
 these two functions run it on the used chunks only and give the same result as one call
 on all slots.
