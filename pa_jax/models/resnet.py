@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from pa_jax.models.layers import pointwise_conv
 from pa_jax.models.norm import make_norm
+from pa_jax.ops.max_pool import max_pool_3x3_s2
 
 Array = jax.Array
 
@@ -214,8 +215,9 @@ class ResNet(nn.Module):
     x = _conv(self.base_channels, 7, 2, "conv1", dtype=self.dtype)(x)
     x = make_norm(self.norm, train=stage_train(1), dtype=self.dtype)(name="bn1")(x)
     x = nn.relu(x)
-    # 3x3/2 max-pool with padding 1; flax pads max-pool with -inf like PyTorch.
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # 3x3/2 max-pool with padding 1 and -inf padding like PyTorch: nn.max_pool's values, with
+    # a gradient XLA:CPU computes 4x faster than select-and-scatter (ops/max_pool.py).
+    x = max_pool_3x3_s2(x)
     if self.freeze_at >= 1:
       x = jax.lax.stop_gradient(x)
 
