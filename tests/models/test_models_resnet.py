@@ -107,6 +107,46 @@ def test_group_norm_matches_numpy():
   np.testing.assert_allclose(y, ref.reshape(x.shape), rtol=1e-4, atol=1e-4)
 
 
+def _two_pass_group_norm(x, scale, bias, groups, eps=1e-5):
+  """The textbook form, differentiated by JAX: the reference for values and gradients."""
+  g = x.reshape(x.shape[0], -1, groups, x.shape[-1] // groups)
+  mean = g.mean(axis=(1, 3), keepdims=True)
+  var = jnp.square(g - mean).mean(axis=(1, 3), keepdims=True)
+  return ((g - mean) / jnp.sqrt(var + eps)).reshape(x.shape) * scale + bias
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 3, 5, 64), 32), ((2, 7, 7, 48), 24),
+                                          ((3, 16, 16, 32), 32), ((1, 2, 3, 4, 96), 32)])
+def test_group_norm_values_and_gradients_match_the_two_pass_form(shape, groups):
+  rng = np.random.default_rng(2)
+  # An offset mean (3) and unequal channel scales: the one-pass variance must still hold.
+  x = jnp.asarray(rng.normal(3.0, 1.5, size=shape).astype(np.float32))
+  c = shape[-1]
+  params = {"scale": jnp.asarray(rng.normal(1, 0.3, c), jnp.float32),
+            "bias": jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)}
+  cot = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  gn = GroupNorm()
+  y, vjp = jax.vjp(jax.jit(lambda p, x: gn.apply({"params": p}, x)), params, x)
+  y_ref, vjp_ref = jax.vjp(lambda p, x: _two_pass_group_norm(x, p["scale"], p["bias"], groups),
+                           params, x)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+  (dp, dx), (dp_ref, dx_ref) = vjp(cot), vjp_ref(cot)
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-3, atol=1e-3)
+  for k in ("scale", "bias"):
+    np.testing.assert_allclose(dp[k], dp_ref[k], rtol=1e-3, atol=1e-3)
+
+
+def test_group_norm_constant_group_and_bfloat16():
+  # A constant group has variance 0 (one-pass: E[x^2] - E[x]^2 may round below 0, clipped):
+  # the output is the bias, finite.
+  x = jnp.full((1, 4, 4, 64), 7.0)
+  variables = {"params": {"scale": jnp.ones(64), "bias": jnp.arange(64.0)}}
+  y = GroupNorm().apply(variables, x)
+  np.testing.assert_allclose(y[0, 0, 0], np.arange(64.0), atol=1e-2)
+  yb = GroupNorm(dtype=jnp.bfloat16).apply(variables, x.astype(jnp.bfloat16))
+  assert yb.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(yb)))
+
+
 def test_make_norm_rejects_unknown_kind():
   with pytest.raises(ValueError, match="unknown norm kind"):
     make_norm("layer_norm", train=True)
