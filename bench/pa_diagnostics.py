@@ -5,8 +5,9 @@
 Reads WORKDIR/metrics.jsonl (one record per logged step) and prints, per window of
 training steps, the unweighted mean over the logged records of: PA boxes per image, the
 fraction of unannotated ground-truth nuclei they cover (box IoU >= 0.5; known when the
-training labels are a partial view of full labels), unannotated nuclei per image, and the
-anchors / RoIs the PA boxes turned from negative into ignored. The first step with at
+training labels are a partial view of full labels), the same over the unannotated nuclei
+that no crop edge cuts (logged since 2026-12-01; "—" in older runs), unannotated nuclei
+per image, and the anchors / RoIs the PA boxes turned from negative into ignored. The first step with at
 least one PA box per image is printed too. This is where docs/results.md's coverage
 figures come from.
 """
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 
 FIELDS = (("pa_boxes_per_image", "PA boxes/img"), ("pa_unannotated_covered", "covered"),
+          ("pa_unannotated_whole_covered", "covered, uncut nuclei"),
           ("pa_unannotated_per_image", "unannotated/img"),
           ("pa_ignored_anchors_per_image", "ignored anchors/img"),
           ("pa_ignored_rois_per_image", "ignored RoIs/img"))
@@ -54,7 +56,7 @@ def main() -> None:
   print("| steps | " + " | ".join(t for _, t in FIELDS) + " |")
   print("|---|" + "---:|" * len(FIELDS))
   for lo, hi, m in windows(records, a.window):
-    cells = ["—" if m[f] != m[f] else f"{m[f]:.0%}" if f == "pa_unannotated_covered"
+    cells = ["—" if m[f] != m[f] else f"{m[f]:.0%}" if f.endswith("_covered")
              else f"{m[f]:.1f}" for f, _ in FIELDS]  # — : not logged in that window
     print(f"| {lo}–{hi} | " + " | ".join(cells) + " |")
 

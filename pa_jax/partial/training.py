@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from pa_jax.ops.per_device import per_image
 from pa_jax.partial.hard_negatives import negatives_in_centerness, suppress_near
-from pa_jax.partial.ignore import pa_coverage_device
+from pa_jax.partial.ignore import off_the_edge, pa_coverage_device
 from pa_jax.partial.pa_boxes import pa_boxes
 from pa_jax.partial.targets import centerness_losses, centerness_targets, sample_pixels
 
@@ -93,6 +93,13 @@ def partial_terms(spec: Any, logits: jax.Array, deltas: jax.Array, batch: Any,
                                                   batch.unannotated_valid)
   aux["pa_unannotated_per_image"] = jnp.mean(missing)
   aux["pa_unannotated_covered"] = jnp.sum(covered) / jnp.maximum(jnp.sum(missing), 1.0)
+  # The same over the unannotated nuclei that no crop edge cuts (`off_the_edge`): dh360's
+  # 360-px images train whole, Kumar's tiles as 256-px crops, whose cut nuclei lower the
+  # plain figure without saying anything about the centerness.
+  whole = batch.unannotated_valid & jax.vmap(off_the_edge)(batch.unannotated_boxes,
+                                                          batch.image_size)
+  covered, missing = jax.vmap(pa_coverage_device)(boxes, valid, batch.unannotated_boxes, whole)
+  aux["pa_unannotated_whole_covered"] = jnp.sum(covered) / jnp.maximum(jnp.sum(missing), 1.0)
   aux.update({f"pa_{k}": v for k, v in stats.items()})
   return aux, boxes, valid
 

@@ -122,3 +122,18 @@ def test_pa_coverage_device_equals_host_on_training_batches():
   c0, t0 = I.pa_coverage_device(np.zeros((0, 4), np.float32), np.zeros((0,), bool),
                                 item["unannotated_boxes"], item["unannotated_valid"])
   assert float(c0) == 0 and float(t0) == host["num_unannotated"]
+
+
+def test_off_the_edge_by_hand():
+  # A 40 (h) x 60 (w) crop; boxes are (x0, y0, x1, y1) pixel edges.
+  boxes = np.array([[10, 10, 20, 20],   # inside
+                    [0, 10, 5, 20],     # touches the left edge
+                    [10, 0, 20, 4],     # the top
+                    [50, 10, 60, 20],   # the right (x1 = width)
+                    [10, 30, 20, 40],   # the bottom (y1 = height)
+                    [1, 1, 59, 39],     # one pixel in from every edge
+                    [55, 35, 55, 35]],  # zero-area, inside
+                   np.float32)
+  got = jax.jit(I.off_the_edge)(boxes, np.array([40, 60], np.int32))
+  np.testing.assert_array_equal(got, [True, False, False, False, False, True, True])
+  assert I.off_the_edge(np.zeros((0, 4), np.float32), np.array([8, 8])).shape == (0,)
