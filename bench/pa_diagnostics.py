@@ -19,6 +19,7 @@ from pathlib import Path
 FIELDS = (("pa_boxes_per_image", "PA boxes/img"), ("pa_unannotated_covered", "covered"),
           ("pa_unannotated_whole_covered", "covered, uncut nuclei"),
           ("pa_unannotated_per_image", "unannotated/img"),
+          ("pa_unannotated_whole_per_image", "uncut unannotated/img"),
           ("pa_ignored_anchors_per_image", "ignored anchors/img"),
           ("pa_ignored_rois_per_image", "ignored RoIs/img"))
 

@@ -141,7 +141,9 @@ def off_the_edge(boxes: jnp.ndarray, image_size: jnp.ndarray) -> jnp.ndarray:
 
   A nucleus the crop cuts may keep a sliver whose centre, and so its PA box, lies outside:
   coverage counted over the nuclei off the edge says what the module finds among the
-  nuclei it can see whole. A 256-px crop of 30-px nuclei cuts about a third of them.
+  nuclei it can see whole. A 256-px crop of 30-px nuclei placed at random cuts about a
+  third of them (1 - (226 / 286)^2); the log's `pa_unannotated_whole_per_image` beside
+  `pa_unannotated_per_image` gives the measured share.
   """
   h, w = image_size[0].astype(boxes.dtype), image_size[1].astype(boxes.dtype)
   return ((boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w) & (boxes[:, 3] < h))

@@ -100,6 +100,7 @@ def partial_terms(spec: Any, logits: jax.Array, deltas: jax.Array, batch: Any,
                                                           batch.image_size)
   covered, missing = jax.vmap(pa_coverage_device)(boxes, valid, batch.unannotated_boxes, whole)
   aux["pa_unannotated_whole_covered"] = jnp.sum(covered) / jnp.maximum(jnp.sum(missing), 1.0)
+  aux["pa_unannotated_whole_per_image"] = jnp.mean(missing)
   aux.update({f"pa_{k}": v for k, v in stats.items()})
   return aux, boxes, valid
 

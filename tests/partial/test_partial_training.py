@@ -60,7 +60,7 @@ def test_partial_terms_keys_order_and_finite():
   assert all(np.isfinite(float(v)) for v in aux.values())
   assert boxes.shape == (2, 16, 4) and valid.shape == (2, 16) and valid.dtype == jnp.bool_
   assert float(aux["pa_boxes_per_image"]) == float(np.mean(np.sum(np.asarray(valid), 1)))
-  assert "pa_unannotated_whole_covered" in keys
+  assert {"pa_unannotated_whole_covered", "pa_unannotated_whole_per_image"} <= set(keys)
   # The weight applies to the box term.
   aux1, _, _ = T.partial_terms(dataclasses.replace(Spec(), centerbox_loss_weight=1.0), logits,
                                deltas, batch, jax.random.PRNGKey(1))
@@ -144,3 +144,4 @@ def test_whole_coverage_counts_only_nuclei_no_edge_cuts():
   assert 0 < covered < total
   np.testing.assert_allclose(float(aux["pa_unannotated_whole_covered"]), covered / total,
                              rtol=1e-6)
+  assert float(aux["pa_unannotated_whole_per_image"]) == total / 2
