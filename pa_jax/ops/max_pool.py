@@ -2,17 +2,20 @@
 
 `flax.linen.max_pool` is `lax.reduce_window(max)`, whose gradient is XLA's
 select-and-scatter. XLA:CPU lowers that to a variadic reduce-window that carries one s32
-index array per dimension beside the values, plus the iotas that feed it. In the `:cpu`
-train step (`bench/profile_step.py --preset cpu_small`) the reduce-window and one of its
-iotas alone took 10 + 9.4 ms of a 255 ms step, for a pool whose forward pass is a few ms.
+index array per dimension beside the values, plus the iotas that feed it: in a profile of
+the `:cpu` train step (bench/results/profile_step_cpu_small.json) 10 + 9.4 ms of op time
+for the reduce-window and one iota. Timed alone (`bench/max_pool_cpu.py`), forward +
+backward at that stem's [2, 128, 128, 32] take 9.9 ms with flax's pool and 5.0 ms here
+(107 against 22 ms at [2, 192, 192, 64]); the whole step moved within noise
+(docs/performance.md).
 
-Here the backward pass sees the window as nine strided slices of the padded input. It routes each output's gradient to the first tap (row-major in the
-window, as select-and-scatter's `>=` and PyTorch do) that equals the maximum, and places the
-nine routed maps back with interior-padded `lax.pad`s, one loop fusion with no index arrays.
-The forward pass is `nn.max_pool`'s own reduce-window. The gradient routes exactly as
-`nn.max_pool`'s does, ties included (the input is a ReLU's output, so all-zero windows are
-common); where two windows overlap, a pixel's two shares are summed in another order, so
-the gradients agree to float rounding.
+The forward pass is `nn.max_pool`'s own reduce-window, unchanged. The backward pass sees
+the window as nine strided slices of the padded input, routes each output's gradient to the
+first tap (row-major in the window, as select-and-scatter's `>=` and PyTorch do) that
+equals the maximum, and places the nine routed maps back with interior-padded `lax.pad`s:
+one loop fusion, no index arrays. The routing is exactly `nn.max_pool`'s, ties included
+(the input is a ReLU's output, so all-zero windows are common); where two windows overlap,
+a pixel's two shares are summed in another order, so the gradients agree to float rounding.
 """
 from __future__ import annotations
 
@@ -54,8 +57,6 @@ def _use_taps_grad() -> bool:
 
 
 def _reduce_window_pool(x: jax.Array) -> jax.Array:
-  # The forward pass is XLA's reduce-window either way: on large maps (inference on whole
-  # tiles) it beats the maximum of nine slices, 20 against 42 ms at [1, 512, 512, 64] here.
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, _WINDOW, _WINDOW, 1),
                                (1, _STRIDE, _STRIDE, 1),
                                ((0, 0), (_PAD, _PAD), (_PAD, _PAD), (0, 0)))
