@@ -93,9 +93,9 @@ def partial_terms(spec: Any, logits: jax.Array, deltas: jax.Array, batch: Any,
                                                   batch.unannotated_valid)
   aux["pa_unannotated_per_image"] = jnp.mean(missing)
   aux["pa_unannotated_covered"] = jnp.sum(covered) / jnp.maximum(jnp.sum(missing), 1.0)
-  # The same over the unannotated nuclei that no crop edge cuts (`off_the_edge`): dh360's
-  # 360-px images train whole, Kumar's tiles as 256-px crops, whose cut nuclei lower the
-  # plain figure without saying anything about the centerness.
+  # The same over the unannotated nuclei that no crop edge cuts (`off_the_edge`): a sliver
+  # whose centre lies outside the crop can get no PA box, so the plain figure mixes the
+  # centerness with the crop geometry (crop size against nucleus size).
   whole = batch.unannotated_valid & jax.vmap(off_the_edge)(batch.unannotated_boxes,
                                                           batch.image_size)
   covered, missing = jax.vmap(pa_coverage_device)(boxes, valid, batch.unannotated_boxes, whole)
