@@ -17,9 +17,10 @@ What makes one model fit all of them:
 * the module is trained too (centerness head and attention), so a fine-tune on partial
   labels (`--config.model.init=zoo:nuclei_cpu_v2`) has working PA boxes from step 1.
 
-Launch (2-core CPU; nuclei_cpu_v2 is this recipe's 4,500 steps, 1.3-1.6 s per step on an
-idle machine, so about 1 h 50 min plus three validation passes; the full size is for
-accelerators and untrained so far):
+Launch (2-core CPU; nuclei_cpu_v2 is this recipe's 4,500 steps, which took 1.3-1.6 s per
+step when it was trained; with the step's CPU work since (docs/performance.md) the same
+recipe on dsb2018 alone, `:cpu_dsb2018 --config.train.steps=4500`, ran at 3.0-3.3 steps/s,
+25 min, on 2026-12-01; the full size is for accelerators and untrained so far):
   python run.py train --config configs/zoo_nuclei.py:cpu --workdir runs/zoo_nuclei_cpu
   python run.py export-model --workdir runs/zoo_nuclei_cpu --name nuclei_cpu_v2
 How v2 was actually made (docs/zoo.md): v1's run (1,500 steps of a 1,500-step cosine) resumed
