@@ -56,9 +56,9 @@ def get_he_config(folder: str, name: str, arg: str | None):
     # between 0.8 and 0.95 on most nuclei. At 0.95 the PA boxes cover 12-18 % of the
     # unannotated nuclei and the fine-tune collapses (Kumar val recall 0.627 -> 0.260); at
     # 0.9 they cover 34-43 % (AJI 0.441); at 0.8 64-72 % (AJI 0.511, above the shipped
-    # model's 0.495), though 45 % of the boxes lie on background. Chosen on the Kumar val
-    # tiles; TNBC val is level (AJI 0.501 vs 0.505 at 0.9). docs/results.md, "The PA
-    # threshold and the zoom"; 0.95 = as released.
+    # model's 0.495), though many boxes lie on background (45 % in a probe of the clean-start
+    # 0.8 run). Chosen on the Kumar val tiles; TNBC val is level (AJI 0.501 vs 0.505 at
+    # 0.9). docs/results.md, "The PA threshold and the zoom"; 0.95 = as released.
     c.model.partial.threshold = 0.8
     # A fine-tune: a fifth of the zoo's peak learning rate, decayed to 0.
     c.train.steps = 600
