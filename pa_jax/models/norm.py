@@ -97,9 +97,9 @@ class GroupNorm(nn.Module):
   Computed as flax's ``nn.GroupNorm`` does by default: the mean and the mean square in one
   pass (one fusion on XLA:CPU), variance ``E[x^2] - E[x]^2`` clipped at 0, then one
   per-channel multiply-add. The two-pass form (``mean((x - mean)^2)``) it replaces gave the
-  same outputs to ~1e-6 but its gradient took 27 ms over the `:cpu` backbone's 20 norms
-  against 5-6 ms (10.9 against 0.5 ms at the stem's [2, 128, 128, 32], one channel per
-  group): ``python bench/norm_cpu.py``, docs/performance.md.
+  same outputs to ~1e-6 but its gradient took 30.7 ms over the `:cpu` backbone's 20 norms
+  against 5.0 ms (12.3 against 0.7 ms at the stem's [2, 128, 128, 32], one channel per
+  group): ``python bench/norm_cpu.py`` (bench/results/norm_cpu.json), docs/performance.md.
   """
 
   num_groups: int = 32
