@@ -162,8 +162,15 @@ def pa_coverage_device(pa_boxes: jnp.ndarray, pa_valid: jnp.ndarray,
     (covered, total) float32 scalars: unannotated nuclei whose box has IoU >= threshold
     with a valid PA box, and the number of unannotated nuclei.
   """
-  if pa_boxes.shape[0] == 0:
-    return jnp.float32(0), jnp.sum(unannotated_valid).astype(jnp.float32)
-  iou = pairwise_iou(unannotated_boxes, jax.lax.stop_gradient(pa_boxes))
-  hit = jnp.any((iou >= iou_threshold) & pa_valid[None, :], axis=1) & unannotated_valid
+  hit = pa_hits_device(pa_boxes, pa_valid, unannotated_boxes, iou_threshold) & unannotated_valid
   return jnp.sum(hit).astype(jnp.float32), jnp.sum(unannotated_valid).astype(jnp.float32)
+
+
+def pa_hits_device(pa_boxes: jnp.ndarray, pa_valid: jnp.ndarray, boxes: jnp.ndarray,
+                   iou_threshold: float = 0.5) -> jnp.ndarray:
+  """bool `[M]`: the `boxes` (float32 `[M, 4]`) that some valid PA box (`[K, 4]`, `[K]`)
+  matches with IoU >= threshold; padding rows are not masked (AND with their valid)."""
+  if pa_boxes.shape[0] == 0:
+    return jnp.zeros(boxes.shape[:1], bool)
+  iou = pairwise_iou(boxes, jax.lax.stop_gradient(pa_boxes))
+  return jnp.any((iou >= iou_threshold) & pa_valid[None, :], axis=1)

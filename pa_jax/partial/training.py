@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from pa_jax.ops.per_device import per_image
 from pa_jax.partial.hard_negatives import negatives_in_centerness, suppress_near
-from pa_jax.partial.ignore import off_the_edge, pa_coverage_device
+from pa_jax.partial.ignore import off_the_edge, pa_hits_device
 from pa_jax.partial.pa_boxes import pa_boxes
 from pa_jax.partial.targets import centerness_losses, centerness_targets, sample_pixels
 
@@ -89,18 +89,19 @@ def partial_terms(spec: Any, logits: jax.Array, deltas: jax.Array, batch: Any,
          "pa_boxes_per_image": jnp.mean(jnp.sum(valid, axis=1).astype(jnp.float32))}
   # How many unannotated nuclei (known only when the labels are a derived partial view) the
   # PA boxes find: the module doing its job, visible in the log.
-  covered, missing = jax.vmap(pa_coverage_device)(boxes, valid, batch.unannotated_boxes,
-                                                  batch.unannotated_valid)
-  aux["pa_unannotated_per_image"] = jnp.mean(missing)
-  aux["pa_unannotated_covered"] = jnp.sum(covered) / jnp.maximum(jnp.sum(missing), 1.0)
-  # The same over the unannotated nuclei that no crop edge cuts (`off_the_edge`): a sliver
-  # whose centre lies outside the crop can get no PA box, so the plain figure mixes the
-  # centerness with the crop geometry (crop size against nucleus size).
-  whole = batch.unannotated_valid & jax.vmap(off_the_edge)(batch.unannotated_boxes,
-                                                          batch.image_size)
-  covered, missing = jax.vmap(pa_coverage_device)(boxes, valid, batch.unannotated_boxes, whole)
-  aux["pa_unannotated_whole_covered"] = jnp.sum(covered) / jnp.maximum(jnp.sum(missing), 1.0)
-  aux["pa_unannotated_whole_per_image"] = jnp.mean(missing)
+  # One IoU matrix per image, counted twice: over every unannotated nucleus, and over those
+  # no crop edge cuts (`off_the_edge`): a sliver whose centre lies outside the crop can get
+  # no PA box, so the plain figure mixes the centerness with the crop geometry.
+  hit = jax.vmap(pa_hits_device)(boxes, valid, batch.unannotated_boxes)
+  missing = batch.unannotated_valid
+  whole = missing & jax.vmap(off_the_edge)(batch.unannotated_boxes, batch.image_size)
+  count = lambda m: jnp.sum(m, axis=1).astype(jnp.float32)  # noqa: E731
+  aux["pa_unannotated_per_image"] = jnp.mean(count(missing))
+  aux["pa_unannotated_covered"] = jnp.sum(count(hit & missing)) / jnp.maximum(
+      jnp.sum(count(missing)), 1.0)
+  aux["pa_unannotated_whole_covered"] = jnp.sum(count(hit & whole)) / jnp.maximum(
+      jnp.sum(count(whole)), 1.0)
+  aux["pa_unannotated_whole_per_image"] = jnp.mean(count(whole))
   aux.update({f"pa_{k}": v for k, v in stats.items()})
   return aux, boxes, valid
 
