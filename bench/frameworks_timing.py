@@ -175,7 +175,7 @@ def time_pa_jax(cfg, npz: str, steps: int, warmup: int, n_predict: int, dtype: s
   # pa_jax's predict never pastes masks (that is the host post-process): the same figure.
   res["predict_unpasted_seconds_per_image"] = res["predict_seconds_per_image"]
   step_fn = make_train_step(task, tx, mesh, grad_accum=int(cfg.train.grad_accum))
-  times, cpu = [], []
+  times, cpu, positives = [], [], []
   for k in range(warmup + steps):
     batch = shard_batch(batches.batch(k % 4), mesh)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -183,12 +183,16 @@ def time_pa_jax(cfg, npz: str, steps: int, warmup: int, n_predict: int, dtype: s
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
     cpu.append(time.process_time() - c0)
+    positives.append(float(metrics.get("roi_positives_per_image", np.nan)))
   res.update(_step_timings(times, cpu, warmup, cfg.train.batch_size))
   res["last_loss"] = float(metrics["loss"])
-  # The mask head's real work: pa_jax runs it on roi.batch_per_image * positive_fraction
-  # static slots per image whatever this count is; torchvision on exactly these positives.
+  # The mask head's real work: pa_jax runs it on the chunks of roi.batch_per_image *
+  # positive_fraction static slots per image that hold a positive (mask_train_chunk);
+  # torchvision on exactly its positives. Mean over the timed steps, as torchvision's.
   if "roi_positives_per_image" in metrics:
-    res["mask_positives_per_image"] = float(metrics["roi_positives_per_image"])
+    res["mask_positives_per_image"] = float(np.mean(positives[warmup:]))
+    res["mask_positives_per_step"] = positives[warmup:]
+    res["mask_train_chunk"] = int(cfg.model.roi.get("mask_train_chunk", 32))
   res["mask_slots_per_image"] = max(1, int(cfg.model.roi.batch_per_image
                                            * cfg.model.roi.positive_fraction))
   res["peak_rss_after_train_mb"] = _peak_rss_mb()
