@@ -13,7 +13,8 @@
 #   2 compare    bench/frameworks.py at paper size: R50 (and ResNeXt-101 64x4d with X101=1), batch 8,
 #                canvas 384, float32 and bfloat16 (torch AMP), agreement on R50 fp32
 #   3 train      dh25_pa at full size (ResNeXt-101, batch 8, 384) for STEPS steps:
-#                images/s and peak memory
+#                images/s and peak memory; then the backbone alone against the measured
+#                bf16 matmul rate (bench/gpu/backbone_share.py)
 # Output: $OUT (the device tool's folder) or bench/gpu/out-<UTC date>; summary.json lists
 # every step's status and seconds, logs.tar.gz holds each step's whole output.
 #
@@ -65,26 +66,28 @@ if [ "$DRY" = 1 ]; then
   TESTS="tests/test_bench_frameworks.py"
   CMP_PRESETS="toy"; CMP_ARGS="--steps 1 --warmup 1 --predict-images 1"; DTYPES="${DTYPES:-bfloat16}"
   TORCH_DEVICE=cpu
-  TRAIN_ARGS="--config configs/dh25_pa.py:cpu --toy --steps 2 --warmup 1 --max-examples 4"
+  TRAIN_ARGS="--config configs/dh25_pa.py:cpu --toy --steps 2 --warmup 1 --max-examples 4 --backbone-share"
 else
-  # Limits (s): env 30, tests 60, compare 270, train 190, and all of them together within
+  # Limits (s): env 30, tests 60, compare 270, train 210, and all of them together within
   # DEADLINE_S = 470 s < 8 min (the bound), whatever happens: a step that starts late
   # gets only what is left. A step cut short keeps what it wrote (compare writes after each
   # run). Measured on an H200 (2026-11-30): env 17 s, the NMS tests alone 27 s (the whole
   # tests step has not run alone on a GPU yet), R50 agreement 25 s,
   # pa_jax float32 worker 72 s (42 s of it the first step's compile), torchvision 17 s,
   # pa_jax bf16 compile 73 s; dh25_pa init 19 s + first step (compile) 81-88 s, then 45 s of
-  # timed steps. ResNeXt-101 in the comparison (X101=1) needs another ~250 s: a second call
+  # timed steps (300 steps take ~14 s of them), then the backbone share (not yet run on a
+  # GPU: a backbone-only compile, 10 timed calls, one 8192^3 bf16 product, the step lowered
+  # again for its FLOPs; budgeted 30-40 s). ResNeXt-101 in the comparison (X101=1) needs another ~250 s: a second call
   # (its own 470 s).
   # Tried and dropped (second lease, 2026-11-30): compiling all five JAX programs at once in
   # parallel processes into JAX's persistent compilation cache, for the steps to read back.
   # Beside the tests, none of the five had finished after 200 s on the 16 cores (sequential:
   # 42-87 s each), so the steps compiled again: a net loss. Compiles stay sequential.
-  T_ENV=30; T_TESTS=60; T_CMP_R50=270; T_CMP_X101=250; T_TRAIN=190; DEADLINE_S=${DEADLINE_S:-470}
+  T_ENV=30; T_TESTS=60; T_CMP_R50=270; T_CMP_X101=250; T_TRAIN=210; DEADLINE_S=${DEADLINE_S:-470}
   TESTS="tests/ops/test_ops_nms.py tests/ops/test_ops_roi_align.py tests/ops/test_ops_per_device.py tests/ops/test_ops_intensity.py tests/models/test_models_weights.py tests/models/test_models_mask_rcnn.py tests/test_bench_frameworks.py"
   CMP_ARGS="--steps 5 --warmup 1 --predict-images 5"; DTYPES="float32,bfloat16"
   TORCH_DEVICE=cuda
-  TRAIN_ARGS="--config configs/dh25_pa.py --steps ${STEPS:-300} --warmup 2 --max-seconds 45"
+  TRAIN_ARGS="--config configs/dh25_pa.py --steps ${STEPS:-300} --warmup 2 --max-seconds 45 --backbone-share"
 fi
 
 step() {  # step NAME LIMIT_S COMMAND...
@@ -172,6 +175,7 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
         res["results"][key] = {"ratios": d.get("ratios"), "runs": [
             {k: r.get(k) for k in ("framework", "compute_dtype", "returncode", "train_step_median",
                                     "train_images_per_second", "predict_seconds_per_image",
+                                    "predict_unpasted_seconds_per_image",
                                     "peak_rss_mb", "device_peak_mb", "device_peak_mb_train")}
             for r in d["runs"]], "skipped": d.get("skipped")}
         if "agreement" in d:
@@ -182,6 +186,9 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
         res["results"][key] = {k: d.get(k) for k in ("step_seconds_median", "images_per_second_median_step",
                                                      "images_per_second_wall", "peak_rss_mb", "device_peak_mb_end",
                                                      "compute_dtype", "weights")}
+        share = d.get("backbone_share")
+        if share:
+            res["results"][key]["backbone_share"] = {k: v for k, v in share.items() if k != "backbone_seconds"}
 json.dump(res, open(os.path.join(out, "summary.json"), "w"), indent=1)
 print(json.dumps(res, indent=1))
 bad = [s for s in steps if s["status"] not in ("ok", "skipped")]
