@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:
 sys.path.insert(0, str(ROOT / "bench"))  # its sibling modules, as when run as a script
 
 from frameworks_torchvision import (  # noqa: E402
-    build_torchvision, count_roi_positives, torch_inputs, tv_predict_unpasted)
+    build_torchvision, count_roi_positives, pa_jax_sgd, set_learning_rate, torch_inputs,
+    tv_predict_unpasted)
 
 
 # ------------------------------------------------------------------------------ pa_jax
@@ -216,8 +217,13 @@ def _jax_mem(tag: str) -> dict:
 
 def time_torchvision(cfg, npz: str | None, steps: int, warmup: int, n_predict: int, dtype: str,
                      device: str) -> dict:
+  import jax
   import torch
 
+  # JAX only on the host here (data, the learning-rate schedule): on a GPU machine it would
+  # otherwise open its memory pool beside torch's. `compare` also sets JAX_PLATFORMS=cpu
+  # for this worker; this covers a worker started by hand (before any backend starts).
+  jax.config.update("jax_platforms", "cpu")
   model, examples, batches, first = pa_jax_setup(cfg)  # same data (pa_jax's model unused)
   del model
   res = {"framework": "torchvision", "device": device, "compute_dtype": dtype,
@@ -259,22 +265,10 @@ def time_torchvision(cfg, npz: str | None, steps: int, warmup: int, n_predict: i
   res["predict_unpasted_seconds"] = utimes[1:]
   res["predict_unpasted_seconds_per_image"] = _median(utimes[1:])
   tv.train()
-  from pa_jax.train.optimizer import learning_rate_at
-
-  # pa_jax's optimiser (pa_jax/train/optimizer.py) in torch: the config's learning-rate
-  # schedule, warm-up included, and weight decay only on weights of ndim > 1. With the
-  # full rate from step 0 instead, torchvision's RPN learned within the timed steps and
-  # its RoI sampler found ~50 % more positives than pa_jax's on the same batches by the
-  # tenth step (20.95 against 13.65 per image, cpu_small): more mask-head work, not a
-  # difference of the frameworks. Its sampler is seeded too.
+  # pa_jax's optimiser in torch (schedule, decay mask), and a seeded sampler.
   torch.manual_seed(0)
   params = [p for p in tv.parameters() if p.requires_grad]
-  groups = [{"params": [p for p in params if p.ndim > 1],
-             "weight_decay": float(cfg.train.weight_decay)},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-  opt = torch.optim.SGD(groups, lr=float(cfg.train.learning_rate),
-                        momentum=float(cfg.train.momentum))
-  rates = [learning_rate_at(cfg.train, k) for k in range(warmup + steps)]
+  opt, rates = pa_jax_sgd(params, cfg.train, warmup + steps)
   res["learning_rates"] = rates
   if dev_type == "cuda":
     torch.cuda.reset_peak_memory_stats()
@@ -291,8 +285,7 @@ def time_torchvision(cfg, npz: str | None, steps: int, warmup: int, n_predict: i
     loss.backward()
     if cfg.train.clip_grad_norm:
       torch.nn.utils.clip_grad_norm_(params, float(cfg.train.clip_grad_norm))
-    for g in opt.param_groups:
-      g["lr"] = rates[k]
+    set_learning_rate(opt, rates[k])
     opt.step()
     sync()
     times.append(time.perf_counter() - t0)
@@ -303,6 +296,8 @@ def time_torchvision(cfg, npz: str | None, steps: int, warmup: int, n_predict: i
   timed_pos = positives[warmup * cfg.train.batch_size:]
   if timed_pos:
     res["mask_positives_per_image"] = float(np.mean(timed_pos))
+    per_step = np.reshape(timed_pos, (-1, int(cfg.train.batch_size))).mean(axis=1)
+    res["mask_positives_per_step"] = [float(x) for x in per_step]  # as pa_jax's
   res["peak_rss_after_train_mb"] = _peak_rss_mb()
   if dev_type == "cuda":
     res["device_peak_mb_train"] = torch.cuda.max_memory_allocated() / 2 ** 20

@@ -199,6 +199,36 @@ def set_roi_align_aligned(aligned: bool) -> None:
   poolers.roi_align = functools.partial(roi_align, aligned=True) if aligned else roi_align
 
 
+def pa_jax_sgd(params, train_config, n_updates: int):
+  """(torch SGD, learning rates [n_updates]) doing what pa_jax/train/optimizer.py's
+  `make_optimizer` does, for the comparison's torchvision side.
+
+  Weight decay only on tensors of ndim > 1 (never biases or norm parameters), momentum with
+  torch's buffer (equal to optax's trace: both start from the first gradient and apply the
+  rate after the momentum), and the config's learning-rate schedule, warm-up included:
+  the caller clips the gradient (`clip_grad_norm_`) and calls `set_learning_rate(opt,
+  rates[k])` before `opt.step()` of update k. With a constant rate instead, torchvision's
+  RPN learned within the timed steps and its sampler found ~50 % more positive RoIs than
+  pa_jax's on the same batches (docs/performance.md, "Current figures").
+  """
+  import torch
+
+  from pa_jax.train.optimizer import learning_rate_at
+
+  params = list(params)
+  groups = [{"params": [p for p in params if p.ndim > 1],
+             "weight_decay": float(train_config.weight_decay)},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+  opt = torch.optim.SGD(groups, lr=float(train_config.learning_rate),
+                        momentum=float(train_config.momentum))
+  return opt, [learning_rate_at(train_config, k) for k in range(n_updates)]
+
+
+def set_learning_rate(opt, rate: float) -> None:
+  for group in opt.param_groups:
+    group["lr"] = rate
+
+
 def torch_inputs(batch, device: str = "cpu", with_targets: bool = True):
   """pa_jax Batch (numpy) -> torchvision's list of images [3, h, w] and targets."""
   import torch

@@ -193,8 +193,8 @@ def cpu_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.roi.fc_dim = 256
   c.model.roi.mask_dim = 64
   # 64 mask slots per image here, of which a batch fills 12-64 (median 47 in the zoo
-  # recipe's log): steps of 16 follow the positives closer than 32 for one more `cond`.
-  # Train step 0.24 -> 0.18 s on the frameworks bench's batch (12 positives), 0.22 -> 0.20 s
+  # recipe's log): steps of 16 follow the positives closer than 32 for two more `cond`s.
+  # Train step 0.24 -> 0.18 s on the frameworks bench's batches (12-16 positives), 0.22 -> 0.20 s
   # in the zoo recipe (docs/performance.md, 'The mask head's chunk').
   c.model.roi.mask_train_chunk = 16
   c.model.roi.max_detections = 300

@@ -184,3 +184,49 @@ def test_mask_work_column():
   assert fw.mask_work({"mask_positives_per_image": 37.5, "mask_slots_per_image": 128}) == "37.5 (128)"
   assert fw.mask_work({"mask_positives_per_image": 37.5}) == "37.5"
   assert fw.mask_work({}) == "–"
+
+
+def test_torch_sgd_makes_pa_jax_updates():
+  # The comparison's torchvision side trains with pa_jax's optimiser: the same parameters
+  # after three updates of a kernel (decayed) and a bias (not), with clipping active and
+  # the warm-up ramp, as optax's chain from pa_jax/train/optimizer.py gives.
+  torch = pytest.importorskip("torch")
+  import jax.numpy as jnp
+  import ml_collections
+  import optax
+
+  import frameworks_torchvision as ftv
+  from pa_jax.train.optimizer import make_optimizer
+
+  cfg = ml_collections.ConfigDict(dict(
+      learning_rate=0.1, momentum=0.9, weight_decay=0.05, clip_grad_norm=1.0, warmup_steps=2,
+      steps=10, schedule="cosine", grad_accum=1))
+  rng = np.random.default_rng(0)
+  w0 = rng.normal(size=(3, 2)).astype(np.float32)
+  b0 = rng.normal(size=(2,)).astype(np.float32)
+  x = rng.normal(size=(4, 3)).astype(np.float32)
+
+  def loss_np(w, b, xp):  # written for both frameworks: sum((x w + b)^2) * 3 (clip engages)
+    return 3.0 * ((xp @ w + b) ** 2).sum()
+
+  w, b = torch.tensor(w0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+  opt, rates = ftv.pa_jax_sgd([w, b], cfg, 3)
+  for k in range(3):
+    opt.zero_grad()
+    loss_np(w, b, torch.tensor(x)).backward()
+    torch.nn.utils.clip_grad_norm_([w, b], cfg.clip_grad_norm)
+    ftv.set_learning_rate(opt, rates[k])
+    opt.step()
+
+  import jax
+
+  params = {"kernel": jnp.asarray(w0), "bias": jnp.asarray(b0)}
+  tx = make_optimizer(cfg)
+  state = tx.init(params)
+  for _ in range(3):
+    grads = jax.grad(lambda p: loss_np(p["kernel"], p["bias"], jnp.asarray(x)))(params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(w.detach().numpy(), np.asarray(params["kernel"]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(b.detach().numpy(), np.asarray(params["bias"]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(rates[:2], [0.05, 0.1], rtol=1e-6)  # warm-up (s + 1) / 2

@@ -7,9 +7,15 @@ timed the step (`train_throughput.py --backbone-share`), on its parameters and l
   * the backbone alone: forward + backward of the sum of its outputs with respect to its
     parameters, in the model's compute dtype, jitted on its own. The frozen stages'
     backward is skipped as in the step (`stop_gradient` inside `ResNet`). Its seconds
-    (median), its FLOPs from XLA's cost analysis of the compiled program, hence its TFLOP/s;
-  * the step's FLOPs, from XLA's cost analysis of the lowered step (an estimate that counts
-    every `cond` branch, so an upper bound on what runs);
+    (median), its FLOPs, hence its TFLOP/s;
+  * the step's FLOPs.
+
+Both FLOP counts come from XLA's cost analysis of the *lowered* programs, so that they are
+the same measure and do not depend on the backend's compiled-program analysis (on GPUs
+that one has returned -1 or miscounted library calls; jax issues 16008, 20184, 22249).
+It is an estimate: each `cond` counts as its largest branch and each loop body once. The
+compiled program's own figure is kept beside it (`backbone_flops_compiled`) when the
+backend gives one.
   * the device's dense bf16 matmul rate, measured here: an `n x n x n` product, ten timed
     after three warm-ups (n = 8192 on a GPU, as the device notes' 769-798 TFLOP/s were
     measured; small on a CPU).
@@ -29,7 +35,8 @@ import numpy as np
 
 
 def _flops(compiled_or_lowered) -> float | None:
-  """FLOPs of XLA's cost analysis (a dict, or a list of one dict in older JAX), or None."""
+  """FLOPs of XLA's cost analysis (a dict, or a list of one dict in older JAX); None when
+  the backend gives none or a non-positive count (some GPU versions return -1)."""
   try:
     cost = compiled_or_lowered.cost_analysis()
   except Exception:  # noqa: BLE001 - some backends have none; the figure is then absent
@@ -38,7 +45,8 @@ def _flops(compiled_or_lowered) -> float | None:
     cost = cost[0] if cost else None
   if not cost or "flops" not in cost:
     return None
-  return float(cost["flops"])
+  flops = float(cost["flops"])
+  return flops if flops > 0 else None
 
 
 def _median_seconds(fn, reps: int) -> tuple[float, list[float]]:
@@ -112,11 +120,12 @@ def backbone_share(model, variables: dict, image, step_seconds: float, step_jitt
 
   fn, args = backbone_fwd_bwd(model, variables, image)
   t0 = time.perf_counter()
-  compiled = fn.lower(*args).compile()
+  lowered = fn.lower(*args)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   jax.block_until_ready(compiled(*args))  # first call outside the timing
   seconds, times = _median_seconds(lambda: compiled(*args), reps)
-  flops = _flops(compiled)
+  flops = _flops(lowered)
   platform = jax.devices()[0].platform
   n = matmul_n or (8192 if platform in ("gpu", "cuda", "tpu") else 512)
   peak = matmul_rate(n)
@@ -129,6 +138,7 @@ def backbone_share(model, variables: dict, image, step_seconds: float, step_jitt
       "backbone_seconds_median": seconds,
       "backbone_seconds": times,
       "backbone_flops": flops,
+      "backbone_flops_compiled": _flops(compiled),
       "step_seconds_median": step_seconds,
       "share_of_step": seconds / step_seconds if step_seconds else None,
       "matmul_bf16": peak,
