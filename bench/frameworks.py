@@ -340,11 +340,8 @@ def cmd_compare(a) -> int:
              str(a.warmup), "--predict-images", str(a.predict_images), "--dtype", dtype,
              "--device", a.device, "--out", wout] + sum((["--override", o] for o in a.override), [])
       print("+", " ".join(cmd), flush=True)
-      # The torch worker uses JAX only on the host (data, the learning-rate schedule): keep
-      # it off the GPU, where JAX would otherwise open its memory pool beside torch's.
-      env = {**os.environ, "JAX_PLATFORMS": "cpu"} if fw == "torchvision" else None
       t0 = time.perf_counter()
-      p = subprocess.run(cmd, cwd=str(ROOT), env=env)
+      p = subprocess.run(cmd, cwd=str(ROOT))
       run = {"framework": fw, "compute_dtype": dtype, "returncode": p.returncode,
              "wall_seconds": time.perf_counter() - t0, "load_avg_after": list(os.getloadavg())}
       if p.returncode == 0 and os.path.exists(wout):

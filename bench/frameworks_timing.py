@@ -221,8 +221,8 @@ def time_torchvision(cfg, npz: str | None, steps: int, warmup: int, n_predict: i
   import torch
 
   # JAX only on the host here (data, the learning-rate schedule): on a GPU machine it would
-  # otherwise open its memory pool beside torch's. `compare` also sets JAX_PLATFORMS=cpu
-  # for this worker; this covers a worker started by hand (before any backend starts).
+  # otherwise open its memory pool beside torch's. No JAX backend has started in a worker
+  # process before this line, so the setting takes effect.
   jax.config.update("jax_platforms", "cpu")
   model, examples, batches, first = pa_jax_setup(cfg)  # same data (pa_jax's model unused)
   del model
