@@ -149,27 +149,14 @@ def off_the_edge(boxes: jnp.ndarray, image_size: jnp.ndarray) -> jnp.ndarray:
   return ((boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w) & (boxes[:, 3] < h))
 
 
-def pa_coverage_device(pa_boxes: jnp.ndarray, pa_valid: jnp.ndarray,
-                       unannotated_boxes: jnp.ndarray, unannotated_valid: jnp.ndarray,
-                       iou_threshold: float = 0.5) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Jittable twin of `pa_coverage` for the training log (one image; vmap for a batch).
-
-  Args:
-    pa_boxes: float32 `[K, 4]`, pa_valid: bool `[K]`.
-    unannotated_boxes: float32 `[M, 4]` boxes of the nuclei missing from the annotations
-      (`Batch.unannotated_boxes`), unannotated_valid: bool `[M]`.
-  Returns:
-    (covered, total) float32 scalars: unannotated nuclei whose box has IoU >= threshold
-    with a valid PA box, and the number of unannotated nuclei.
-  """
-  hit = pa_hits_device(pa_boxes, pa_valid, unannotated_boxes, iou_threshold) & unannotated_valid
-  return jnp.sum(hit).astype(jnp.float32), jnp.sum(unannotated_valid).astype(jnp.float32)
-
-
 def pa_hits_device(pa_boxes: jnp.ndarray, pa_valid: jnp.ndarray, boxes: jnp.ndarray,
                    iou_threshold: float = 0.5) -> jnp.ndarray:
   """bool `[M]`: the `boxes` (float32 `[M, 4]`) that some valid PA box (`[K, 4]`, `[K]`)
-  matches with IoU >= threshold; padding rows are not masked (AND with their valid)."""
+  matches with IoU >= threshold; padding rows are not masked (AND with their valid).
+
+  The jittable side of `pa_coverage` for the training log (one image; vmap for a batch):
+  `pa_unannotated_covered` counts `hits & Batch.unannotated_valid` over `unannotated_valid`
+  (partial/training.py), which is `pa_coverage`'s `num_covered / num_unannotated`."""
   if pa_boxes.shape[0] == 0:
     return jnp.zeros(boxes.shape[:1], bool)
   iou = pairwise_iou(boxes, jax.lax.stop_gradient(pa_boxes))

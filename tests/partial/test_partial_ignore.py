@@ -84,13 +84,19 @@ def test_pa_coverage():
   assert np.isnan(I.pa_coverage(pa, valid, annotated, annotated)["coverage"])
 
 
-def test_pa_coverage_device_equals_host_on_training_batches():
+def test_pa_hits_device_count_what_the_host_counts_on_training_batches():
   """The jitted coverage that training logs counts what the host reference counts, with the
   unannotated boxes the data pipeline derives (random nuclei, random PA boxes near them)."""
   from pa_jax.data.pipeline import TrainExample, canvas_example
 
   rng = np.random.default_rng(3)
-  fn = jax.jit(jax.vmap(I.pa_coverage_device))
+
+  def coverage(pa, valid, boxes, boxes_valid):
+    """(covered, total) per image, counted from the hits as partial/training.py does."""
+    hit = jax.vmap(I.pa_hits_device)(pa, valid, boxes) & boxes_valid
+    return hit.sum(axis=1), boxes_valid.sum(axis=1)
+
+  fn = jax.jit(coverage)
   for trial in range(6):
     full = np.zeros((96, 96), np.int32)
     n = int(rng.integers(0, 12))
@@ -119,8 +125,9 @@ def test_pa_coverage_device_equals_host_on_training_batches():
     assert int(total[0]) == host["num_unannotated"], trial
     assert int(covered[0]) == host["num_covered"], trial
   # no PA slot at all (max_pa_boxes 0): nothing covered, the nuclei still counted
-  c0, t0 = I.pa_coverage_device(np.zeros((0, 4), np.float32), np.zeros((0,), bool),
-                                item["unannotated_boxes"], item["unannotated_valid"])
+  c0, t0 = coverage(np.zeros((1, 0, 4), np.float32), np.zeros((1, 0), bool),
+                    item["unannotated_boxes"][None], item["unannotated_valid"][None])
+  c0, t0 = c0[0], t0[0]
   assert float(c0) == 0 and float(t0) == host["num_unannotated"]
 
 
