@@ -84,12 +84,17 @@ PRESETS = {
 }
 
 
+#: Every preset runs pa_jax as torchvision computes: on the whole padded canvas (torchvision
+#: has no `model.mask_padding`), so both frameworks run the same network.
+SAME_AS_TORCHVISION = ["model.mask_padding=False"]
+
+
 def preset(name: str, extra: Sequence[str] = ()) -> tuple[str, list[str]]:
   """(config spec, overrides) of a preset, plus `extra` overrides (later ones win)."""
   if name not in PRESETS:
     raise ValueError(f"unknown preset {name!r}; one of {sorted(PRESETS)}")
   spec, ov = PRESETS[name]
-  return spec, list(ov) + list(extra)
+  return spec, SAME_AS_TORCHVISION + list(ov) + list(extra)
 
 
 # ---------------------------------------------------------------------------- agreement

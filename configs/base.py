@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'bn' normalises with imported running statistics (never updated: 1–2 images per device
   # are too few for batch statistics) and trains only its scale/bias.
   c.model.norm = "frozen_bn"  # 'frozen_bn' (pretrained, all fixed), 'group_norm' (from scratch) or 'bn'.
+  c.model.mask_padding = True  # Keep the canvas padding out of the network: norm statistics over the image's cells, padding zeroed after every norm, FPN level and attention, no proposal from an anchor centred in the padding. The output then does not depend on the canvas (pa_jax/models/padding.py), which lets the predictor use canvas buckets. False: the network sees the whole canvas (torchvision's and older runs' behaviour).
   c.model.freeze_at = 2  # Stages (stem=1, res2=2, ...) whose weights get no gradient when pretrained.
   c.model.init = ""  # Start of a new run: '' = random init (or model.pretrained); 'zoo:<name>' or a model file (pa_jax/zoo): fine-tune a shipped model.
   c.model.pretrained = ""  # Path of a torchvision .pth state dict to import (ResNet or Mask R-CNN); '' = random init.
@@ -161,7 +162,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.predict.tile_size = 512  # Images larger than this are tiled (pixels, multiple of 32).
   c.predict.tile_overlap = 96  # Overlap between tiles; must exceed the largest nucleus (or clump) side plus the network's context, see docs/tiling.md.
   c.predict.batch_size = 4  # Tiles/images per device call.
-  c.predict.canvas_octaves = 0  # 0: pad each side to a multiple of 32 (one compile per size). k > 0: pad to tile_size * 2**(-j/2), j = 0..2k (512, k=2: 128, 192, 256, 384, 512), a bounded number of compiled canvases for any mix of sizes. Off by default: GroupNorm and the attention still see the padding, so a bigger bucket changes predictions (bench/canvas_buckets.py) until they are masked.
+  c.predict.canvas_octaves = 2  # k > 0: pad each side to tile_size * 2**(-j/2), j = 0..2k (512, k=2: 128, 192, 256, 384, 512), at most (2k+1)^2 compiled canvases for any mix of sizes; the bucket does not change the output when model.mask_padding is on (bench/canvas_buckets.py). 0: pad each side to a multiple of 32 (one compile per distinct size), what runs saved before buckets were the default keep.
   c.predict.diameter = 0.0  # Median nucleus diameter of the input images in px (runs trained with data.diameter): 0 = estimate it from a first pass of the model.
   c.predict.score_threshold = 0.5  # Detections below this score are not drawn into label maps (the 0.05 of model.roi.score_threshold suits ranked AP, not a label map, where every low-score box is a false positive).
   c.predict.mask_overlap = 1.0  # Painting by descending score onto unclaimed pixels, drop a detection with at least this fraction of its mask already claimed (panoptic FPN's overlap_threshold). 1.0 = off: overlaps simply go to the higher score, the paper's protocol (DESIGN.md), kept for every config. 0.5 removed the crescents and slivers that lower-scoring duplicates leave beside a nucleus and raised the shipped model's dh360 test mAP 0.559 -> 0.591 (bench/mask_overlap.py, docs/outlines.md).

@@ -1,7 +1,8 @@
 """From images to instance label maps with a trained detector.
 
-`Predictor(model, variables)` pads each image to a canvas (by default each side rounded up
-to a multiple of 32: one compile per distinct size; with `canvas_octaves > 0`, to one of the
+`Predictor(model, variables)` pads each image to a canvas (`canvas_octaves=0`: each side
+rounded up to a multiple of 32, one compile per distinct size; `canvas_octaves > 0`, the
+configs' default since `model.mask_padding` made the output canvas-independent: one of the
 half-octave buckets below `tile_size`, `bucket_sides`, a bounded number of programs, 5 for
 square images; larger images are tiled), runs the jitted `MaskRCNN.predict` (one compile
 per model and canvas shape, shared by every Predictor of the process), renders the detections into one label map on device
@@ -141,9 +142,11 @@ class Predictor:
     canvas_octaves: each side is padded to one of `bucket_sides(tile_size, canvas_octaves)`
       (512, 2 -> 128, 192, 256, 384, 512), so at most `(2 * canvas_octaves + 1) ** 2`
       canvases are compiled (5 for square images), however many image sizes are seen.
-      The padding is zeros, and GroupNorm statistics and the attention see it, so the
-      output can change with the bucket (bench/canvas_buckets.py measures it); 0 pads to a
-      multiple of 32 only (one compile per distinct size, the smallest canvas).
+      A model built with `model.mask_padding` gives the same output on any bucket (float
+      rounding aside: pa_jax/models/padding.py); without it GroupNorm statistics and the
+      layers' biases see the padding, so the output can change with the bucket
+      (bench/canvas_buckets.py measures both). 0 pads to a multiple of 32 only (one
+      compile per distinct size, the smallest canvas).
     target_diameter: the median nucleus diameter (px) the model was trained at
       (`config.data.diameter`); 0 = no zoom.
     diameter: the median nucleus diameter of the input images (px); 0 = estimate it per

@@ -33,29 +33,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pa_jax.models.padding import padding_mask  # noqa: F401  (re-exported: its first home)
+
 Array = jax.Array
-
-
-def padding_mask(image_size: Array, feature_hw: tuple[int, int], stride: int) -> Array:
-  """Feature cells that hold at least one real pixel of the image.
-
-  Cell ``(i, j)`` of a map at ``stride`` covers canvas pixels ``[s*i, s*i + s) x [s*j,
-  s*j + s)``; the real image is the top-left ``[0, H) x [0, W)`` of the canvas, so the cell
-  is real iff ``s*i < H`` and ``s*j < W``.
-
-  Args:
-    image_size: int ``[B, 2]`` real ``(H, W)`` of each image (``Batch.image_size``).
-    feature_hw: static ``(h, w)`` of the feature map.
-    stride: static stride of the map (4 for P2, 2**k for Pk).
-
-  Returns:
-    bool ``[B, h, w]``.
-  """
-  h, w = feature_hw
-  size = jnp.asarray(image_size)
-  rows = jnp.arange(h) * stride < size[:, 0:1]  # [B, h]
-  cols = jnp.arange(w) * stride < size[:, 1:2]  # [B, w]
-  return rows[:, :, None] & cols[:, None, :]
 
 
 def masked_softmax(logits: Array, valid: Array, axis: int) -> Array:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pa_jax.models.layers import pointwise_conv
+from pa_jax.models.padding import padding_mask, zero_padding
 
 Array = jax.Array
 
@@ -53,9 +54,12 @@ class FPN(nn.Module):
     add_p6: add P6 = stride-2 subsample of P5 (torchvision ``LastLevelMaxPool``).
     dtype: computation dtype (parameters float32).
 
-  ``__call__(features)``:
+  ``__call__(features, image_size=None)``:
     features: mapping with keys ``'c2'..'c5'`` (any contiguous subset ``'c{k}'``), each
       float ``[B, H_k, W_k, C_k]`` with stride ``2**k``.
+    image_size: optional int ``[B, 2]`` real ``(H, W)`` of each image: the merged maps and
+      the outputs are zeroed outside the image's cells (the convs' biases would fill the
+      padding; :mod:`pa_jax.models.padding`). None: nothing is zeroed.
     Returns ``{'p2': [B, H_2, W_2, out], ..., 'p5': [...], 'p6': [B, ceil(H_5/2),
     ceil(W_5/2), out]}`` -- level ``p{k}`` has stride ``2**k``.
   """
@@ -65,7 +69,9 @@ class FPN(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features: Mapping[str, Array]) -> Dict[str, Array]:
+  def __call__(
+      self, features: Mapping[str, Array], image_size: Array | None = None
+  ) -> Dict[str, Array]:
     levels = sorted(int(k[1:]) for k in features if k.startswith("c"))
     if not levels:
       raise ValueError(f"FPN needs 'c<k>' inputs, got keys {sorted(features)}")
@@ -99,8 +105,9 @@ class FPN(nn.Module):
       lateral = conv(1, f"lateral{k}")(features[f"c{k}"].astype(self.dtype))
       if merged is not None:
         lateral = lateral + resize_nearest(merged, lateral.shape[1:3])
-      merged = lateral
-      outputs[f"p{k}"] = conv(3, f"output{k}")(merged)
+      valid = None if image_size is None else padding_mask(image_size, lateral.shape[1:3], 2**k)
+      merged = zero_padding(lateral, valid)
+      outputs[f"p{k}"] = zero_padding(conv(3, f"output{k}")(merged), valid)
     if self.add_p6:
       top = levels[-1]
       outputs[f"p{top + 1}"] = outputs[f"p{top}"][:, ::2, ::2, :]

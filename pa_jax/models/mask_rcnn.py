@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from pa_jax import losses
-from pa_jax.models.attention import FactorizedAttention, padding_mask
+from pa_jax.models.attention import FactorizedAttention
 from pa_jax.models.fpn import FPN
 from pa_jax.models.mask_chunks import mask_loss_in_chunks, masks_in_chunks  # noqa: F401
+from pa_jax.models.padding import padding_mask, zero_padding
 from pa_jax.models.partial import CenternessHead
 
 # The spec, the output and the per-image stages have their own modules; imported from here too.
@@ -107,28 +108,28 @@ class MaskRCNN(nn.Module):
   def features(self, image: jax.Array, image_size: jax.Array | None = None) -> dict[str, jax.Array]:
     """FPN pyramid {'p2'..'p6'} of a float32 [B, H, W, 3] batch (attention applied).
 
-    `image_size` int32 [B, 2] real (H, W) of each image: with `spec.attention_mask_padding`
-    the attention's keys ignore the canvas padding beyond it (None: the whole canvas is real).
+    `image_size` int32 [B, 2] real (H, W) of each image (None: the whole canvas is real).
+    With `spec.mask_padding` no layer sees the canvas padding beyond it
+    (`pa_jax.models.padding`); with `spec.attention_mask_padding` alone, only the
+    attention's keys ignore it.
     """
     # The backbone runs its norm layers in inference mode: 'frozen_bn' and 'group_norm'
     # have no batch statistics, and 'bn' uses its (imported) running statistics.
-    feats = self.fpn(self.backbone(image, train=False))
+    masked = image_size if self.spec.mask_padding else None
+    feats = self.fpn(self.backbone(image, train=False, image_size=masked), masked)
     if self.spec.partial:
-      feats = {
-          k: (
-              self.attention[k](v, self._attention_valid(k, v, image_size))
-              if k in self.attention
-              else v
-          )
-          for k, v in feats.items()
-      }
+      for k in self.attention:
+        valid = self._attention_valid(k, feats[k], image_size)
+        out = self.attention[k](feats[k], valid)
+        feats[k] = zero_padding(out, valid) if masked is not None else out
     return feats
 
   def _attention_valid(
       self, level: str, feat: jax.Array, image_size: jax.Array | None
   ) -> jax.Array | None:
     """bool [B, h, w] real cells of FPN level `level` ('p2' has stride 4), or None."""
-    if image_size is None or not self.spec.attention_mask_padding:
+    s = self.spec
+    if image_size is None or not (s.attention_mask_padding or s.mask_padding):
       return None
     return padding_mask(image_size, feat.shape[1:3], 2 ** int(level[1:]))
 
@@ -239,6 +240,7 @@ class MaskRCNN(nn.Module):
             s.rpn_pre_nms_topk_train,
             s.rpn_post_nms_topk_train,
             s.rpn_nms_iou,
+            anchors_in_image=s.mask_padding,
         ),
         [jax.lax.stop_gradient(x) for x in obj],
         [jax.lax.stop_gradient(x) for x in dlt],
@@ -327,6 +329,7 @@ class MaskRCNN(nn.Module):
             s.rpn_pre_nms_topk_test,
             s.rpn_post_nms_topk_test,
             s.rpn_nms_iou,
+            anchors_in_image=s.mask_padding,
         )
     )(list(obj), list(dlt), image_size)
     b = image.shape[0]

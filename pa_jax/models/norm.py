@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pa_jax.models.padding import zero_padding
+
 Array = jax.Array
 
 #: Variable collection holding the constants of :class:`FrozenBatchNorm`.
@@ -92,7 +94,11 @@ class GroupNorm(nn.Module):
   divisor below it is used (see :func:`group_norm_groups`). Affine ``scale`` / ``bias``
   are float32 ``[C]`` in ``'params'``.
 
-  Input ``x``: ``[B, ..., C]``. Output: same shape, dtype ``self.dtype`` or ``x.dtype``.
+  Input ``x``: ``[B, ..., C]``; ``valid``: optional bool ``[B, ...]`` (``x`` without its
+  channel axis), the cells whose statistics count (the image, not the canvas padding:
+  :mod:`pa_jax.models.padding`). Output: same shape, dtype ``self.dtype`` or ``x.dtype``;
+  cells outside ``valid`` are normalised with the image's statistics, not zeroed (use
+  :func:`normalize` for that).
 
   Computed as flax's ``nn.GroupNorm`` does by default: the mean and the mean square in one
   pass (one fusion on XLA:CPU), variance ``E[x^2] - E[x]^2`` clipped at 0, then one
@@ -107,15 +113,24 @@ class GroupNorm(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, valid: Array | None = None) -> Array:
     c = x.shape[-1]
     g = group_norm_groups(c, self.num_groups)
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
     xf = x.astype(jnp.float32)
     grouped = xf.reshape(x.shape[:1] + (-1, g, c // g))  # [B, H*W*..., G, C/G]
-    mean = grouped.mean(axis=(1, 3))  # [B, G]
-    mean_sq = jnp.square(grouped).mean(axis=(1, 3))
+    if valid is None:
+      mean = grouped.mean(axis=(1, 3))  # [B, G]
+      mean_sq = jnp.square(grouped).mean(axis=(1, 3))
+    else:
+      # Sums over the valid cells only, divided by their count (at least 1: an image with
+      # no valid cell gets finite statistics and is zeroed by the caller anyway).
+      m = valid.reshape(x.shape[:1] + (-1, 1, 1))
+      inside = jnp.where(m, grouped, 0.0)
+      count = jnp.maximum(jnp.sum(m, axis=(1, 2, 3)).astype(jnp.float32) * (c // g), 1.0)
+      mean = jnp.sum(inside, axis=(1, 3)) / count[:, None]
+      mean_sq = jnp.sum(jnp.square(inside), axis=(1, 3)) / count[:, None]
     inv_std = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
     # Per sample and channel: y = x * mul + add, mul = scale / std, add = bias - mean * mul.
     mul = (inv_std[:, :, None] * scale.reshape(g, c // g)).reshape(-1, c)
@@ -123,6 +138,23 @@ class GroupNorm(nn.Module):
     spatial = (1,) * (x.ndim - 2)
     y = xf * mul.reshape(-1, *spatial, c) + add.reshape(-1, *spatial, c)
     return y.astype(self.dtype or x.dtype)
+
+
+def normalize(norm: Callable[..., nn.Module], name: str, x: Array,
+              valid: Array | None = None) -> Array:
+  """``norm(name=name)`` applied to ``x`` ``[B, h, w, C]`` (inside a compact method).
+
+  With ``valid`` bool ``[B, h, w]`` (the image's cells, :mod:`pa_jax.models.padding`),
+  GroupNorm takes its statistics over those cells only, and every kind's output is 0
+  outside them: the shift a norm adds would otherwise put non-zero values into the
+  padding, which the next 3x3 convolution reads at the image's edges. None: the layer
+  alone, exactly as without masking.
+  """
+  layer = norm(name=name)
+  if valid is None:
+    return layer(x)
+  y = layer(x, valid) if isinstance(layer, GroupNorm) else layer(x)
+  return zero_padding(y, valid)
 
 
 def make_norm(kind: str, *, train: bool, dtype: Any = jnp.float32) -> Callable[..., nn.Module]:

@@ -79,12 +79,15 @@ def generate_proposals(
     pre_nms_topk: int,
     post_nms_topk: int,
     nms_iou: float,
+    anchors_in_image: bool = False,
 ):
   """RPN proposals of one image: per-level top-k, decode, clip, per-level NMS, top-k.
 
   Args:
     objectness: per level f32 [n_l] logits; deltas: per level f32 [n_l, 4];
     anchors: per level [n_l, 4]; image_hw: int32 [2] real image size inside the canvas.
+    anchors_in_image: only anchors centred inside the image compete (`model.mask_padding`):
+      a bigger canvas then adds no candidate, so the proposals do not depend on it.
   Returns:
     (boxes f32 [P, 4], scores f32 [P] logits, valid bool [P]), P = post_nms_topk, sorted by
     score. Proposals carry no gradient (as in Faster R-CNN's approximate joint training).
@@ -92,6 +95,10 @@ def generate_proposals(
   all_boxes, all_scores, all_levels = [], [], []
   for lvl, (obj, dlt, anc) in enumerate(zip(objectness, deltas, anchors)):
     k = min(pre_nms_topk, obj.shape[0])
+    if anchors_in_image:
+      centre = (np.asarray(anc)[:, :2] + np.asarray(anc)[:, 2:]) / 2  # (x, y), static
+      inside = (centre[:, 0] < image_hw[1]) & (centre[:, 1] < image_hw[0])
+      obj = jnp.where(inside, obj, -jnp.inf)
     scores, idx = jax.lax.top_k(obj, k)
     boxes = box_ops.decode_deltas(dlt[idx], jnp.asarray(anc)[idx])
     boxes = box_ops.clip_boxes(boxes, image_hw[0], image_hw[1])

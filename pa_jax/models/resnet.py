@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from pa_jax.models.layers import pointwise_conv
-from pa_jax.models.norm import make_norm
+from pa_jax.models.norm import make_norm, normalize
+from pa_jax.models.padding import padding_mask
 from pa_jax.ops.max_pool import max_pool_3x3_s2
 
 Array = jax.Array
@@ -97,6 +98,11 @@ def _conv(
   )
 
 
+def _valid(image_size: Optional[Array], x: Array, stride: int) -> Optional[Array]:
+  """bool ``[B, h, w]`` image cells of a map ``x`` at ``stride``, or None (no masking)."""
+  return None if image_size is None else padding_mask(image_size, x.shape[1:3], stride)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs with a residual (ResNet-18/34). ``[B,H,W,Cin]`` -> ``[B,H/s,W/s,planes]``."""
 
@@ -109,16 +115,19 @@ class BasicBlock(nn.Module):
   expansion = 1
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, image_size: Optional[Array] = None, in_stride: int = 4) -> Array:
+    """``x`` at ``in_stride``; ``image_size`` int ``[B, 2]`` masks the canvas padding
+    (:func:`pa_jax.models.norm.normalize`), None leaves it."""
     norm = make_norm(self.norm, train=self.train, dtype=self.dtype)
     out = _conv(self.planes, 3, self.stride, "conv1", dtype=self.dtype)(x)
-    out = nn.relu(norm(name="bn1")(out))
+    valid = _valid(image_size, out, in_stride * self.stride)
+    out = nn.relu(normalize(norm, "bn1", out, valid))
     out = _conv(self.planes, 3, 1, "conv2", dtype=self.dtype)(out)
-    out = norm(name="bn2")(out)
+    out = normalize(norm, "bn2", out, valid)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
       shortcut = _conv(self.planes, 1, self.stride, "downsample_0", dtype=self.dtype)(x)
-      shortcut = norm(name="downsample_1")(shortcut)
+      shortcut = normalize(norm, "downsample_1", shortcut, valid)
     return nn.relu(out + shortcut)
 
 
@@ -140,21 +149,24 @@ class Bottleneck(nn.Module):
   expansion = 4
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, image_size: Optional[Array] = None, in_stride: int = 4) -> Array:
+    """``x`` at ``in_stride``; ``image_size`` int ``[B, 2]`` masks the canvas padding
+    (:func:`pa_jax.models.norm.normalize`), None leaves it."""
     norm = make_norm(self.norm, train=self.train, dtype=self.dtype)
     width = int(self.planes * (self.width_per_group / 64.0)) * self.groups
     out_ch = self.planes * self.expansion
     out = _conv(width, 1, 1, "conv1", dtype=self.dtype)(x)
-    out = nn.relu(norm(name="bn1")(out))
+    out = nn.relu(normalize(norm, "bn1", out, _valid(image_size, out, in_stride)))
     # Stride in the 3x3 conv (v1.5), grouped for ResNeXt.
     out = _conv(width, 3, self.stride, "conv2", groups=self.groups, dtype=self.dtype)(out)
-    out = nn.relu(norm(name="bn2")(out))
+    valid = _valid(image_size, out, in_stride * self.stride)
+    out = nn.relu(normalize(norm, "bn2", out, valid))
     out = _conv(out_ch, 1, 1, "conv3", dtype=self.dtype)(out)
-    out = norm(name="bn3")(out)
+    out = normalize(norm, "bn3", out, valid)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != out_ch:
       shortcut = _conv(out_ch, 1, self.stride, "downsample_0", dtype=self.dtype)(x)
-      shortcut = norm(name="downsample_1")(shortcut)
+      shortcut = normalize(norm, "downsample_1", shortcut, valid)
     return nn.relu(out + shortcut)
 
 
@@ -179,8 +191,11 @@ class ResNet(nn.Module):
       mask those parameters out of weight decay: see :func:`trainable_mask`.
     dtype: computation dtype (parameters are float32).
 
-  ``__call__(x, *, train=False)``:
-    x: float ``[B, H, W, 3]`` normalised image.
+  ``__call__(x, *, train=False, image_size=None)``:
+    x: float ``[B, H, W, 3]`` normalised image, canvas padding 0.
+    image_size: optional int ``[B, 2]`` real ``(H, W)`` of each image: GroupNorm
+      statistics over the image's cells only and every norm's output zeroed outside them
+      (:mod:`pa_jax.models.padding`). None: the whole canvas is the image.
     Returns ``{'c2', 'c3', 'c4', 'c5'}``: ``[B, ceil(H/4), ceil(W/4), 4*base]``,
     ``[B, ceil(H/8), .., 8*base]``, ``[B, ceil(H/16), .., 16*base]``,
     ``[B, ceil(H/32), .., 32*base]`` (x ``expansion``: 4 for bottlenecks, 1 for basic
@@ -197,7 +212,9 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool = False) -> Dict[str, Array]:
+  def __call__(
+      self, x: Array, *, train: bool = False, image_size: Optional[Array] = None
+  ) -> Dict[str, Array]:
     if self.depth not in STAGE_SIZES:
       raise ValueError(
           f"unsupported ResNet depth {self.depth}; expected one of {sorted(STAGE_SIZES)}"
@@ -213,7 +230,8 @@ class ResNet(nn.Module):
 
     x = x.astype(self.dtype)
     x = _conv(self.base_channels, 7, 2, "conv1", dtype=self.dtype)(x)
-    x = make_norm(self.norm, train=stage_train(1), dtype=self.dtype)(name="bn1")(x)
+    x = normalize(make_norm(self.norm, train=stage_train(1), dtype=self.dtype), "bn1", x,
+                  _valid(image_size, x, 2))
     x = nn.relu(x)
     # 3x3/2 max-pool with padding 1 and -inf padding like PyTorch: nn.max_pool's values, with
     # a gradient XLA:CPU computes 4x faster than select-and-scatter (ops/max_pool.py).
@@ -222,6 +240,7 @@ class ResNet(nn.Module):
       x = jax.lax.stop_gradient(x)
 
     outputs: Dict[str, Array] = {}
+    in_stride = 4
     for i, num_blocks in enumerate(stage_sizes):
       planes = self.base_channels * 2**i
       for j in range(num_blocks):
@@ -237,11 +256,12 @@ class ResNet(nn.Module):
               train=stage_train(i + 2),
               dtype=self.dtype,
               name=name,
-          )(x)
+          )(x, image_size, in_stride)
         else:
           x = BasicBlock(
               planes, stride, norm=self.norm, train=stage_train(i + 2), dtype=self.dtype, name=name
-          )(x)
+          )(x, image_size, in_stride)
+        in_stride *= stride
       if self.freeze_at >= i + 2:
         x = jax.lax.stop_gradient(x)
       outputs[f"c{i + 2}"] = x

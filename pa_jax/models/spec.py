@@ -77,6 +77,9 @@ class ModelSpec:
   connectivity: int = 4
   attention_zero_init: bool = False
   attention_mask_padding: bool = True
+  # Keep the canvas padding out of every layer (`config.model.mask_padding`,
+  # pa_jax/models/padding.py); implies the attention's masking.
+  mask_padding: bool = False
   # Inference: detections per mask-head call (`config.model.roi.mask_batch`); more valid
   # detections run in further chunks of this size, see `masks_in_chunks`.
   mask_batch: int = 256
@@ -166,6 +169,7 @@ class ModelSpec:
         connectivity=int(p.connectivity),
         attention_zero_init=bool(p.attention_zero_init),
         attention_mask_padding=bool(p.attention_mask_padding),
+        mask_padding=bool(m.get("mask_padding", False)),
         # Runs saved before the field existed lack it; 256 is base.py's default.
         mask_batch=int(m.roi.get("mask_batch", 256)),
         # Only the schedule of the computation: older runs get the same loss with it.

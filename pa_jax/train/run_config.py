@@ -37,6 +37,8 @@ LEGACY_VALUES = {
     "model.partial.attention_mask_padding": False,
     "model.roi.mask_box_scale": 1.0,
     "model.init": "",
+    "model.mask_padding": False,
+    "predict.canvas_octaves": 0,
     "data.diameter": 0.0,
     "data.rotate90": False,
     "data.scale_jitter": (1.0, 1.0),

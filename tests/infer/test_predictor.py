@@ -126,3 +126,24 @@ def test_many_image_sizes_compile_once_per_canvas_bucket():
   assert P._jitted_predict.cache_info().misses == len(buckets)
   for canvas in buckets:
     assert P._jitted_predict(model, canvas, 0.5, 0.0, None)._cache_size() == 1
+
+
+def test_configs_bucket_canvases_and_runs_saved_before_do_not():
+  """Today's configs mask the padding and bucket the canvases; a stored config.json from
+  before both fields (an older run, a shipped model) is read with neither, so it predicts
+  as it was evaluated."""
+  from configs import dh25_pa
+  from pa_jax import experiment
+  from pa_jax.models.spec import ModelSpec as Spec
+
+  cfg = dh25_pa.get_config("cpu")
+  assert cfg.model.mask_padding and cfg.predict.canvas_octaves == 2
+  stored = cfg.to_dict()
+  del stored["model"]["mask_padding"], stored["predict"]["canvas_octaves"]
+  old = experiment.config_from_stored(stored)
+  assert old.model.mask_padding is False and old.predict.canvas_octaves == 0
+  assert Spec.from_config(old.model, (20.0, 20.0)).mask_padding is False
+  assert Spec.from_config(cfg.model, (20.0, 20.0)).mask_padding is True
+  model, v, _ = _model_and_variables(0)
+  assert P.predictor_for(cfg, model, v).sides == P.bucket_sides(cfg.predict.tile_size, 2)
+  assert P.predictor_for(old, model, v).sides == ()
