@@ -38,7 +38,9 @@ from pa_jax.evaluation.metrics import image_metrics  # noqa: E402
 from pa_jax.infer import predictor as P  # noqa: E402
 from pa_jax.models.mask_rcnn import MaskRCNN  # noqa: E402
 
-SIZES = ((200, 200), (300, 300))  # canvases 224² / 320² plain, 256² / 384² bucketed
+# Canvases 224² / 320² / 224² / 320 x 320 plain, 256² / 384² / 256² / 384 x 320 bucketed; the
+# last two fill (or all but fill) their plain canvas, so detections reach its edge.
+SIZES = ((200, 200), (300, 300), (224, 224), (320, 318))
 
 
 def _weights(args):

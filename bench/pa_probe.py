@@ -78,7 +78,7 @@ def probe(workdir: Path, max_images: int, threshold: float | None = None,
   def centerness_and_pa_boxes(m, image, image_size):
     # The model's own centerness head and PA-box stage (threshold, components backend,
     # anchor and max_pa_boxes from the run's spec), as training and inference use them.
-    out, *_ = m._rpn(m.features(image))
+    out, *_ = m._rpn(m.features(image, image_size))
     c = m.centerness(out.hidden["p2"])
     boxes, _, valid = m._pa_boxes(c.logits, c.deltas, image_size)
     return c.logits[0], boxes[0], valid[0]

@@ -42,20 +42,20 @@ def _stages(model, canvas):
   s = model.spec
 
   def features(m, x, hw):
-    return m.features(x)
+    return m.features(x, hw)
 
   def rpn(m, x, hw):
-    feats = m.features(x)
+    feats = m.features(x, hw)
     _, _, obj, dlt = m._rpn(feats)
     anchors, _ = M.level_anchors(s, canvas)
     props, _, valid = jax.vmap(lambda o, d, h: M.generate_proposals(
         list(o), list(d), anchors, h, s.rpn_pre_nms_topk_test, s.rpn_post_nms_topk_test,
-        s.rpn_nms_iou))(list(obj), list(dlt), hw)
+        s.rpn_nms_iou, anchors_in_image=s.mask_padding))(list(obj), list(dlt), hw)
     return feats, props, valid
 
   def box_head(m, x, hw):
     feats, props, props_valid = rpn(m, x, hw)
-    head = m.box_head(m._roi_features(feats, props, s.pooler_size))
+    head = m.box_head(m._roi_features(feats, props, s.pooler_size, m._roi_extent(hw)))
     b, r = props.shape[:2]
     probs = jax.nn.softmax(head.class_logits, axis=-1)[:, 1].reshape(b, r)
     deltas = head.box_deltas[:, min(1, head.box_deltas.shape[1] - 1)].reshape(b, r, 4)
@@ -72,7 +72,8 @@ def _stages(model, canvas):
   def mask_head(m, x, hw):
     feats, det, scores, valid = box_head(m, x, hw)
     frames = box_ops.scale_boxes(det, s.mask_box_scale)
-    masks = M.masks_in_chunks(m._mask_probabilities(feats), frames, valid, s.mask_batch)
+    masks = M.masks_in_chunks(m._mask_probabilities(feats, m._roi_extent(hw)), frames, valid,
+                              s.mask_batch)
     return frames, scores, valid, masks
 
   def render(m, x, hw):

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_config import load_config  # noqa: E402
-from frameworks import PRESETS, box_iou  # noqa: E402
+from frameworks import PRESETS, box_iou, preset  # noqa: E402
 
 
 def jax_proposals(model, variables, batch):
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
 
   from frameworks_timing import pa_jax_setup, pa_jax_variables
 
-  spec, overrides = PRESETS[a.preset]
+  spec, overrides = preset(a.preset)  # with the presets' SAME_AS_TORCHVISION
   cfg = load_config(spec, overrides)
   cfg.model.compute_dtype = "float32"
   model, _, batches, first = pa_jax_setup(cfg)

@@ -140,11 +140,19 @@ class MaskRCNN(nn.Module):
     dlt = _flatten_levels(out.deltas, names, 1)
     return out, names, obj, dlt
 
-  def _roi_features(self, feats, boxes: jax.Array, size: int) -> jax.Array:
-    """[B, R, 4] boxes → [B*R, size, size, C] multilevel RoIAlign features."""
+  def _roi_extent(self, image_size: jax.Array) -> jax.Array | None:
+    """int32 [B, 2]: with `spec.mask_padding`, the smallest multiple-of-32 canvas holding
+    each image, where RoIAlign's maps end (`roi_align`, "Where the map ends"); else None."""
+    if not self.spec.mask_padding:
+      return None
+    return -(-jnp.asarray(image_size, jnp.int32) // 32) * 32
+
+  def _roi_features(self, feats, boxes: jax.Array, size: int, extent=None) -> jax.Array:
+    """[B, R, 4] boxes → [B*R, size, size, C] multilevel RoIAlign features; `extent` as
+    `_roi_extent` gives."""
     levels = [feats[f"p{k}"] for k in ROI_LEVELS]
     pooled = roi_ops.batched_multilevel_roi_align(
-        levels, boxes, size, ROI_LEVELS, self.spec.sampling_ratio
+        levels, boxes, size, ROI_LEVELS, self.spec.sampling_ratio, extent_hw=extent
     )
     b, r = boxes.shape[:2]
     return pooled.reshape((b * r,) + pooled.shape[2:])
@@ -269,7 +277,8 @@ class MaskRCNN(nn.Module):
     sboxes = jax.lax.stop_gradient(sboxes)
 
     # ---- box head
-    head = self.box_head(self._roi_features(feats, sboxes, s.pooler_size))
+    extent = self._roi_extent(batch.image_size)
+    head = self.box_head(self._roi_features(feats, sboxes, s.pooler_size, extent))
     n_roi = jnp.sum(ssampled)
     labels = spos.astype(jnp.int32).reshape(-1)
     aux["loss_cls"] = s.box_loss_weight * losses.softmax_cross_entropy(
@@ -290,7 +299,7 @@ class MaskRCNN(nn.Module):
     # The mask frame: the RoI with a margin (mask_box_scale), in training as at inference.
     mboxes = box_ops.scale_boxes(mboxes, s.mask_box_scale)
     ids = jnp.where(mpos, mmatched + 1, 0)
-    mask_logits = self._mask_logits(feats)
+    mask_logits = self._mask_logits(feats, extent)
     size = 2 * s.mask_pooler_size
 
     def chunk_loss(bx, pos, i):
@@ -343,7 +352,8 @@ class MaskRCNN(nn.Module):
       pa = jnp.zeros((b, 0, 4), jnp.float32)
       pa_valid = jnp.zeros((b, 0), bool)
 
-    head = self.box_head(self._roi_features(feats, props, s.pooler_size))
+    extent = self._roi_extent(image_size)
+    head = self.box_head(self._roi_features(feats, props, s.pooler_size, extent))
     r = props.shape[1]
     probs = jax.nn.softmax(head.class_logits, axis=-1)[:, 1].reshape(b, r)
     deltas = head.box_deltas[:, min(1, head.box_deltas.shape[1] - 1)].reshape(b, r, 4)
@@ -356,18 +366,20 @@ class MaskRCNN(nn.Module):
     det_boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1)
     det_scores = jnp.where(keep_valid, jnp.take_along_axis(probs, keep, axis=1), 0.0)
     mask_boxes = box_ops.scale_boxes(det_boxes, s.mask_box_scale)
-    masks = masks_in_chunks(self._mask_probabilities(feats), mask_boxes, keep_valid, s.mask_batch)
+    masks = masks_in_chunks(self._mask_probabilities(feats, extent), mask_boxes, keep_valid,
+                            s.mask_batch)
     return Detections(det_boxes, det_scores, masks, mask_boxes, keep_valid, pa, pa_valid)
 
-  def _mask_probabilities(self, feats) -> Callable[[jax.Array], jax.Array]:
+  def _mask_probabilities(self, feats, extent=None) -> Callable[[jax.Array], jax.Array]:
     """Pure function: boxes float32 [B, M, 4] (x0, y0, x1, y1) -> float32 [B, M, 28, 28]
     mask probabilities (the sigmoid of `_mask_logits`)."""
-    logits = self._mask_logits(feats)
+    logits = self._mask_logits(feats, extent)
     return lambda boxes: jax.nn.sigmoid(logits(boxes))
 
-  def _mask_logits(self, feats) -> Callable[[jax.Array], jax.Array]:
+  def _mask_logits(self, feats, extent=None) -> Callable[[jax.Array], jax.Array]:
     """Pure function: boxes float32 [B, M, 4] (x0, y0, x1, y1) -> float32 [B, M, 28, 28]
-    mask logits, from the pyramid `feats` and the mask head's bound weights.
+    mask logits, from the pyramid `feats` (RoIAlign's maps ending at `extent`,
+    `_roi_extent`) and the mask head's bound weights.
 
     A plain function of arrays (the head applied to its own variables), not a module call,
     so that `masks_in_chunks` can run it inside a `lax.while_loop` and
@@ -381,7 +393,7 @@ class MaskRCNN(nn.Module):
     head, head_vars = self.mask_head.clone(parent=None), self.mask_head.variables
 
     def logits(boxes):
-      out = head.apply(head_vars, self._roi_features(feats, boxes, s.mask_pooler_size))
+      out = head.apply(head_vars, self._roi_features(feats, boxes, s.mask_pooler_size, extent))
       return out[..., 0].reshape(boxes.shape[:2] + out.shape[1:3])
 
     return logits

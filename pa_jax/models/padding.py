@@ -1,21 +1,28 @@
 """Which feature cells hold the image, and keeping the canvas padding out of the network.
 
 A batch is padded to a static canvas (training: the config's crop; prediction: a multiple of
-32 or a bucket, `infer.predictor`). Left alone, the padding reaches the real cells three
+32 or a bucket, `infer.predictor`). Left alone, the padding reaches the real cells four
 ways, so the same image gives other detections on a bigger canvas:
 
 * GroupNorm statistics are means over the whole map, padding included;
 * every layer with a bias (or a norm's shift) writes non-zero values into the padding, which
   the next 3x3 convolution reads at the image's bottom and right edges;
-* the attention's key softmax runs over every position.
+* the attention's key softmax runs over every position;
+* anchors centred in the padding compete for proposals, and a bigger canvas has more.
 
-With `model.mask_padding` the statistics are taken over the image's cells only and every
-norm, FPN level and attention output is zeroed outside them (`zero_padding`). Then a cell
+With `model.mask_padding` the statistics are taken over the image's cells only, every
+norm, FPN level and attention output is zeroed outside them (`zero_padding`), and only
+anchors centred inside the image are proposed (`generate_proposals(anchors_in_image=True)`). Then a cell
 of the image sees exactly what it would see on the smallest canvas, because a convolution's
 own zero padding and a zeroed padding cell read the same: the network's output on the
 image does not depend on the canvas (up to float rounding; tests/models/test_models_padding.py).
-The stem's max pool pads with -inf where the canvas ends and reads zeros in a zeroed
-padding, the same maximum after a ReLU.
+Two places need more than zeroing:
+
+* the stem's max pool pads with -inf where the canvas ends and reads zeros in a zeroed
+  padding, the same maximum after a ReLU; its own outputs next to the image are zeroed too;
+* RoIAlign clamps samples at the end of its map, which is where the canvas ends: its maps
+  end where the smallest multiple-of-32 canvas holding the image would end
+  (`MaskRCNN._roi_extent`, `ops.roi_align` "Where the map ends").
 """
 
 from __future__ import annotations
@@ -54,4 +61,3 @@ def zero_padding(x: Array, valid: Array | None) -> Array:
   if valid is None:
     return x
   return jnp.where(valid[..., None], x, jnp.zeros((), x.dtype))
-

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from pa_jax.models.layers import pointwise_conv
 from pa_jax.models.norm import make_norm, normalize
-from pa_jax.models.padding import padding_mask
+from pa_jax.models.padding import padding_mask, zero_padding
 from pa_jax.ops.max_pool import max_pool_3x3_s2
 
 Array = jax.Array
@@ -236,6 +236,9 @@ class ResNet(nn.Module):
     # 3x3/2 max-pool with padding 1 and -inf padding like PyTorch: nn.max_pool's values, with
     # a gradient XLA:CPU computes 4x faster than select-and-scatter (ops/max_pool.py).
     x = max_pool_3x3_s2(x)
+    # The pool's outputs in the padding next to the image hold the image's maxima: zero them,
+    # since a BasicBlock's first 3x3 conv (and its identity shortcut) reads them directly.
+    x = zero_padding(x, _valid(image_size, x, 4))
     if self.freeze_at >= 1:
       x = jax.lax.stop_gradient(x)
 

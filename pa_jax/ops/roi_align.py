@@ -35,6 +35,13 @@ its level's offset, size and scale, so every RoI is pooled once (not once per le
 backward runs the two contractions per level with the RoIs of other levels weighted 0.
 
 Boxes are float32 `(x0, y0, x1, y1)` in absolute image pixels; features are `[H, W, C]`.
+
+Where the map ends. A sample's clamping and its "contributes 0" test use the map's size by
+default. A canvas padded beyond the image would then change the pooled values of RoIs at the
+image's bottom and right edges (clamped to the last cell on a small canvas, interpolated
+toward the padding on a bigger one); `extent_hw` (the multilevel functions) makes every level
+end where the smallest multiple-of-32 canvas holding the image would end, whatever the
+canvas (`model.mask_padding`, pa_jax/models/padding.py).
 """
 
 from __future__ import annotations
@@ -91,8 +98,10 @@ def _axis_taps(start: jnp.ndarray, bin_size: jnp.ndarray, extent: jnp.ndarray, p
 
 
 def _roi_axes(boxes: jnp.ndarray, output_size: Size, spatial_scale, heights, widths,
-              sampling_ratio: int, aligned: bool):
-  """Per-axis taps of every RoI, arguments as `roi_align_taps`.
+              sampling_ratio: int, aligned: bool, ends=None):
+  """Per-axis taps of every RoI, arguments as `roi_align_taps`; `ends` = optional
+  `(rows, columns)` int32 `[R]` where each RoI's map ends for sampling (<= its size;
+  default its size).
 
   Returns `(yi [R, out_h, 2S] int32, yw [R, out_h, 2S] float32, xi [R, out_w, 2S],
   xw [R, out_w, 2S], heights [R], widths [R])`: for each bin its S sample points x (low,
@@ -114,20 +123,22 @@ def _roi_axes(boxes: jnp.ndarray, output_size: Size, spatial_scale, heights, wid
     roi_h = jnp.maximum(roi_h, 1.0)
   widths = jnp.broadcast_to(jnp.asarray(widths, jnp.int32), (r,))
   heights = jnp.broadcast_to(jnp.asarray(heights, jnp.int32), (r,))
-  yi, yw = _axis_taps(y0, roi_h / out_h, heights, out_h, sampling_ratio)  # [R, out_h*S, 2]
-  xi, xw = _axis_taps(x0, roi_w / out_w, widths, out_w, sampling_ratio)  # [R, out_w*S, 2]
+  end_h, end_w = (heights, widths) if ends is None else ends
+  yi, yw = _axis_taps(y0, roi_h / out_h, end_h, out_h, sampling_ratio)  # [R, out_h*S, 2]
+  xi, xw = _axis_taps(x0, roi_w / out_w, end_w, out_w, sampling_ratio)  # [R, out_w*S, 2]
   s2 = 2 * sampling_ratio
   return (yi.reshape(r, out_h, s2), yw.reshape(r, out_h, s2), xi.reshape(r, out_w, s2),
           xw.reshape(r, out_w, s2), heights, widths)
 
 
 def stacked_taps(boxes: jnp.ndarray, output_size: Size, spatial_scale, heights, widths,
-                 sampling_ratio: int = 2, aligned: bool = True, base_offsets=0):
+                 sampling_ratio: int = 2, aligned: bool = True, base_offsets=0, ends=None):
   """`roi_align_taps` stacked on a last axis: `(index [R, out_h, out_w, K] int32,
   weight [R, out_h, out_w, K] float32)`, K = `(2 * sampling_ratio) ** 2`, tap `k` of
-  `roi_align_taps` at `[..., k]`. Arguments as `roi_align_taps`."""
+  `roi_align_taps` at `[..., k]`. Arguments as `roi_align_taps`; `ends` as `_roi_axes`
+  (the map's `widths` stay its row pitch)."""
   yi, yw, xi, xw, _, widths = _roi_axes(boxes, output_size, spatial_scale, heights, widths,
-                                        sampling_ratio, aligned)
+                                        sampling_ratio, aligned, ends)
   r, out_h, s2 = yi.shape
   out_w = xi.shape[1]
   base = jnp.broadcast_to(jnp.asarray(base_offsets, jnp.int32), (r,))
@@ -204,21 +215,34 @@ def _per_roi(level_index, sizes, offsets, scales):
           pick(offsets, jnp.int32), pick(scales, jnp.float32))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _pyramid_align(maps, boxes, level_index, static):
+def _ends(extent_hw, heights, widths, scale):
+  """Per-RoI `(rows, columns)` where its level's map ends for sampling: `extent_hw` int32
+  `[2]` canvas pixels times the level's scale, at least 1 and at most the map; None when
+  `extent_hw` is None (the map's own size)."""
+  if extent_hw is None:
+    return None
+  ext = jnp.asarray(extent_hw, jnp.float32)
+  end = lambda e, size: jnp.clip(jnp.ceil(e * scale).astype(jnp.int32), 1, size)  # noqa: E731
+  return end(ext[0], heights), end(ext[1], widths)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _pyramid_align(maps, boxes, level_index, extent_hw, static):
   """RoIAlign of one image from `maps` (list of `[H_l, W_l, C]`), RoI r on map
-  `level_index[r]`; `static = (out_h, out_w, scales per map, sampling_ratio, aligned)`.
+  `level_index[r]`, every map ending at `extent_hw` canvas pixels (int32 `[2]`, or None:
+  its size); `static = (out_h, out_w, scales per map, sampling_ratio, aligned)`.
   Returns float32 `[R, out_h, out_w, C]`."""
   out_h, out_w, scales, ratio, aligned = static
   flat, sizes, offsets = _level_table(maps)
   heights, widths, base, scale = _per_roi(level_index, sizes, offsets, scales)
   index, weight = stacked_taps(boxes, (out_h, out_w), scale, heights, widths, ratio, aligned,
-                               base_offsets=base)
+                               base_offsets=base, ends=_ends(extent_hw, heights, widths, scale))
   return _pool(flat, index, weight)
 
 
-def _pyramid_align_fwd(maps, boxes, level_index, static):
-  return _pyramid_align(maps, boxes, level_index, static), (maps, boxes, level_index)
+def _pyramid_align_fwd(maps, boxes, level_index, extent_hw, static):
+  return (_pyramid_align(maps, boxes, level_index, extent_hw, static),
+          (maps, boxes, level_index, extent_hw))
 
 
 #: How `_pyramid_align`'s backward pass forms the maps' gradient: "dense" (two contractions
@@ -241,7 +265,7 @@ def _use_scatter() -> bool:
   return jax.default_backend() == "cpu"
 
 
-def _scatter_grads(maps, boxes, level_index, static, g):
+def _scatter_grads(maps, boxes, level_index, extent_hw, static, g):
   """The maps' gradient as the transpose of the forward's K gathers: K scatter-adds of the
   `[R, out_h, out_w, C]` cotangent, weighted, into the flat `[sum H_l * W_l, C]` table."""
   out_h, out_w, scales, ratio, aligned = static
@@ -249,7 +273,7 @@ def _scatter_grads(maps, boxes, level_index, static, g):
   sizes, offsets = _level_layout(maps)
   heights, widths, base, scale = _per_roi(level_index, sizes, offsets, scales)
   index, weight = stacked_taps(boxes, (out_h, out_w), scale, heights, widths, ratio, aligned,
-                               base_offsets=base)
+                               base_offsets=base, ends=_ends(extent_hw, heights, widths, scale))
   g = g.astype(jnp.float32)
   flat = jnp.zeros((offsets[-1] + sizes[-1][0] * sizes[-1][1], c), jnp.float32)
   for k in range(index.shape[-1]):  # one scatter per tap, as autodiff of `_pool` would do
@@ -264,13 +288,14 @@ def _pyramid_align_bwd(static, res, g):
   other levels weighted 0; two dense contractions per level, no scatter (or, on the CPU,
   `_scatter_grads`: see `BACKWARD`)."""
   out_h, out_w, scales, ratio, aligned = static
-  maps, boxes, level_index = res
+  maps, boxes, level_index, extent_hw = res
   if _use_scatter():
-    return _scatter_grads(maps, boxes, level_index, static, g), jnp.zeros_like(boxes), None
+    return (_scatter_grads(maps, boxes, level_index, extent_hw, static, g),
+            jnp.zeros_like(boxes), None, None)
   sizes, _ = _level_layout(maps)
   heights, widths, _, scale = _per_roi(level_index, sizes, [0] * len(sizes), scales)
   yi, yw, xi, xw, _, _ = _roi_axes(boxes, (out_h, out_w), scale, heights, widths, ratio,
-                                   aligned)
+                                   aligned, _ends(extent_hw, heights, widths, scale))
   g = g.astype(jnp.float32)
   hi = jax.lax.Precision.HIGHEST  # TPU's default bf16 passes would round the gradient
   grads = []
@@ -282,7 +307,7 @@ def _pyramid_align_bwd(static, res, g):
     wy = wy * sel[:, None, None]
     rows = jnp.einsum("rph,rpqc->rhqc", wy, g, precision=hi)  # [R, H, out_w, C]
     grads.append(jnp.einsum("rhqc,rqw->hwc", rows, wx, precision=hi).astype(f.dtype))
-  return grads, jnp.zeros_like(boxes), None
+  return grads, jnp.zeros_like(boxes), None, None
 
 
 _pyramid_align.defvjp(_pyramid_align_fwd, _pyramid_align_bwd)
@@ -307,7 +332,7 @@ def roi_align(features: jnp.ndarray, boxes: jnp.ndarray, output_size: Size,
   """
   static = _pair(output_size) + ((float(spatial_scale),), int(sampling_ratio), bool(aligned))
   level_index = jnp.zeros(boxes.shape[:1], jnp.int32)
-  return _pyramid_align([features], boxes, level_index, static).astype(features.dtype)
+  return _pyramid_align([features], boxes, level_index, None, static).astype(features.dtype)
 
 
 def batched_roi_align(features: jnp.ndarray, boxes: jnp.ndarray, output_size: Size,
@@ -344,7 +369,7 @@ def multilevel_roi_align(features_per_level: Sequence[jnp.ndarray], boxes: jnp.n
                          output_size: Size, levels: Sequence[int] = (2, 3, 4, 5),
                          sampling_ratio: int = 2, aligned: bool = True,
                          canonical_box_size: float = 224.0,
-                         canonical_level: int = 4) -> jnp.ndarray:
+                         canonical_level: int = 4, extent_hw=None) -> jnp.ndarray:
   """RoIAlign of one image from an FPN pyramid, each RoI on the level of its size.
 
   Args:
@@ -356,6 +381,9 @@ def multilevel_roi_align(features_per_level: Sequence[jnp.ndarray], boxes: jnp.n
       Must be consecutive and increasing.
     sampling_ratio, aligned: as in `roi_align`.
     canonical_box_size, canonical_level: level assignment, see `assign_levels`.
+    extent_hw: optional int32 `[2]` canvas pixels `(H, W)` where every level ends for
+      sampling (level k: `ceil(H / 2**k)` rows), as if the canvas were that size; None:
+      each map's own size (module docstring, "Where the map ends").
 
   Returns:
     `[R, out_h, out_w, C]` in the features' dtype. Equals `roi_align` on the assigned level
@@ -372,16 +400,16 @@ def multilevel_roi_align(features_per_level: Sequence[jnp.ndarray], boxes: jnp.n
   static = _pair(output_size) + (tuple(2.0 ** -k for k in levels), int(sampling_ratio),
                                  bool(aligned))
   maps = [f.astype(dtype) for f in features_per_level]
-  return _pyramid_align(maps, boxes, level_index, static).astype(dtype)
+  return _pyramid_align(maps, boxes, level_index, extent_hw, static).astype(dtype)
 
 
 def batched_multilevel_roi_align(features_per_level: Sequence[jnp.ndarray], boxes: jnp.ndarray,
                                  output_size: Size, levels: Sequence[int] = (2, 3, 4, 5),
                                  sampling_ratio: int = 2, aligned: bool = True,
                                  canonical_box_size: float = 224.0,
-                                 canonical_level: int = 4) -> jnp.ndarray:
-  """`multilevel_roi_align` over a batch: maps `[B, H_l, W_l, C]`, `boxes [B, R, 4]` ->
-  `[B, R, out_h, out_w, C]`."""
-  fn = lambda f, b: multilevel_roi_align(f, b, output_size, levels, sampling_ratio, aligned,
-                                         canonical_box_size, canonical_level)
-  return jax.vmap(fn)(list(features_per_level), boxes)
+                                 canonical_level: int = 4, extent_hw=None) -> jnp.ndarray:
+  """`multilevel_roi_align` over a batch: maps `[B, H_l, W_l, C]`, `boxes [B, R, 4]`,
+  optional `extent_hw` int32 `[B, 2]` -> `[B, R, out_h, out_w, C]`."""
+  fn = lambda f, b, e: multilevel_roi_align(f, b, output_size, levels, sampling_ratio,  # noqa: E731
+                                            aligned, canonical_box_size, canonical_level, e)
+  return jax.vmap(fn)(list(features_per_level), boxes, extent_hw)

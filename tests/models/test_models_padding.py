@@ -75,12 +75,15 @@ def _canvas(image: np.ndarray, side: int) -> jnp.ndarray:
   return jnp.asarray(c)
 
 
-@pytest.mark.parametrize("norm", ["group_norm", "frozen_bn"])
-def test_backbone_and_fpn_do_not_see_the_canvas(norm, rand_vars):
-  """ResNet-18 + FPN on a 45 x 38 image: every real cell of C2..C5 and P2..P6 is the same
-  on a 64² and a 128² canvas with `image_size`, and 0 outside; without it, not."""
-  image = np.random.default_rng(1).random((45, 38, 3)).astype(np.float32)
-  size = jnp.array([[45, 38]], jnp.int32)
+@pytest.mark.parametrize("norm,hw", [("group_norm", (45, 38)), ("frozen_bn", (45, 38)),
+                                     ("group_norm", (64, 64)), ("group_norm", (63, 50))])
+def test_backbone_and_fpn_do_not_see_the_canvas(norm, hw, rand_vars):
+  """ResNet-18 + FPN: every real cell of C2..C5 and P2..P6 is the same on a 64² and a 128²
+  canvas with `image_size`, and 0 outside; without it, not. Images that fill (64²) or nearly
+  fill (63 rows) the small canvas reach its edge, where the stem's max pool and a
+  BasicBlock's 3x3 conv read the cells beyond the image."""
+  image = np.random.default_rng(1).random(hw + (3,)).astype(np.float32)
+  size = jnp.array([hw], jnp.int32)
   net, fpn = ResNet(depth=18, base_channels=8, norm=norm), FPN(16)
   x64, x128 = _canvas(image, 64), _canvas(image, 128)
   v_net = rand_vars(net, x64)
@@ -143,8 +146,8 @@ def test_anchors_centred_in_the_padding_propose_nothing():
   dlt = jnp.zeros((3, 4))
   hw = jnp.array([24, 24], jnp.int32)
   for inside_only, want in ((False, 3), (True, 2)):
-    boxes, scores, valid = generate_proposals([obj], [dlt], [anchors], hw, 3, 3, 0.99,
-                                              anchors_in_image=inside_only)
+    _, scores, valid = generate_proposals([obj], [dlt], [anchors], hw, 3, 3, 0.99,
+                                          anchors_in_image=inside_only)
     assert int(valid.sum()) == want
   assert float(scores[0]) == 2.0  # the in-image anchors keep their order
 
@@ -156,29 +159,89 @@ TINY = ModelSpec(backbone="resnet18", backbone_width=8, norm="group_norm", fpn_c
                  anchor_wh=(12.0, 12.0), mask_padding=True)
 
 
-@pytest.mark.parametrize("mask", [True, False])
-def test_whole_model_predicts_the_same_on_a_bigger_canvas(mask, rand_vars):
+@pytest.mark.parametrize("mask,hw", [(True, (70, 60)), (False, (70, 60))])
+def test_whole_model_predicts_the_same_on_a_bigger_canvas(mask, hw, rand_vars):
   """MaskRCNN.predict (with the PA module) of a 70 x 60 image on a 96² and a 128² canvas:
   with `mask_padding` the same detections (boxes, scores, masks, PA boxes); without it the
   scores move (the test fails if the masking is lost)."""
   spec = dataclasses.replace(TINY, mask_padding=mask)
   model = MaskRCNN(spec)
-  image = np.random.default_rng(5).random((70, 60, 3)).astype(np.float32)
-  size = jnp.array([[70, 60]], jnp.int32)
+  image = np.random.default_rng(5).random(hw + (3,)).astype(np.float32)
+  size = jnp.array([hw], jnp.int32)
   v = rand_vars(model, _canvas(image, 96), size, method=MaskRCNN.predict, seed=6)
   run = jax.jit(lambda x: model.apply(v, x, size, method=MaskRCNN.predict))
   a, b = run(_canvas(image, 96)), run(_canvas(image, 128))
   n = int(a.valid.sum())
   assert n > 10
   same = (int(b.valid.sum()) == n
-          and np.allclose(np.asarray(a.scores), np.asarray(b.scores), atol=1e-5))
+          and np.allclose(np.asarray(a.scores), np.asarray(b.scores), atol=1e-4))
   if not mask:
     assert not same
     return
   assert same
   # Tolerances at float rounding for these random weights, which amplify it: a 1e-6
-  # relative change of the input moves their boxes by 0.06 px and masks by 0.03. Without
-  # the masking the two canvases differ by ~70 px and ~1.0 (other detections).
-  np.testing.assert_allclose(np.asarray(a.boxes[0, :n]), np.asarray(b.boxes[0, :n]), atol=0.05)
-  np.testing.assert_allclose(np.asarray(a.masks[0, :n]), np.asarray(b.masks[0, :n]), atol=0.01)
+  # relative change of the input moves their scores by 3e-5, boxes by 0.06 px and masks by
+  # 0.03. Without the masking the two canvases differ by 0.3 in score, ~70 px and ~1.0
+  # (other detections).
+  np.testing.assert_allclose(np.asarray(a.boxes[0, :n]), np.asarray(b.boxes[0, :n]), atol=0.1)
+  np.testing.assert_allclose(np.asarray(a.masks[0, :n]), np.asarray(b.masks[0, :n]), atol=0.03)
   np.testing.assert_array_equal(np.asarray(a.pa_valid), np.asarray(b.pa_valid))
+
+
+def test_image_filling_the_small_canvas_pools_the_same_at_its_edge(rand_vars):
+  """A 96 x 95 image fills its smallest canvas (96²): on 96² and 128² canvases the pyramid
+  (attention included) and the RoI features of boxes on the image's bottom and right edges
+  are the same, so the box and mask heads see the same input. (Whole detections of such an
+  image also agree, but random weights turn rounding into up to 0.04 in a mask pixel, too
+  loose a test.)"""
+  model = MaskRCNN(TINY)
+  hw = (96, 95)
+  image = np.random.default_rng(5).random(hw + (3,)).astype(np.float32)
+  size = jnp.array([hw], jnp.int32)
+  v = rand_vars(model, _canvas(image, 96), size, method=MaskRCNN.predict, seed=6)
+  boxes = jnp.array([[[60.0, 70.0, 95.0, 96.0], [0.0, 80.0, 40.0, 96.0], [80, 0, 95, 30],
+                      [10.0, 10.0, 30.0, 30.0]]])
+
+  def pooled(m, x):
+    feats = m.features(x, size)
+    extent = m._roi_extent(size)
+    return feats, m._roi_features(feats, boxes, 7, extent), m._roi_features(feats, boxes, 14, extent)
+
+  run = jax.jit(lambda x: model.apply(v, x, method=pooled))
+  (fa, a7, a14), (fb, b7, b14) = run(_canvas(image, 96)), run(_canvas(image, 128))
+  for k in fa:
+    h, w = fa[k].shape[1:3]
+    scale = float(jnp.abs(fa[k]).max())
+    np.testing.assert_allclose(np.asarray(fa[k]), np.asarray(fb[k][:, :h, :w]),
+                               atol=2e-4 * scale, err_msg=k)
+  for a, b in ((a7, b7), (a14, b14)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4 * float(jnp.abs(a).max()))
+  # Without the extent, RoIAlign's maps end at the 128² canvas: the edge boxes change.
+  no_extent = jax.jit(lambda x: model.apply(
+      v, x, method=lambda m, x: m._roi_features(m.features(x, size), boxes, 7)))(
+          _canvas(image, 128))
+  assert not np.allclose(np.asarray(a7[:2]), np.asarray(no_extent[:2]), atol=1e-2)
+
+
+def test_roi_align_ends_where_the_smallest_canvas_ends():
+  """A 24-cell map (96 px at stride 4) and the same map zero-padded to 32 cells: RoIs that
+  reach the edge pool the same with `extent_hw` = 96 px, not without (clamped to the last
+  cell on the small map, interpolated toward the padding on the big one)."""
+  from pa_jax.ops import roi_align as RA
+
+  rng = np.random.default_rng(7)
+  small = [jnp.asarray(rng.normal(size=(96 // 2**k, 96 // 2**k, 4)), jnp.float32)
+           for k in (2, 3, 4, 5)]
+  big = [jnp.pad(f, ((0, f.shape[0] // 3), (0, f.shape[1] // 3), (0, 0))) for f in small]
+  boxes = jnp.array([[60.0, 70.0, 96.0, 96.0], [0.0, 80.0, 40.0, 95.5], [10, 10, 30, 30]])
+  extent = jnp.array([96, 96], jnp.int32)
+  a = RA.multilevel_roi_align(small, boxes, 7, (2, 3, 4, 5))
+  b = RA.multilevel_roi_align(big, boxes, 7, (2, 3, 4, 5), extent_hw=extent)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+  c = RA.multilevel_roi_align(big, boxes, 7, (2, 3, 4, 5))
+  assert not np.allclose(np.asarray(a[:2]), np.asarray(c[:2]), atol=1e-3)
+  np.testing.assert_allclose(np.asarray(a[2]), np.asarray(c[2]), rtol=1e-6)  # away from the edge
+  # The gradient flows to the same cells: the extent is an ordinary (traced) argument.
+  g = jax.grad(lambda f: jnp.sum(RA.multilevel_roi_align(f, boxes, 7, (2, 3, 4, 5),
+                                                          extent_hw=extent)))(big)
+  assert all(np.all(np.asarray(gl)[s.shape[0]:] == 0) for gl, s in zip(g, small))
