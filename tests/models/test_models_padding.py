@@ -241,7 +241,21 @@ def test_roi_align_ends_where_the_smallest_canvas_ends():
   c = RA.multilevel_roi_align(big, boxes, 7, (2, 3, 4, 5))
   assert not np.allclose(np.asarray(a[:2]), np.asarray(c[:2]), atol=1e-3)
   np.testing.assert_allclose(np.asarray(a[2]), np.asarray(c[2]), rtol=1e-6)  # away from the edge
-  # The gradient flows to the same cells: the extent is an ordinary (traced) argument.
-  g = jax.grad(lambda f: jnp.sum(RA.multilevel_roi_align(f, boxes, 7, (2, 3, 4, 5),
-                                                          extent_hw=extent)))(big)
-  assert all(np.all(np.asarray(gl)[s.shape[0]:] == 0) for gl, s in zip(g, small))
+  # The gradient reaches only the cells inside the extent, and both backward forms (the
+  # CPU's scatter-adds, the accelerators' dense contractions) agree with the small map's.
+  cot = jnp.asarray(rng.normal(size=a.shape), jnp.float32)
+  loss = lambda maps, ext: jnp.sum(RA.multilevel_roi_align(  # noqa: E731
+      maps, boxes, 7, (2, 3, 4, 5), extent_hw=ext) * cot)
+  want = jax.grad(loss)(small, None)
+  saved = RA.BACKWARD
+  try:
+    for form in ("scatter", "dense"):
+      RA.BACKWARD = form
+      g = jax.grad(loss)(big, extent)
+      for gl, wl in zip(g, want):
+        h, w = wl.shape[:2]
+        assert np.all(np.asarray(gl)[h:] == 0) and np.all(np.asarray(gl)[:, w:] == 0), form
+        np.testing.assert_allclose(np.asarray(gl)[:h, :w], np.asarray(wl), rtol=1e-5,
+                                   atol=1e-6, err_msg=form)
+  finally:
+    RA.BACKWARD = saved
