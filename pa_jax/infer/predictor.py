@@ -31,6 +31,7 @@ from scipy import ndimage
 from pa_jax.data import diameter as diam
 from pa_jax.data.pipeline import normalize_image
 from pa_jax.data.readers import relabel_sequential
+from pa_jax.models.padding import CANVAS_MULTIPLE
 from pa_jax.ops import masks as mask_ops
 
 
@@ -73,7 +74,7 @@ def predictor_for(cfg, model, variables) -> "Predictor":
                    mask_overlap=float(p.get("mask_overlap", 1.0)))
 
 
-def canvas_for(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
+def canvas_for(height: int, width: int, multiple: int = CANVAS_MULTIPLE) -> tuple[int, int]:
   """The smallest canvas (multiple of `multiple`) holding an image."""
   return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
 

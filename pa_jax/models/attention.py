@@ -21,7 +21,7 @@ convs, i.e. ``Dense`` layers over the channel axis.
 Padding. A batch is padded to a static canvas, and the key softmax runs over positions: left
 alone, every padded cell takes a share of each key and its (meaningless) value leaks into the
 context, so the same image gives other features on a bigger canvas. With a ``valid`` mask
-(:func:`padding_mask` of the batch's ``image_size``) padded positions get key weight exactly 0
+(`pa_jax.models.padding.padding_mask` of the batch's ``image_size``) padded positions get key weight exactly 0
 and the output on the real cells does not depend on how much padding there is.
 """
 
@@ -32,8 +32,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from pa_jax.models.padding import padding_mask  # noqa: F401  (re-exported: its first home)
 
 Array = jax.Array
 
@@ -78,7 +76,7 @@ class FactorizedAttention(nn.Module):
 
   ``__call__(x, valid=None)``:
     x: float ``[B, H, W, C]``.
-    valid: bool ``[B, H, W]`` real (non-padding) positions (:func:`padding_mask`), or None
+    valid: bool ``[B, H, W]`` real (non-padding) positions (`pa_jax.models.padding.padding_mask`), or None
       for all. The key softmax runs over the valid positions only.
     Returns ``[B, H, W, C]`` (dtype of x): ``x + W_o(context^T queries)``.
     If ``mutable=['intermediates']`` is passed to ``apply``, also sows

@@ -30,7 +30,7 @@ from pa_jax import losses
 from pa_jax.models.attention import FactorizedAttention
 from pa_jax.models.fpn import FPN
 from pa_jax.models.mask_chunks import mask_loss_in_chunks, masks_in_chunks  # noqa: F401
-from pa_jax.models.padding import padding_mask, zero_padding
+from pa_jax.models.padding import padding_mask, smallest_canvas, zero_padding
 from pa_jax.models.partial import CenternessHead
 
 # The spec, the output and the per-image stages have their own modules; imported from here too.
@@ -143,9 +143,7 @@ class MaskRCNN(nn.Module):
   def _roi_extent(self, image_size: jax.Array) -> jax.Array | None:
     """int32 [B, 2]: with `spec.mask_padding`, the smallest multiple-of-32 canvas holding
     each image, where RoIAlign's maps end (`roi_align`, "Where the map ends"); else None."""
-    if not self.spec.mask_padding:
-      return None
-    return -(-jnp.asarray(image_size, jnp.int32) // 32) * 32
+    return smallest_canvas(image_size) if self.spec.mask_padding else None
 
   def _roi_features(self, feats, boxes: jax.Array, size: int, extent=None) -> jax.Array:
     """[B, R, 4] boxes → [B*R, size, size, C] multilevel RoIAlign features; `extent` as

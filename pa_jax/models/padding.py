@@ -32,6 +32,17 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+#: Every canvas is a multiple of this (the backbone's largest stride, C5's): the predictor's
+#: smallest canvas for an image (`infer.predictor.canvas_for`) and the one RoIAlign's maps
+#: end at under `model.mask_padding` (`smallest_canvas`) must be the same.
+CANVAS_MULTIPLE = 32
+
+
+def smallest_canvas(image_size: Array) -> Array:
+  """int32 ``[..., 2]``: each side of ``image_size`` rounded up to `CANVAS_MULTIPLE`."""
+  m = CANVAS_MULTIPLE
+  return -(-jnp.asarray(image_size, jnp.int32) // m) * m
+
 
 def padding_mask(image_size: Array, feature_hw: tuple[int, int], stride: int) -> Array:
   """Feature cells that hold at least one real pixel of the image.

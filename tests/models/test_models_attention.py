@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pa_jax.models.attention import FactorizedAttention, padding_mask, render_attention
+from pa_jax.models.attention import FactorizedAttention, render_attention
+from pa_jax.models.padding import padding_mask
 
 
 def _softmax(a, axis):
