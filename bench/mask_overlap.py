@@ -191,31 +191,28 @@ class VariantPredictor(P.Predictor):
   def reset(self) -> None:
     self.cache, self.log, self.zoom_now, self.used_zoom = {}, [], 1.0, None
 
-  def estimate_zoom(self, img):
+  def estimate_zoom(self, img, intensity=None):
     if self.variant[0] != "off":
       return P.ZoomEstimate(self.used_zoom, self.last_diameter, None, None)
-    est = super().estimate_zoom(img)
+    est = super().estimate_zoom(img, intensity)
     # A reused pass ran at its trial zoom (1, 2 or 0.5), within 10 % of the estimate.
     self.used_zoom = est.zoom if est.result is None else est.result_zoom
     return est
 
-  def _segment_zoomed(self, img, zoom):
+  def _segment_zoomed(self, img, zoom, intensity=None):
     self.zoom_now = zoom
-    return super()._segment_zoomed(img, zoom)
+    return super()._segment_zoomed(img, zoom, intensity)
 
-  def _run_batch(self, images, batch):
+  def _run_batch(self, images, batch, intensity=None):
     h, w = images[0].shape[:2]
     canvas = P.canvas_for(h, w)
     n = len(images)
-    padded = np.zeros((max(batch, n),) + canvas + (3,), np.float32)
-    for i, img in enumerate(images):
-      padded[i, :h, :w] = img
-    sizes = np.tile(np.array([[h, w]], np.int32), (padded.shape[0], 1))
-    key = hashlib.sha1(padded.tobytes()).hexdigest()
+    padded, sizes, ranges = P.pad_batch(images, batch, canvas, intensity)
+    key = hashlib.sha1(padded.tobytes() + ranges.tobytes()).hexdigest()
     thr, low = float(self.mask_threshold), float(self.min_score)
     if key not in self.cache:
       raw, det = P._jitted_predict(self.model, canvas, thr, low, None)(
-          self.variables, jnp.asarray(padded), jnp.asarray(sizes))
+          self.variables, jnp.asarray(padded), jnp.asarray(sizes), jnp.asarray(ranges))
       det = {k: np.asarray(getattr(det, k)) for k in ("masks", "mask_boxes", "scores", "valid")}
       self.cache[key] = (np.asarray(raw), det)
       if self.variant[0] == "off":
@@ -232,14 +229,15 @@ class VariantPredictor(P.Predictor):
       raw = np.asarray(_render(canvas, thr, overlap)(det["masks"], det["mask_boxes"], det["scores"],
                                                valid))
       if kind == "claimed" and t not in self.checked:
-        self.checked[t] = self._check(raw, canvas, padded, sizes, t)
+        self.checked[t] = self._check(raw, canvas, padded, sizes, ranges, t)
     return raw[:n, :h, :w], det["scores"][:n]
 
-  def _check(self, raw, canvas, padded, sizes, t) -> float:
+  def _check(self, raw, canvas, padded, sizes, ranges, t) -> float:
     """Fraction of pixels where the re-render differs from the Predictor's own program."""
     ref, _ = P._jitted_predict(self.model, canvas, float(self.mask_threshold),
                                float(self.min_score), t)(self.variables, jnp.asarray(padded),
-                                                         jnp.asarray(sizes))
+                                                         jnp.asarray(sizes),
+                                                         jnp.asarray(ranges))
     differ = float(np.mean(np.asarray(ref) != raw))
     print(f"  check overlap {t}: re-render vs Predictor program, {differ:.2e} of pixels differ",
           flush=True)

@@ -45,7 +45,7 @@ from pa_jax.data import slide as slide_io
 from pa_jax.errors import InputError
 from pa_jax.infer.html_report import PredictReport
 from pa_jax.infer.slide_predict import (NO_SCALE, STREAM_FORMATS, check_streamable,
-                                        open_streamed, predict_slide, slide_normalizer)
+                                        open_streamed, predict_slide, slide_intensity)
 from pa_jax.zoo import choose
 
 # The classical floor estimates its threshold and nucleus size per call, so it is given
@@ -191,9 +191,9 @@ def predict_folder(input_path: str, output: str, *, method: str = "model",
     scale_of = lambda: _scale(predictor)  # noqa: E731
     run_doc, report_meta = _model_doc(predictor, label, source)
     def tiles_for(sl):  # zoomed to the model's nucleus size (pa_jax/infer/slide_zoom.py)
-      norm = slide_normalizer(sl, predictor.normalize)
-      zoom = slide_zoom.slide_zoom(predictor, sl, norm)
-      return slide_zoom.model_tiles(predictor, norm, zoom), slide_zoom.zoomed_layout(layout, zoom)
+      rng = slide_intensity(sl, predictor.normalize)
+      zoom = slide_zoom.slide_zoom(predictor, sl, rng)
+      return slide_zoom.model_tiles(predictor, rng, zoom), slide_zoom.zoomed_layout(layout, zoom)
 
     layout = dict(tile_size=predictor.tile_size, overlap=predictor.overlap,
                   batch_size=predictor.batch_size, dilate=predictor.dilate)

@@ -51,7 +51,8 @@ from pa_jax.annotate.report import round_report
 from pa_jax.annotate.review import (COUNT_KEYS, HUMAN, EditCounts, ImageState, apply_edits,
                                     holdout_scores, image_counts, merge_predictions,
                                     split_holdout, total_counts, training_labels)
-from pa_jax.data.pipeline import TrainExample, normalize_image
+from pa_jax.data.pipeline import TrainExample, training_pixels
+from pa_jax.data.sources import integer_transfer
 from pa_jax.errors import InputError
 from pa_jax.infer import predictor as predictor_mod
 
@@ -321,9 +322,12 @@ class Session:
     t_round = time.time()
     heldout = split_holdout([self._states[i] for i in order], self.holdout_fraction,
                             self.seed, r)
-    examples = [TrainExample(i, normalize_image(self._images[i].image, cfg.data.normalize),
-                             training_labels(self._states[i], heldout[i]), None,
-                             self._states[i].negatives()) for i in order]
+    keep_integers = integer_transfer(cfg)  # as `run.py train`: stretched on the device
+    examples = []
+    for i in order:
+      pixels, rng = training_pixels(self._images[i].image, cfg.data.normalize, keep_integers)
+      examples.append(TrainExample(i, pixels, training_labels(self._states[i], heldout[i]),
+                                   None, self._states[i].negatives(), intensity=rng))
     stats = self.stats if self.stats is not None else experiment.dataset_statistics(examples)
     prev = self._previous_variables(r)
     log.info("annotate round %d: training on %d confirmed nuclei (%d held out), %d rejected "

@@ -59,6 +59,24 @@ def zoom_image(image: np.ndarray, zoom: float) -> np.ndarray:
   return out.astype(img.dtype)
 
 
+def zoom_pixels(image: np.ndarray, zoom: float, intensity: np.ndarray) -> np.ndarray:
+  """`zoom_image` of pixels the device will stretch by `intensity` (float32 [2, C]: the
+  values that map to 0 and 1, `data.intensity.device_image`).
+
+  The pixels are clipped to their range first, as a zoom of normalised pixels interpolates
+  already clipped [0, 1] values (linear interpolation commutes with the linear stretch,
+  not with the clip); integer pixels are rounded back to their dtype, at most half a grey
+  level from zooming the normalised image."""
+  img = np.asarray(image)
+  if zoom == 1.0:
+    return img
+  clipped = np.clip(img.astype(np.float32), intensity[0], intensity[1])
+  out = zoom_image(clipped, zoom)
+  if np.issubdtype(img.dtype, np.integer):
+    out = np.clip(np.rint(out), 0, np.iinfo(img.dtype).max)
+  return out.astype(img.dtype)
+
+
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
   """Nearest-neighbour resize of a label map to `shape` (H, W): ids are kept, never mixed."""
   lab = np.asarray(labels)

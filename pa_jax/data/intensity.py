@@ -1,12 +1,12 @@
 """Intensity scaling of microscopy images: raw uint8/uint16 pixels to float32 [0, 1].
 
 Two places do it, with the same numbers:
-* the host, `normalize_image`: prediction, evaluation, and training crops that get
-  photometric jitter (which runs on float pixels);
-* the device, inside the compiled training step: a training batch carries each image's
-  own integer pixels and its `intensity_range` (`integer_image`), and
+* the device, inside the compiled training step and the predictor's program: a batch
+  carries each image's own integer pixels and its `intensity_range` (`device_image`), and
   `pa_jax.ops.intensity.scale_intensities` stretches them there, so a quarter (uint8) or
-  half (uint16) of float32's bytes cross to the device and stay in host memory.
+  half (uint16) of float32's bytes cross to the device and stay in host memory;
+* the host, `normalize_image`: images of other dtypes (float TIFFs), training crops that
+  get photometric jitter (which runs on float pixels), and figures.
 """
 
 from __future__ import annotations
@@ -58,18 +58,46 @@ def stretch(image: np.ndarray, intensity: np.ndarray) -> np.ndarray:
 INTEGER_DTYPES = (np.uint8, np.uint16)
 
 
-def integer_image(image: np.ndarray, mode: str = "percentile"
+# The range of pixels already in [0, 1]: the device's stretch leaves them as they are.
+IDENTITY_RANGE = np.array([[0.0] * 3, [1.0] * 3], np.float32)
+
+
+def integer_image(image: np.ndarray, mode: str = "percentile",
+                  intensity: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray] | None:
   """An image as it travels to the device: (its own uint8/uint16 pixels (H, W, 3), grey
-  repeated; float32 [2, 3] `intensity_range`), so that
-  `pa_jax.ops.intensity.scale_intensities` of the pair equals `normalize_image(image)`.
+  repeated; float32 [2, 3] range), so that `pa_jax.ops.intensity.scale_intensities` of
+  the pair equals `normalize_image(image)`. The range is `intensity` (float32 [2, C]) when
+  given, e.g. a whole slide's for one of its tiles, else `intensity_range(image, mode)`.
   None for other dtypes, which are normalised on the host."""
   img = np.asarray(image)
   if img.dtype not in INTEGER_DTYPES:
     return None
   if img.ndim == 2:
     img = img[..., None]
-  rng = intensity_range(img, mode)
+  rng = intensity_range(img, mode) if intensity is None else np.asarray(intensity, np.float32)
   if img.shape[-1] == 1:
-    img, rng = np.repeat(img, 3, axis=-1), np.repeat(rng, 3, axis=-1)
+    img = np.repeat(img, 3, axis=-1)
+  if rng.shape[-1] == 1:
+    rng = np.repeat(rng, 3, axis=-1)
   return np.ascontiguousarray(img), rng
+
+
+def device_image(image: np.ndarray, mode: str = "percentile",
+                 intensity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Any image as the device takes it: (pixels (H, W, 3), float32 [2, 3] range) whose
+  `scale_intensities` equals `normalize_image(image, mode)` (or the stretch by
+  `intensity`, [2, C], when given).
+
+  uint8 / uint16: `integer_image`. Other dtypes are normalised here, on the host, and
+  travel as float32 [0, 1] with `IDENTITY_RANGE`; so every image has a range and a batch
+  that mixes dtypes (stacked as float32) is still stretched row by row correctly."""
+  raw = integer_image(image, mode, intensity)
+  if raw is not None:
+    return raw
+  img = np.asarray(image)
+  if intensity is None:
+    return normalize_image(img, mode), IDENTITY_RANGE.copy()
+  img = img[..., None] if img.ndim == 2 else img
+  out = stretch(img, np.asarray(intensity, np.float32))
+  return (np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out), IDENTITY_RANGE.copy()

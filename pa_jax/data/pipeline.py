@@ -33,8 +33,8 @@ from scipy import ndimage
 
 from pa_jax.data import augment, diameter, partial_views, readers
 # Re-exported: the pipeline's callers have always found the host normalisation here.
-from pa_jax.data.intensity import (INTEGER_DTYPES, integer_image, intensity_range,  # noqa: F401
-                                   normalize_image, stretch)
+from pa_jax.data.intensity import (INTEGER_DTYPES, device_image, integer_image,  # noqa: F401
+                                   intensity_range, normalize_image, stretch)
 from pa_jax.errors import InputError
 from pa_jax.structures import Batch
 
@@ -69,8 +69,9 @@ class TrainExample:
   the annotation loop: hard negatives), else None;
   zoom: the size normalisation of this image (`data.diameter` / its median nucleus
   diameter; 1.0 = native scale), applied when crops are cut.
-  intensity: None, or float32 [2, 3] when `image` holds the raw uint8/uint16 pixels
-  (`integer_image`): the range the device stretches to [0, 1] (`ops.intensity`).
+  intensity: None, or float32 [2, 3] when `image` holds pixels the device stretches
+  (`device_image`: the raw uint8/uint16 pixels, or float32 [0, 1] with the identity
+  range): the values that map to 0 and 1 (`ops.intensity`).
   """
 
   id: str
@@ -97,15 +98,26 @@ class Augmentation:
   stain: float = 0.0
 
 
+def training_pixels(image: np.ndarray, normalize: str, keep_integers: bool
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+  """(pixels, intensity) of a `TrainExample`: with `keep_integers`, `device_image` (uint8 /
+  uint16 stay integers beside their range; other dtypes are normalised and carry the
+  identity range); else host-normalised float32 [0, 1] and None."""
+  if keep_integers:
+    return device_image(image, normalize)
+  return normalize_image(image, normalize), None
+
+
 def load_training_examples(records: Sequence[readers.Record], view: partial_views.ViewSpec,
                            normalize: str = "percentile", progress: bool = False,
                            target_diameter: float = 0.0,
                            keep_integers: bool = False) -> list[TrainExample]:
   """Reads records, applies the partial view, normalises intensities.
 
-  `keep_integers`: 8/16-bit images stay integers with their `intensity` range (`integer_image`),
-  normalised on the device; needs a training crop without photometric jitter, which runs
-  on float pixels on the host.
+  `keep_integers`: 8/16-bit images stay integers with their `intensity` range, normalised
+  on the device (`training_pixels`: other dtypes are normalised here and carry the
+  identity range, so every example has one and batches stack); needs a training crop
+  without photometric jitter, which runs on float pixels on the host.
 
   `target_diameter` > 0: each example's `zoom` brings the median (equivalent-circle)
   diameter of its annotated nuclei to this many pixels; an image without annotated nuclei
@@ -123,11 +135,8 @@ def load_training_examples(records: Sequence[readers.Record], view: partial_view
       raise InputError(rec.image_path, "training image has no label map (an image without "
                        "nuclei needs an all-zero label map)")
     image, labels, full = partial_views.apply_view(ex.image, ex.labels, rec.id, view)
-    raw = integer_image(image, normalize) if keep_integers else None
-    if raw is not None:
-      out.append(TrainExample(rec.id, raw[0], labels, full, intensity=raw[1]))
-    else:
-      out.append(TrainExample(rec.id, normalize_image(image, normalize), labels, full))
+    pixels, rng = training_pixels(image, normalize, keep_integers)
+    out.append(TrainExample(rec.id, pixels, labels, full, intensity=rng))
   if target_diameter > 0:
     measured = [diameter.median_diameter(ex.labels) for ex in out]
     known = [d for d in measured if d is not None]
@@ -174,7 +183,8 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
   full = ex.full_labels[y0:y0 + ch, x0:x0 + cw] if ex.full_labels is not None else None
   neg = ex.negatives[y0:y0 + ch, x0:x0 + cw] if ex.negatives is not None else None
   if zoom != 1.0:
-    image = _zoom_pixels(image, zoom, ex.intensity)
+    image = (diameter.zoom_image(image, zoom) if ex.intensity is None
+             else diameter.zoom_pixels(image, zoom, ex.intensity))
     # Labels to the whole zoomed size, then the same crop: ceil(canvas / zoom) * zoom can
     # exceed the canvas, and resizing to the cropped size would stretch them off the image.
     shape = image.shape[:2]
@@ -241,18 +251,6 @@ def canvas_example(ex: TrainExample, canvas: int, max_instances: int,
               image_size=np.array([ch, cw], np.int32), unannotated_boxes=un_boxes,
               unannotated_valid=un_valid, has_full=np.bool_(full is not None),
               **({} if intensity is None else {"intensity": intensity}))
-
-
-def _zoom_pixels(image: np.ndarray, zoom: float, intensity: np.ndarray | None) -> np.ndarray:
-  """`diameter.zoom_image` of a crop. An integer crop (`intensity` [2, 3] its range) is
-  clipped to its range first, as the float path interpolates already clipped [0, 1]
-  pixels (linear interpolation commutes with the linear stretch, not with the clip), and
-  rounded back to its dtype: at most half a grey level from the float path."""
-  if intensity is None:
-    return diameter.zoom_image(image, zoom)
-  clipped = np.clip(image.astype(np.float32), intensity[0], intensity[1])
-  top = np.iinfo(image.dtype).max
-  return np.clip(np.rint(diameter.zoom_image(clipped, zoom)), 0, top).astype(image.dtype)
 
 
 def stack_batch(items: Sequence[dict]) -> Batch:

@@ -75,16 +75,13 @@ class BuildExamples(Sequence):
     i = int(i)  # global_indices gives numpy integers
     try:
       ex = decode_record(self.records[i])
-      raw = (pipeline.integer_image(ex["image"], self.normalize) if self.keep_integers
-             else None)
-      image = raw[0] if raw is not None else pipeline.normalize_image(ex["image"],
-                                                                      self.normalize)
+      image, rng = pipeline.training_pixels(ex["image"], self.normalize, self.keep_integers)
     except Exception as e:  # noqa: BLE001 - any failure of one record becomes one line
       raise InputError(f"{self.where} record {i}", f"cannot be read ({type(e).__name__}: "
                        f"{e}); rebuild it with data/tfds_nuclei.py") from e
     return pipeline.TrainExample(ex["id"], image, np.asarray(ex["labels"], np.int32),
                                  np.asarray(ex["full_labels"], np.int32),
-                                 intensity=raw[1] if raw is not None else None)
+                                 intensity=rng)
 
 
 # ------------------------------------------------------------------- split statistics

@@ -4,8 +4,10 @@
 rounded up to a multiple of 32, one compile per distinct size; `canvas_octaves > 0`, the
 configs' default since `model.mask_padding` made the output canvas-independent: one of the
 half-octave buckets below `tile_size`, `bucket_sides`, a bounded number of programs, 5 for
-square images; larger images are tiled), runs the jitted `MaskRCNN.predict` (one compile
-per model and canvas shape, shared by every Predictor of the process), renders the detections into one label map on device
+square images; larger images are tiled), sends the image's own uint8 / uint16 pixels with
+its intensity range, runs the jitted stretch to [0, 1] + `MaskRCNN.predict` (one compile
+per model, canvas shape and pixel dtype, shared by every Predictor of the process),
+renders the detections into one label map on device
 (`ops.masks.masks_to_label_map`: overlaps go to the higher score, and with `mask_overlap` < 1
 a detection mostly covered by higher-scoring ones is dropped; no [K, H, W] mask stack),
 crops back to the image and applies the paper's post-process on the host: every nucleus
@@ -29,10 +31,11 @@ import numpy as np
 from scipy import ndimage
 
 from pa_jax.data import diameter as diam
-from pa_jax.data.pipeline import normalize_image
+from pa_jax.data.intensity import IDENTITY_RANGE, device_image
 from pa_jax.data.readers import relabel_sequential
 from pa_jax.models.padding import CANVAS_MULTIPLE
 from pa_jax.ops import masks as mask_ops
+from pa_jax.ops.intensity import scale_intensities
 
 
 def dilate_labels(labels: np.ndarray) -> np.ndarray:
@@ -98,6 +101,32 @@ def bucket_canvas(height: int, width: int, sides: tuple[int, ...]) -> tuple[int,
   return up(height), up(width)
 
 
+def pad_batch(images: list[np.ndarray], batch: int, canvas: tuple[int, int],
+              intensity: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Images of one shape on one canvas, as `_jitted_predict`'s program takes them.
+
+  Args:
+    images: n pixel arrays [h, w, 3] of one shape: uint8 / uint16 with `intensity` their
+      range (`data.intensity.device_image`), or float32 in [0, 1] with `intensity` None.
+    batch: slots of the batch; max(batch, n) are filled, the extra ones with zeros.
+    canvas: (Hc, Wc) >= (h, w).
+    intensity: float32 [2, 3] shared by the images (one image's tiles, a slide's tiles).
+
+  Returns:
+    pixels [B, Hc, Wc, 3] in the images' dtype, zero beyond each image; image_size int32
+    [B, 2], (h, w) in every slot; intensity float32 [B, 2, 3] (`IDENTITY_RANGE` for None).
+  """
+  h, w = images[0].shape[:2]
+  rows = max(batch, len(images))
+  pixels = np.zeros((rows,) + tuple(canvas) + (3,), images[0].dtype)
+  for i, img in enumerate(images):
+    pixels[i, :h, :w] = img
+  sizes = np.tile(np.array([[h, w]], np.int32), (rows, 1))
+  rng = IDENTITY_RANGE if intensity is None else np.asarray(intensity, np.float32)
+  return pixels, sizes, np.tile(rng[None], (rows, 1, 1))
+
+
 @functools.lru_cache(maxsize=32)
 def _jitted_predict(model, canvas: tuple[int, int], threshold: float, min_score: float,
                     overlap: float | None = None) -> Callable:
@@ -114,7 +143,10 @@ def _jitted_predict(model, canvas: tuple[int, int], threshold: float, min_score:
                              threshold=threshold, overlap_threshold=overlap)
 
   @jax.jit
-  def run(variables, image, image_size):
+  def run(variables, pixels, image_size, intensity):
+    # The stretch to [0, 1] runs here, on the device: uint8 / uint16 pixels cross as
+    # they are (a quarter / half of float32's bytes), `pad_batch`.
+    image = scale_intensities(pixels, intensity, image_size)
     det = model.apply(variables, image, image_size, method=MaskRCNN.predict)
     labels = jax.vmap(render)(det.masks, det.mask_boxes, det.scores,
                               det.valid & (det.scores >= min_score))
@@ -126,8 +158,10 @@ def _jitted_predict(model, canvas: tuple[int, int], threshold: float, min_score:
 class Predictor:
   """Callable: image (uint8/uint16 [H, W] or [H, W, 3]) → int32 label map [H, W].
 
-  The image is normalised once (whole image, so tiles share one intensity scale); images
-  larger than `tile_size` are segmented in overlapping tiles (`pa_jax.infer.tiling`) and
+  The image's intensity range is taken once (whole image, so tiles share one intensity
+  scale) and its uint8 / uint16 pixels travel to the device as they are, stretched to
+  [0, 1] there (`data.intensity.device_image`; other dtypes are normalised on the host);
+  images larger than `tile_size` are segmented in overlapping tiles (`pa_jax.infer.tiling`) and
   stitched, so memory is bounded by the tile, not the image; the 3x3 dilation runs once on
   the final map.
 
@@ -187,28 +221,30 @@ class Predictor:
     self.progress = progress
     self.sides = bucket_sides(tile_size, canvas_octaves) if canvas_octaves > 0 else ()
 
-  def _run_batch(self, images: list[np.ndarray], batch: int):
-    """Normalised float32 [h, w, 3] images of one shape → raw label maps + detections.
+  def _run_batch(self, images: list[np.ndarray], batch: int,
+                 intensity: np.ndarray | None = None):
+    """Pixels [h, w, 3] of one shape (`pad_batch`: uint8 / uint16 with `intensity`, or
+    float32 [0, 1]) → raw label maps + detection scores.
 
-    The images are padded to `batch` slots (a fixed batch = one compile per canvas).
-    Raw label v is the detection of score rank v-1 (NMS output is sorted by score).
+    The images are padded to `batch` slots (a fixed batch = one compile per canvas and
+    pixel dtype). Raw label v is the detection of score rank v-1 (NMS output is sorted by
+    score).
     """
     h, w = images[0].shape[:2]
     canvas = bucket_canvas(h, w, self.sides) if self.sides else canvas_for(h, w)
-    n = len(images)
-    padded = np.zeros((max(batch, n),) + canvas + (3,), np.float32)
-    for i, img in enumerate(images):
-      padded[i, :h, :w] = img
-    sizes = np.tile(np.array([[h, w]], np.int32), (padded.shape[0], 1))
+    pixels, sizes, ranges = pad_batch(images, batch, canvas, intensity)
     run = _jitted_predict(self.model, canvas, float(self.mask_threshold), float(self.min_score),
                           self.mask_overlap)
-    raw, det = run(self.variables, jnp.asarray(padded), jnp.asarray(sizes))
+    raw, det = run(self.variables, jnp.asarray(pixels), jnp.asarray(sizes), jnp.asarray(ranges))
+    n = len(images)
     return np.asarray(raw)[:n, :h, :w], np.asarray(det.scores)[:n]
 
-  def run_tiles(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Normalised float32 [h, w, 3] tiles of any shapes → [(raw label map int32 [h, w],
-    scores float32 [max_detections])], in `batch_size` batches of equal-shape tiles (one
-    compile per canvas bucket). Raw label v is the detection `scores[v - 1]`."""
+  def run_tiles(self, tiles: list[np.ndarray], intensity: np.ndarray | None = None
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Tiles [h, w, 3] of any shapes (uint8 / uint16 sharing the range `intensity`, float32
+    [2, 3], or float32 [0, 1] pixels) → [(raw label map int32 [h, w], scores float32
+    [max_detections])], in `batch_size` batches of equal-shape tiles (one compile per
+    canvas bucket). Raw label v is the detection `scores[v - 1]`."""
     out: list = [None] * len(tiles)
     by_shape: dict[tuple, list[int]] = {}
     for i, t in enumerate(tiles):
@@ -216,39 +252,46 @@ class Predictor:
     for idx in by_shape.values():
       for k in range(0, len(idx), self.batch_size):
         chunk = idx[k:k + self.batch_size]
-        raw, scores = self._run_batch([tiles[i] for i in chunk], self.batch_size)
+        raw, scores = self._run_batch([tiles[i] for i in chunk], self.batch_size, intensity)
         for i, lab, sc in zip(chunk, raw, scores):
           out[i] = (lab, sc)
     return out
 
-  def segment_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
-    """`tiling.predict_tiled` callback: normalised tiles → label maps (no dilation)."""
-    return [lab for lab, _ in self.run_tiles(tiles)]
+  def segment_tiles(self, tiles: list[np.ndarray], intensity: np.ndarray | None = None
+                    ) -> list[np.ndarray]:
+    """`tiling.predict_tiled` callback: tiles (as `run_tiles`) → label maps (no dilation)."""
+    return [lab for lab, _ in self.run_tiles(tiles, intensity)]
 
-  def _segment(self, img: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
-    """Normalised float32 [H, W, 3] -> (label map int32 [H, W] labelled 1..N, {label:
+  def _segment(self, img: np.ndarray, intensity: np.ndarray | None = None
+               ) -> tuple[np.ndarray, dict[int, float]]:
+    """Pixels [H, W, 3] (as `run_tiles`) -> (label map int32 [H, W] labelled 1..N, {label:
     score}; empty when tiled), before dilation."""
     h, w = img.shape[:2]
     if max(h, w) > self.tile_size:
       from pa_jax.infer.tiling import predict_tiled
 
-      labels = predict_tiled(img, self.segment_tiles, self.tile_size, self.overlap,
-                             self.batch_size, progress=self.progress)
+      # The tiles share the whole image's range: one intensity scale across tile seams.
+      labels = predict_tiled(img, functools.partial(self.segment_tiles, intensity=intensity),
+                             self.tile_size, self.overlap, self.batch_size,
+                             progress=self.progress)
       return relabel_sequential(labels), {}
     # One image: a batch of one, not `batch_size` slots of which all but one are padding.
-    raw, scores = self._run_batch([img], 1)
+    raw, scores = self._run_batch([img], 1, intensity)
     raw, scores = raw[0], scores[0]
     ids = np.unique(raw)
     ids = ids[ids != 0]
     return relabel_sequential(raw), {int(i + 1): float(scores[v - 1]) for i, v in enumerate(ids)}
 
-  def _segment_zoomed(self, img: np.ndarray, zoom: float):
-    """`_segment` of `img` zoomed by `zoom`, then the post-process dilation (if on), then
+  def _segment_zoomed(self, img: np.ndarray, zoom: float,
+                      intensity: np.ndarray | None = None):
+    """`_segment` of `img` (pixels with their `intensity`, as `run_tiles`) zoomed by
+    `zoom` (`data.diameter.zoom_pixels`), then the post-process dilation (if on), then
     the label map brought back to img's size. The dilation runs at the zoomed scale, where
     nuclei have the size the model learnt: one pixel there is the paper's correction of
     Mask R-CNN's shrunken masks; one pixel at native scale would grow 15 px nuclei by a
     quarter of their area."""
-    labels, table = self._segment(diam.zoom_image(img, zoom) if zoom != 1.0 else img)
+    rng = IDENTITY_RANGE if intensity is None else intensity
+    labels, table = self._segment(diam.zoom_pixels(img, zoom, rng), intensity)
     if self.dilate:
       labels = dilate_labels(labels)
     if zoom == 1.0:
@@ -261,8 +304,10 @@ class Predictor:
       table = {i + 1: table[int(v)] for i, v in enumerate(old) if int(v) in table}
     return kept, table
 
-  def estimate_zoom(self, img: np.ndarray) -> ZoomEstimate:
-    """The zoom for normalised float32 [H, W, 3] `img`, from a first pass of the model.
+  def estimate_zoom(self, img: np.ndarray, intensity: np.ndarray | None = None
+                    ) -> ZoomEstimate:
+    """The zoom for `img` (pixels with their `intensity`, as `run_tiles`), from a first
+    pass of the model.
 
     The model finds nuclei over about an octave around its training diameter, so the first
     pass runs at zoom 1, then 2 and 0.5 until one finds at least 3 nuclei; their median
@@ -271,7 +316,7 @@ class Predictor:
     pass finds 3 nuclei, the zoom is 1 and the zoom-1 pass is the result."""
     first = None
     for z in self.TRIAL_ZOOMS:
-      out = self._segment_zoomed(img, z)
+      out = self._segment_zoomed(img, z, intensity)
       first = first or out
       d = diam.equivalent_diameters(out[0])
       if d.size >= 3:
@@ -283,11 +328,12 @@ class Predictor:
     # Too few nuclei at any zoom: native scale, and its pass is already made.
     return ZoomEstimate(1.0, None, first, self.TRIAL_ZOOMS[0])
 
-  def choose_zoom(self, estimate_on: Callable[[], np.ndarray]) -> tuple[float, tuple | None]:
+  def choose_zoom(self, estimate_on: Callable[[], tuple[np.ndarray, np.ndarray | None]]
+                  ) -> tuple[float, tuple | None]:
     """(zoom, a pass already made at that zoom or None) for the next image or slide.
 
     No `target_diameter`: 1.0. A given `diameter`: the zoom that brings it to the model's.
-    Else `estimate_zoom` on the normalised image `estimate_on()` returns (called only
+    Else `estimate_zoom` on the (pixels, intensity) `estimate_on()` returns (called only
     then); when one of its trial passes is within 10 % of the estimate, that pass's zoom
     is the one used (and the pass is returned), so that its result stands as is.
     Sets `last_diameter`, `last_diameter_source` ('given' | 'estimated' | None) and
@@ -300,7 +346,7 @@ class Predictor:
       zoom = diam.zoom_factor(self.diameter, self.target_diameter)
       self.last_diameter, self.last_diameter_source = self.diameter, "given"
     else:
-      est = self.estimate_zoom(estimate_on())
+      est = self.estimate_zoom(*estimate_on())
       self.last_diameter, self.last_diameter_source = est.diameter, "estimated"
       zoom, done = (est.result_zoom, est.result) if est.result is not None else (est.zoom, None)
     self.last_zoom = zoom
@@ -309,9 +355,9 @@ class Predictor:
   def predict_scored(self, image: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
     """(label map int32 [H, W], {label: detection score}); scores are known for images
     up to `tile_size` after zooming (tiled images give an empty score table)."""
-    img = normalize_image(image, self.normalize)
-    zoom, done = self.choose_zoom(lambda: img)
-    return done or self._segment_zoomed(img, zoom)
+    pixels, intensity = device_image(image, self.normalize)
+    zoom, done = self.choose_zoom(lambda: (pixels, intensity))
+    return done or self._segment_zoomed(pixels, zoom, intensity)
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     return self.predict_scored(image)[0]

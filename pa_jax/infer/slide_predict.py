@@ -61,28 +61,22 @@ def open_streamed(path: Path, stream: bool | None, forced: bool, level: int, reg
   return None
 
 
-def slide_normalizer(sl: slide_io.Slide, mode: str) -> Callable[[np.ndarray], np.ndarray]:
-  """Tile → float32 [h, w, 3] in [0, 1] with ONE scale for the whole slide.
+def slide_intensity(sl: slide_io.Slide, mode: str) -> np.ndarray:
+  """The slide's intensity range, float32 [2, C] (row 0 maps to 0, row 1 to 1): ONE scale
+  for every tile, which travel to the device as their own uint8 / uint16 pixels with it
+  (`data.intensity.integer_image`, `Predictor.run_tiles`).
 
   `normalize_image` takes its percentiles from the image it is given; a tile's own would
   make neighbouring tiles disagree, so 'percentile' takes the 0.5 / 99.5 % per channel of
-  a sample of the region (`sample_pixels`) once. 'dtype' divides by the dtype's maximum."""
+  a sample of the region (`sample_pixels`) once. 'dtype' maps the dtype's maximum to 1."""
   if mode == "dtype":
-    lo, hi = 0.0, 65535.0 if sl.dtype == np.uint16 else 255.0
-  elif mode == "percentile":
+    top = 65535.0 if sl.dtype == np.uint16 else 255.0
+    return np.array([[0.0] * sl.channels, [top] * sl.channels], np.float32)
+  if mode == "percentile":
     sample = sample_pixels(sl).astype(np.float32)
-    lo = np.percentile(sample, 0.5, axis=0)
-    hi = np.percentile(sample, 99.5, axis=0)
-  else:
-    raise InputError("data.normalize", f"unknown normalisation {mode!r} (percentile, dtype)")
-  scale = np.maximum(np.asarray(hi, np.float32) - lo, 1e-6)
-
-  def norm(tile: np.ndarray) -> np.ndarray:
-    img = tile[..., None] if tile.ndim == 2 else tile
-    out = np.clip((img.astype(np.float32) - lo) / scale, 0.0, 1.0)
-    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
-
-  return norm
+    return np.stack([np.percentile(sample, 0.5, axis=0),
+                     np.percentile(sample, 99.5, axis=0)]).astype(np.float32)
+  raise InputError("data.normalize", f"unknown normalisation {mode!r} (percentile, dtype)")
 
 
 def sample_pixels(sl: slide_io.Slide, side: int = 256, grid: int = 8) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Intensity scaling on the device: integer images in, float32 [0, 1] pixels out.
 
-Training batches travel from host to device in the images' own integer dtype (uint8 or
-uint16, 1/4 or 1/2 of float32's bytes per pixel) with each image's intensity range beside
-them; the stretch to [0, 1] runs here, inside the compiled step. The host keeps the
-training set as integers too (3 instead of 12 bytes per pixel for 8-bit images, 6 for
-16-bit). `pa_jax.data.intensity.integer_image` computes the range, and
-`scale_intensities(*integer_image(x))` equals `intensity.normalize_image(x)`.
+Training batches and the predictor's images travel from host to device in the images' own
+integer dtype (uint8 or uint16, 1/4 or 1/2 of float32's bytes per pixel) with each image's
+intensity range beside them; the stretch to [0, 1] runs here, inside the compiled training
+step or prediction program. The host keeps the training set as integers too (3 instead of
+12 bytes per pixel for 8-bit images, 6 for 16-bit). `pa_jax.data.intensity.device_image`
+computes the range, and `scale_intensities(*device_image(x))` equals
+`intensity.normalize_image(x)` (to float32 rounding: XLA's division is not numpy's).
 """
 
 from __future__ import annotations

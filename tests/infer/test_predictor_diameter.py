@@ -13,6 +13,7 @@ import pytest
 from scipy import ndimage
 
 from pa_jax.data import diameter as D
+from pa_jax.data.intensity import intensity_range, stretch
 from pa_jax.data.pipeline import normalize_image
 from pa_jax.infer import predictor as P
 
@@ -37,8 +38,9 @@ def _stub(monkeypatch, min_diameter=0.0):
   mean intensity of the blob. Returns the list of shapes it was called on."""
   calls = []
 
-  def segment(self, img):
+  def segment(self, img, intensity=None):
     calls.append(img.shape[:2])
+    img = img if intensity is None else stretch(img, intensity)  # as the device would
     lab, n = ndimage.label(img[..., 0] > 0.5)
     if n:
       d = D.equivalent_diameters(lab)
@@ -183,8 +185,8 @@ def test_a_nucleus_lost_when_zooming_back_is_dropped_from_the_table(monkeypatch)
   fall between the samples. Labels stay 1..N and the scores follow their nuclei."""
   img, _ = _disks(d=15)
 
-  def segment(self, x):
-    lab, n = ndimage.label(x[..., 0] > 0.5)
+  def segment(self, x, intensity=None):
+    lab, n = ndimage.label(stretch(x, intensity)[..., 0] > 0.5)
     lab = lab.astype(np.int32)
     lab[lab > 0] += 1
     lab[0, 0] = 1  # a one-pixel blob at an even position: zoom 2 samples odd ones
@@ -254,20 +256,20 @@ def test_a_slide_takes_its_zoom_as_an_image_does(monkeypatch):
   calls = _stub(monkeypatch)
   img, truth = _disks(d=15)
   d = D.median_diameter(truth)
-  norm = lambda a: normalize_image(a)  # noqa: E731
+  rng = intensity_range(img)  # the slide's range (here the whole image's)
   p = _predictor(target_diameter=1.05 * d)
   sl = _Slide(img)
-  assert slide_zoom(p, sl, norm) == 1.0 and sl.reads == [(0, 0, 100, 120)]
+  assert slide_zoom(p, sl, rng) == 1.0 and sl.reads == [(0, 0, 100, 120)]
   assert (p.last_diameter_source, p.last_zoom) == ("estimated", 1.0)
   assert p.last_diameter == pytest.approx(d)
   p.predict_scored(img)
   assert p.last_zoom == 1.0  # the same choice for the image itself
   p = _predictor(target_diameter=2.0 * d)  # far from the zoom-1 pass that measured it
-  assert slide_zoom(p, _Slide(img), norm) == pytest.approx(2.0, rel=1e-9)
+  assert slide_zoom(p, _Slide(img), rng) == pytest.approx(2.0, rel=1e-9)
   calls.clear()
   p, sl = _predictor(target_diameter=30.0, diameter=20.0), _Slide(img)
-  assert slide_zoom(p, sl, norm) == 1.5 and sl.reads == [] and calls == []
+  assert slide_zoom(p, sl, rng) == 1.5 and sl.reads == [] and calls == []
   assert (p.last_diameter, p.last_diameter_source, p.last_zoom) == (20.0, "given", 1.5)
   p, sl = _predictor(), _Slide(img)
-  assert slide_zoom(p, sl, norm) == 1.0 and sl.reads == []
+  assert slide_zoom(p, sl, rng) == 1.0 and sl.reads == []
   assert (p.last_diameter, p.last_diameter_source, p.last_zoom) == (None, None, 1.0)

@@ -139,13 +139,15 @@ def _blobs(monkeypatch) -> None:
   then measures the synthetic nuclei themselves."""
   from scipy import ndimage
 
+  from pa_jax.data.intensity import IDENTITY_RANGE, stretch
   from pa_jax.infer import predictor as P
 
-  def segment(self, img):
+  def segment(self, img, intensity=None):  # integer pixels: stretched as the device would
+    img = stretch(img, IDENTITY_RANGE if intensity is None else intensity)
     return ndimage.label(img[..., 0] > 0.5)[0].astype(np.int32), {}
 
-  def run_batch(self, images, batch):
-    labs = [segment(self, im)[0] for im in images]
+  def run_batch(self, images, batch, intensity=None):
+    labs = [segment(self, im, intensity)[0] for im in images]
     return labs, [np.ones(max(1, int(l.max())), np.float32) for l in labs]
 
   monkeypatch.setattr(P.Predictor, "_segment", segment)
