@@ -3,13 +3,14 @@
 Issue 12 item 4: the predictor sends an 8/16-bit image as its own pixels with its
 intensity range, and the stretch to [0, 1] runs in the compiled program
 (`data.intensity.device_image`, `ops.intensity.scale_intensities`). Before, the host sent
-the normalised float32 image. The float path is still what a float image takes, and a
-float32 copy of a uint8 image normalises to exactly the numbers the old path sent, so
-`predictor(image.astype(float32))` IS the previous behaviour, on the same model in the same
-process.
+the normalised float32 image. The float path is still what a float image takes, and with
+`data.normalize='percentile'` (the configs' default; 'dtype' would divide a float copy
+by 255) a float32 copy of a uint8 image normalises to exactly the numbers the old path
+sent, so `predictor(image.astype(float32))` IS the previous behaviour, on the same model
+in the same process.
 
-Per image, both paths, alternating which goes first: the bytes of pixels that cross to the
-device, the host's preparation (`device_image` vs `normalize_image`), one `device_put` of
+Per image, both paths, alternating which goes first: the bytes of the image's pixels as
+prepared for the device (before any zoom and canvas padding), the host's preparation (`device_image` vs `normalize_image`), one `device_put` of
 those pixels, and the whole `predictor.predict_scored`; then the agreement of the two label
 maps (F1 at IoU 0.5 of one against the other, the fraction of equal pixels and of pixels
 both call nucleus or both background) and each path's mAP against the ground truth.
@@ -30,13 +31,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_config import write_result  # noqa: E402
-from zoo_eval import open_model  # noqa: E402
+from zoo_eval import add_model_arguments, open_model  # noqa: E402
 
 from pa_jax import experiment  # noqa: E402
 from pa_jax.data import intensity, readers  # noqa: E402
 from pa_jax.evaluation.metrics import image_metrics  # noqa: E402
 from pa_jax.infer.predictor import predictor_for  # noqa: E402
-from pa_jax.zoo.registry import DEFAULT_MODEL  # noqa: E402
 
 
 def _timed(fn, *args):
@@ -103,15 +103,16 @@ def summary(rows: list[dict]) -> dict:
 
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--model", default=DEFAULT_MODEL)
-  ap.add_argument("--workdir", default="")
-  ap.add_argument("--best", action="store_true")
+  add_model_arguments(ap)
   ap.add_argument("--split", default="test")
   ap.add_argument("--max-images", type=int, default=24)
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
   cfg, model, variables, label = open_model(args)
   predictor = predictor_for(cfg, model, variables)
+  if predictor.normalize != "percentile":
+    sys.exit(f"predict_transfer: data.normalize={predictor.normalize!r}: the float copy is "
+             "the old path only with 'percentile'")
   records = experiment.source_records(cfg, args.split)
   # Every k-th record: all of the split's modalities, not the first one's images only.
   step = max(1, len(records) // args.max_images) if args.max_images else 1

@@ -46,6 +46,13 @@ TABLE = (("map", "mAP"), ("aji", "AJI"), ("aji_pooled", "AJI pooled"), ("precisi
          ("recall", "R@0.5"), ("f1", "F1@0.5"))
 
 
+def add_model_arguments(ap) -> None:
+  """--model NAME | --workdir RUN [--best]: the model `open_model` opens."""
+  ap.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model (docs/zoo.md)")
+  ap.add_argument("--workdir", default="", help="a trained run instead of --model")
+  ap.add_argument("--best", action="store_true", help="the run's best checkpoint")
+
+
 def open_model(args):
   """(config, model, variables, label) of --workdir or --model."""
   if args.workdir:
@@ -115,9 +122,7 @@ def markdown(results: dict, label: str) -> str:
 
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--model", default=DEFAULT_MODEL)
-  ap.add_argument("--workdir", default="")
-  ap.add_argument("--best", action="store_true")
+  add_model_arguments(ap)
   ap.add_argument("--splits", default="test,val")
   ap.add_argument("--max-images", type=int, default=0)
   ap.add_argument("--modality", default="")

@@ -45,7 +45,7 @@ FORMATS = ("label", "coco", "geojson", "roi", "csv")
 
 _LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 # Files modified within this many seconds of each other belong to the same export.
-_SAME_TIME_S = 2.0
+SAME_EXPORT_SECONDS = 2.0
 _LABEL_STEM_SUFFIXES = ("", "_labels", "_label", "_mask", "_masks", "_instances")
 
 
@@ -154,7 +154,7 @@ def find_annotations(path_or_dir: os.PathLike | str, image_id: str) -> tuple[str
   `_mask`, `_masks`, `_instances`), `{id}.geojson`, `{id}_rois.zip`, `{id}_RoiSet.zip`,
   `RoiSet_{id}.zip`, `{id}.zip`, `{id}.roi`, and `annotations.json` (COCO) when it lists
   the image. When several exist, the most recently modified one wins (the file the user
-  edited last); files written within `_SAME_TIME_S` seconds of it count as written
+  edited last); files written within `SAME_EXPORT_SECONDS` of it count as written
   together (one export) and the first in the order above wins, so an untouched export
   reads back its exact label map. A file path is returned as it is (a `.json` is COCO
   when it has "images", else GeoJSON).
@@ -178,7 +178,7 @@ def find_annotations(path_or_dir: os.PathLike | str, image_id: str) -> tuple[str
     return None
   newest = max(t for t, *_ in found)
   _, kind, f = min((order, kind, f) for t, order, kind, f in found
-                   if t >= newest - _SAME_TIME_S)
+                   if t >= newest - SAME_EXPORT_SECONDS)
   return kind, f
 
 

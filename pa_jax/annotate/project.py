@@ -15,8 +15,8 @@ swaps the `current` link. A crash at any point leaves `state.json` and the folde
 consistent; rerunning redoes the unfinished round.
 
 Edits made outside pa_jax (QuPath, Fiji, any editor of the chosen formats) are found by
-hash: `edited_file` returns the richest changed file of an image, `pick_up_edits` applies
-it with `review.apply_edits`.
+hash: `edited_file` returns the changed file of an image (the one edited last; of one
+export, the exact label map), `pick_up_edits` applies it with `review.apply_edits`.
 """
 
 from __future__ import annotations
@@ -90,27 +90,36 @@ def _sha(path: Path) -> str:
 
 def _image_files(folder: Path, image_id: str) -> list[tuple[str, Path]]:
   """(format, path) of the files that can hold `image_id`'s annotation in a folder the
-  loop wrote, in read priority: the richest format first."""
+  loop wrote, in read priority among files of one export: the label map (exact, pixel
+  for pixel) and its `.nuclei.json` states first, then GeoJSON, ROI zip, COCO (outlines
+  as polygons, rasterised back)."""
   paths = F.output_paths(folder, image_id)
   label = paths["label"] if paths["label"].is_file() else paths["label"].with_suffix(".tif")
-  return [("geojson", paths["geojson"]), ("roi", paths["roi"]), ("label", label),
-          ("label", sidecar_path(label)), ("coco", paths["coco"])]
+  return [("label", label), ("label", sidecar_path(label)), ("geojson", paths["geojson"]),
+          ("roi", paths["roi"]), ("coco", paths["coco"])]
 
 
 def edited_file(folder: Path, image_id: str, written: Mapping[str, str]) -> Path | None:
   """The file of `image_id` in `folder` that a person changed since the loop wrote it
-  (`written`: file name → sha256), the richest format first (GeoJSON > ROI zip > label
-  map with its `.nuclei.json` states > COCO); None when nothing changed. A changed
-  `.nuclei.json` (states edited in the table) means its label map is read. Files the loop
-  did not write (the measurements CSV) and deleted files are not edits."""
-  for _, p in _image_files(folder, image_id):
-    if p.name not in written or not p.is_file():
-      continue
-    if written[p.name] != _sha(p):
-      if p.name.endswith(".nuclei.json"):
-        return _image_files(folder, image_id)[2][1]
-      return p
-  return None
+  (`written`: file name → sha256); None when nothing changed.
+
+  Of several changed files, the one modified last holds the latest edit; files modified
+  within `formats.SAME_EXPORT_SECONDS` of it were written together (one export, e.g. a
+  GUI's save, `Session.save_edits`), and of those the label map is read: it holds the
+  nuclei exactly, where a polygon outline read back can swallow a neighbour's pixels or a
+  small rejected region. A changed `.nuclei.json` (states edited in the table) means its
+  label map is read. Files the loop did not write (the measurements CSV) and deleted
+  files are not edits."""
+  files = _image_files(folder, image_id)
+  changed = []  # (mtime, priority, file to read)
+  for order, (_, p) in enumerate(files):
+    if p.name in written and p.is_file() and written[p.name] != _sha(p):
+      changed.append((p.stat().st_mtime, order, files[0][1] if order == 1 else p))
+  if not changed:
+    return None
+  newest = max(t for t, _, _ in changed)
+  return min((order, p) for t, order, p in changed
+             if t >= newest - F.SAME_EXPORT_SECONDS)[1]
 
 
 # ======================================================================= persistence

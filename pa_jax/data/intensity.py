@@ -5,8 +5,9 @@ Two places do it, with the same numbers:
   carries each image's own integer pixels and its `intensity_range` (`device_image`), and
   `pa_jax.ops.intensity.scale_intensities` stretches them there, so a quarter (uint8) or
   half (uint16) of float32's bytes cross to the device and stay in host memory;
-* the host, `normalize_image`: images of other dtypes (float TIFFs), training crops that
-  get photometric jitter (which runs on float pixels), and figures.
+* the host, `normalize_image`: arrays of other dtypes handed to the API or napari (files
+  are read as uint8 / uint16: `data.images.read_image` stretches float TIFFs to uint16),
+  training crops that get photometric jitter (which runs on float pixels), and figures.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ INTEGER_DTYPES = (np.uint8, np.uint16)
 
 # The range of pixels already in [0, 1]: the device's stretch leaves them as they are.
 IDENTITY_RANGE = np.array([[0.0] * 3, [1.0] * 3], np.float32)
+IDENTITY_RANGE.flags.writeable = False  # shared by every caller
 
 
 def integer_image(image: np.ndarray, mode: str = "percentile",
@@ -90,8 +92,9 @@ def device_image(image: np.ndarray, mode: str = "percentile",
   `intensity`, [2, C], when given).
 
   uint8 / uint16: `integer_image`. Other dtypes are normalised here, on the host, and
-  travel as float32 [0, 1] with `IDENTITY_RANGE`; so every image has a range and a batch
-  that mixes dtypes (stacked as float32) is still stretched row by row correctly."""
+  travel as float32 [0, 1] with `IDENTITY_RANGE`; so every image has a range and a
+  training batch that mixes dtypes (numpy stacks it in the widest: uint16, or float32)
+  is still stretched row by row correctly. Each stacked dtype is its own compiled step."""
   raw = integer_image(image, mode, intensity)
   if raw is not None:
     return raw

@@ -112,14 +112,22 @@ def pad_batch(images: list[np.ndarray], batch: int, canvas: tuple[int, int],
     batch: slots of the batch; max(batch, n) are filled, the extra ones with zeros.
     canvas: (Hc, Wc) >= (h, w).
     intensity: float32 [2, 3] shared by the images (one image's tiles, a slide's tiles).
+      Integer images without it, or images of different dtypes, raise ValueError.
 
   Returns:
     pixels [B, Hc, Wc, 3] in the images' dtype, zero beyond each image; image_size int32
     [B, 2], (h, w) in every slot; intensity float32 [B, 2, 3] (`IDENTITY_RANGE` for None).
   """
+  dtypes = {np.asarray(im).dtype for im in images}
+  if len(dtypes) > 1:  # np.zeros in the first one's dtype would cast the others silently
+    raise ValueError(f"images of one batch must share a dtype, got {sorted(map(str, dtypes))}")
+  dtype = dtypes.pop()
+  if intensity is None and np.issubdtype(dtype, np.integer):
+    raise ValueError(f"{dtype} pixels need their intensity range (data.intensity."
+                     "device_image); without it they would be clipped to [0, 1]")
   h, w = images[0].shape[:2]
   rows = max(batch, len(images))
-  pixels = np.zeros((rows,) + tuple(canvas) + (3,), images[0].dtype)
+  pixels = np.zeros((rows,) + tuple(canvas) + (3,), dtype)
   for i, img in enumerate(images):
     pixels[i, :h, :w] = img
   sizes = np.tile(np.array([[h, w]], np.int32), (rows, 1))

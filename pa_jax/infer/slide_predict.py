@@ -27,8 +27,9 @@ from pa_jax.errors import InputError
 # Formats only a streamed image writes (the label image in a slide viewer's format).
 STREAM_FORMATS = ("ome-tiff", "ome-zarr")
 # A TIFF with more pixels than this (at the level and region read) is streamed: below it
-# the whole image, the model's float32 copy (12 bytes a pixel) and the int32 label map
-# stay under ~0.4 GB; above it they grow with the slide.
+# the whole image, the model's 3-channel copy (3 bytes a pixel for 8-bit, 6 for 16-bit;
+# a zoomed model's float32 temporaries are 12 at the zoomed size) and the int32 label map
+# stay under ~0.4 GB unzoomed; above it they grow with the slide.
 STREAM_ABOVE_PIXELS = 4096 * 4096
 # What predict.json and {id}.slide.json say of the nucleus size where no model zoomed.
 NO_SCALE = {"diameter_px": None, "diameter_source": None, "zoom": None}
@@ -64,7 +65,7 @@ def open_streamed(path: Path, stream: bool | None, forced: bool, level: int, reg
 def slide_intensity(sl: slide_io.Slide, mode: str) -> np.ndarray:
   """The slide's intensity range, float32 [2, C] (row 0 maps to 0, row 1 to 1): ONE scale
   for every tile, which travel to the device as their own uint8 / uint16 pixels with it
-  (`data.intensity.integer_image`, `Predictor.run_tiles`).
+  (`data.intensity.device_image`, `Predictor.run_tiles`).
 
   `normalize_image` takes its percentiles from the image it is given; a tile's own would
   make neighbouring tiles disagree, so 'percentile' takes the 0.5 / 99.5 % per channel of

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from pa_jax.data import diameter as diam
-from pa_jax.data.intensity import integer_image
+from pa_jax.data.intensity import device_image
 
 # The window the slide's nucleus size is estimated on: large enough for dozens of nuclei at
 # 40x, small enough to cost a few seconds.
@@ -36,7 +36,7 @@ def slide_zoom(predictor, sl, intensity: np.ndarray) -> float:
     H, W = sl.shape
     h, w = min(H, ESTIMATE_SIDE), min(W, ESTIMATE_SIDE)
     y0, x0 = (H - h) // 2, (W - w) // 2
-    return integer_image(sl.read(y0, x0, y0 + h, x0 + w), intensity=intensity)
+    return device_image(sl.read(y0, x0, y0 + h, x0 + w), intensity=intensity)
 
   zoom, _ = predictor.choose_zoom(centre_window)  # the window's pass is not the slide's
   return zoom
@@ -59,7 +59,7 @@ def model_tiles(predictor, intensity: np.ndarray, zoom: float = 1.0) -> Callable
   (`data.diameter.zoom_pixels`) and its labels brought back to [h, w]."""
 
   def run(tiles: list[np.ndarray]) -> list:
-    raw = [integer_image(t, intensity=intensity) for t in tiles]
+    raw = [device_image(t, intensity=intensity) for t in tiles]
     rng = raw[0][1] if raw else None  # [2, 3]: one range for all the slide's tiles
     zoomed = [diam.zoom_pixels(px, zoom, rng) for px, _ in raw]
     out = []

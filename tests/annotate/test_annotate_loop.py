@@ -212,6 +212,8 @@ def test_rounds_counts_add_up_and_edits_are_picked_up(tmp_path, fake_model):
   # training labels: confirmed minus the held-out one; proposals absent
   ex = fake_model["examples"]
   assert sum(len(np.unique(e.labels)) - 1 for e in ex) == 3
+  # As `run.py train`: the 8-bit PNGs stay integers, stretched on the device by their range.
+  assert all(e.image.dtype == np.uint8 and e.intensity.shape == (2, 3) for e in ex)
 
   # the person deletes every proposal of im0 and confirms every proposal of im1
   rev0 = F.read_annotations(out / "current" / "im0.geojson", "im0", (64, 64))

@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 
 from pa_jax.data import diameter as D
-from pa_jax.data.intensity import intensity_range, stretch
+from pa_jax.data.intensity import device_image, intensity_range, stretch
 from pa_jax.data.pipeline import normalize_image
 from pa_jax.infer import predictor as P
 
@@ -205,7 +205,8 @@ def test_dilation_runs_at_the_zoomed_scale(monkeypatch):
   img, _ = _disks(d=15)
   p = _predictor(target_diameter=30.0, diameter=15.0, dilate=True)
   dilated = p(img)
-  zoomed, _ = p._segment(D.zoom_image(normalize_image(img), 2.0))
+  pixels, rng = device_image(img)  # the predictor's own route: integers zoomed, then stretched
+  zoomed, _ = p._segment(D.zoom_pixels(pixels, 2.0, rng), rng)
   expected = P.relabel_sequential(D.resize_labels(P.dilate_labels(zoomed), img.shape[:2]))
   np.testing.assert_array_equal(dilated, expected)
   plain = _predictor(target_diameter=30.0, diameter=15.0)(img)

@@ -64,6 +64,14 @@ def _image(dtype, shape, seed=0):
   return img.astype(dtype)
 
 
+def test_pad_batch_refuses_what_it_would_silently_get_wrong():
+  u8, f = np.ones((4, 4, 3), np.uint8), np.ones((4, 4, 3), np.float32)
+  with pytest.raises(ValueError, match="share a dtype"):
+    P.pad_batch([u8, f], 2, (32, 32), np.zeros((2, 3), np.float32))  # f would be cast
+  with pytest.raises(ValueError, match="intensity range"):
+    P.pad_batch([u8], 1, (32, 32))  # would be clipped to [0, 1]: a near-binary image
+
+
 def test_pad_batch_hand_case():
   a = np.full((2, 3, 3), 7, np.uint16)
   rng = np.array([[1, 2, 3], [9, 10, 11]], np.float32)
@@ -102,7 +110,7 @@ def test_integer_images_cross_as_integers_and_are_stretched_on_the_device(sent, 
 
 
 def test_other_dtypes_are_normalised_on_the_host(sent):
-  img = _image(np.float32, (30, 30)) * 1000.0  # e.g. a float TIFF
+  img = _image(np.float32, (30, 30)) * 1000.0  # e.g. a float array from napari
   P.Predictor(_EyeModel(), {})(img)
   (pixels, _, rng, seen), = sent
   assert pixels.dtype == np.float32
@@ -175,6 +183,27 @@ def test_slide_tiles_cross_as_integers_with_the_slide_range(sent):
   assert sent_px.dtype == np.uint8
   for t, (y, x) in enumerate([(0, 0), (100, 36), (192, 192)]):
     np.testing.assert_allclose(seen[t, :64, :64, 1], want[y:y + 64, x:x + 64], atol=1e-6)
+
+
+def test_zoomed_rgb_slide_tiles_carry_the_slide_range_and_come_back_at_tile_size(sent):
+  """`model_tiles` with zoom 1.5 on an RGB slide: each tile is zoomed as integers
+  (`zoom_pixels`), crosses as uint8 with the slide's 3-channel range, and its label map
+  comes back at the tile's own size."""
+  img = _image(np.uint8, (96, 96, 3))
+  rng = intensity.intensity_range(img)  # [2, 3], as slide_intensity gives an RGB slide
+  p = P.Predictor(_EyeModel(), {}, tile_size=256)
+  out = slide_zoom.model_tiles(p, rng, 1.5)([img[:64, :64], img[32:96, 40:96]])
+  assert [lab.shape for lab, _ in out] == [(64, 64), (64, 56)]
+  sizes = [tuple(s[0]) for _, s, _, _ in sent]
+  assert sorted(sizes) == [(96, 84), (96, 96)]
+  for pixels, size, ranges, seen in sent:
+    assert pixels.dtype == np.uint8
+    np.testing.assert_array_equal(ranges[0], rng)
+    h, w = size[0]
+    src = img[:64, :64] if (h, w) == (96, 96) else img[32:96, 40:96]
+    want = diameter.zoom_pixels(src, 1.5, rng)
+    np.testing.assert_array_equal(pixels[0, :h, :w], want)
+    np.testing.assert_allclose(seen[0, :h, :w], intensity.stretch(want, rng), atol=1e-6)
 
 
 def test_mixed_dtypes_in_one_training_batch_are_each_stretched_by_their_own_range():
