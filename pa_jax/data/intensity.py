@@ -32,17 +32,21 @@ def intensity_range(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
   raise ValueError(f"unknown normalisation {mode!r} (percentile, dtype)")
 
 
-def normalize_image(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
+def normalize_image(image: np.ndarray, mode: str = "percentile",
+                    intensity: np.ndarray | None = None) -> np.ndarray:
   """uint8/uint16 (H, W) or (H, W, 3) → float32 (H, W, 3) in [0, 1].
 
   'percentile': per-channel 0.5–99.5 % stretch; robust to 16-bit images whose signal uses
   a small part of the range and to hot pixels. 'dtype': divide by the dtype's maximum.
-  Gray images are repeated to 3 channels so that RGB-pretrained backbones import as is.
+  `intensity` (float32 [2, C]), when given, is the range instead of the image's own (a
+  slide's, for one of its tiles). Gray images are repeated to 3 channels so that
+  RGB-pretrained backbones import as is.
   """
   img = np.asarray(image)
   if img.ndim == 2:
     img = img[..., None]
-  out = stretch(img, intensity_range(img, mode))
+  rng = intensity_range(img, mode) if intensity is None else np.asarray(intensity, np.float32)
+  out = stretch(img, rng)
   if out.shape[-1] == 1:
     out = np.repeat(out, 3, axis=-1)
   return out.astype(np.float32)
@@ -98,9 +102,4 @@ def device_image(image: np.ndarray, mode: str = "percentile",
   raw = integer_image(image, mode, intensity)
   if raw is not None:
     return raw
-  img = np.asarray(image)
-  if intensity is None:
-    return normalize_image(img, mode), IDENTITY_RANGE.copy()
-  img = img[..., None] if img.ndim == 2 else img
-  out = stretch(img, np.asarray(intensity, np.float32))
-  return (np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out), IDENTITY_RANGE.copy()
+  return normalize_image(image, mode, intensity), IDENTITY_RANGE.copy()

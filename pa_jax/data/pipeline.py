@@ -33,8 +33,7 @@ from scipy import ndimage
 
 from pa_jax.data import augment, diameter, partial_views, readers
 # Re-exported: the pipeline's callers have always found the host normalisation here.
-from pa_jax.data.intensity import (INTEGER_DTYPES, device_image, integer_image,  # noqa: F401
-                                   intensity_range, normalize_image, stretch)
+from pa_jax.data.intensity import device_image, normalize_image, stretch  # noqa: F401
 from pa_jax.errors import InputError
 from pa_jax.structures import Batch
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from pa_jax import fileio
 from pa_jax.data import slide as slide_io
+from pa_jax.data.intensity import intensity_range
 from pa_jax.errors import InputError
 
 # Formats only a streamed image writes (the label image in a slide viewer's format).
@@ -69,15 +70,12 @@ def slide_intensity(sl: slide_io.Slide, mode: str) -> np.ndarray:
 
   `normalize_image` takes its percentiles from the image it is given; a tile's own would
   make neighbouring tiles disagree, so 'percentile' takes the 0.5 / 99.5 % per channel of
-  a sample of the region (`sample_pixels`) once. 'dtype' maps the dtype's maximum to 1."""
-  if mode == "dtype":
-    top = 65535.0 if sl.dtype == np.uint16 else 255.0
-    return np.array([[0.0] * sl.channels, [top] * sl.channels], np.float32)
-  if mode == "percentile":
-    sample = sample_pixels(sl).astype(np.float32)
-    return np.stack([np.percentile(sample, 0.5, axis=0),
-                     np.percentile(sample, 99.5, axis=0)]).astype(np.float32)
-  raise InputError("data.normalize", f"unknown normalisation {mode!r} (percentile, dtype)")
+  a sample of the region (`sample_pixels`) once. 'dtype' maps the dtype's maximum to 1
+  and reads nothing. Both as `data.intensity.intensity_range` computes them."""
+  if mode not in ("percentile", "dtype"):
+    raise InputError("data.normalize", f"unknown normalisation {mode!r} (percentile, dtype)")
+  pixels = sample_pixels(sl) if mode == "percentile" else np.zeros((1, sl.channels), sl.dtype)
+  return intensity_range(pixels[:, None, :], mode)  # the sample as an [N, 1, C] image
 
 
 def sample_pixels(sl: slide_io.Slide, side: int = 256, grid: int = 8) -> np.ndarray:
